@@ -1,0 +1,32 @@
+# make test: creates .venv if missing, installs the project with its test extras under the pins
+#            in constraints.txt, and runs pytest.
+# make demo: the export on the built-in demo data and model (see README).
+# make bench: the benchmark harness (benchmarks/README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py constraints.txt
+	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=70" wheel
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/embedding-export demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --rows 200000 --json bench_out/bench.json
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo bench_out

@@ -1,0 +1,172 @@
+"""Run configuration: the YAML schema of ``run_configs/*.yaml``, validated before anything starts.
+
+Unknown keys are errors (a misspelt knob silently falling back to a default is how benchmarks end
+up measuring the wrong thing), and every error names the key path and what is wrong with it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ConfigError", "ExportConfig", "InputConfig", "ModelConfig", "ModelInput", "ModelOutput",
+           "PartitionConfig", "OutputConfig", "RunnerConfig", "load_config", "parse_config",
+           "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the key and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Strict):
+    format: Literal["parquet", "datarecord"] = "parquet"
+    path: str = Field(..., min_length=1, description="file pattern, local, gs:// or hdfs://")
+    key: str = Field("user_id", min_length=1, description="int64 key column (parquet) or feature name (datarecord)")
+    on_bad_file: Literal["fail", "skip"] = "fail"
+
+
+class ModelInput(_Strict):
+    """Where one signature input comes from."""
+    column: str = Field(..., min_length=1)
+    length: Optional[int] = Field(None, gt=0, description="for variable-length id lists: pad/truncate to this")
+    pad: int = 0
+
+
+class ModelOutput(_Strict):
+    """One signature output and the feature it is exported under."""
+    feature: str = Field(..., min_length=1)
+
+
+class ModelConfig(_Strict):
+    path: str = Field(..., min_length=1)
+    signature: str = "serving_default"
+    batch_size: int = Field(4096, gt=0, le=1_000_000)
+    inputs: Dict[str, ModelInput] = Field(..., min_length=1)
+    outputs: Dict[str, ModelOutput] = Field(..., min_length=1,
+                                            description="the first is the embedding (float32 [B, D])")
+
+    @property
+    def embedding_output(self) -> str:
+        return next(iter(self.outputs))
+
+
+class PartitionConfig(_Strict):
+    num_shards: int = Field(16, gt=0, le=100_000)
+    by: Literal["hash", "column"] = "hash"
+    column: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _column_needed(self) -> "PartitionConfig":
+        if self.by == "column" and not self.column:
+            raise ValueError("partition.by is 'column' but partition.column is not set")
+        if self.by == "hash" and self.column:
+            raise ValueError("partition.column is set but partition.by is 'hash'; set by: column")
+        return self
+
+
+class OutputConfig(_Strict):
+    path: str = Field(..., min_length=1)
+    format: Literal["tfrecord", "block", "parquet"] = "tfrecord"
+    compression: Literal["none", "gzip"] = "none"
+    key_feature: str = Field("meta.user_id", min_length=1)
+    records_per_block: int = Field(100, gt=0)
+    overwrite: bool = False
+    max_reject_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _parquet_uncompressed(self) -> "OutputConfig":
+        if self.format == "parquet" and self.compression != "none":
+            raise ValueError("output.compression applies to tfrecord and block; parquet compresses by codec")
+        return self
+
+
+class RunnerConfig(_Strict):
+    name: str = "DirectRunner"
+    options: List[str] = Field(default_factory=list)
+
+    @field_validator("options")
+    @classmethod
+    def _flags(cls, options: List[str]) -> List[str]:
+        for opt in options:
+            if not opt.startswith("--"):
+                raise ValueError(f"runner option {opt!r} must look like --name=value")
+        return options
+
+
+class ExportConfig(_Strict):
+    input: InputConfig
+    model: ModelConfig
+    partition: PartitionConfig = PartitionConfig()
+    output: OutputConfig
+    runner: RunnerConfig = RunnerConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExportConfig":
+        feats = [o.feature for o in self.model.outputs.values()]
+        if len(set(feats)) != len(feats):
+            raise ValueError(f"model.outputs: two outputs are exported under the same feature: {feats}")
+        if self.output.key_feature in feats:
+            raise ValueError(f"output.key_feature {self.output.key_feature!r} is also a model output feature")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid run config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see run_configs/local.yaml for the schema)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to a raw config dict."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, value = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return out
+
+
+def parse_config(raw: Any, source: str = "<dict>") -> ExportConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid run config {source}: the top level must be a mapping")
+    try:
+        return ExportConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ExportConfig:
+    """Read, override and validate a YAML run config."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read run config {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"run config {path} is not valid YAML: {err}") from None
+    return parse_config(apply_overrides(raw, overrides), source=str(path))

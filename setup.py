@@ -1,0 +1,37 @@
+"""embedding-export: export user embeddings as twml DataRecords with Apache Beam.
+
+The IDL in the top-level ``thrift/`` directory ships inside the wheel and sdist as
+``twml/idl/*.thrift`` (``thrift/`` is data, not a package: a package named ``thrift`` would
+shadow Apache Thrift). This file is also what Dataflow workers install with --setup_file.
+"""
+from setuptools import setup
+
+setup(
+    name="embedding-export",
+    version="0.1.0",
+    description="Export user embeddings in Twitter's DataRecord format with Apache Beam",
+    python_requires=">=3.10",
+    packages=["twml", "twml.io", "twml.layers", "twml.idl", "transforms", "pipeline"],
+    package_dir={"twml.idl": "thrift"},
+    package_data={"twml.idl": ["*.thrift"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.70,<3",
+        "tensorflow-cpu>=2.18,<2.22",
+        "thriftpy2>=0.5,<0.8",
+        "pyarrow>=17",
+        "numpy>=1.26,<3",
+        "protobuf>=5,<7",
+        "google-crc32c>=1.6",
+        "mmh3>=4.1",
+        "pydantic>=2.6,<3",
+        "pyyaml>=6",
+        "rich>=13",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["embedding-export=pipeline.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Beam PTransforms and DoFns of the export job (imports twml, never pipeline)."""

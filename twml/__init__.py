@@ -1,0 +1,15 @@
+"""twml for TensorFlow 2: DataRecord schema and codecs, feature ids, file containers and layers.
+
+No Beam imports here: the Beam job (``transforms``, ``pipeline``) builds on this package, never
+the other way round. ``twml.layers`` imports TensorFlow and is loaded only when asked for.
+"""
+from twml.encode import (EncodedRecords, encode_batch_prediction_response, encode_continuous_records,
+                         encode_data_records, encode_tensor_record)
+from twml.errors import RecordFormatError
+from twml.feature_ids import feature_id, feature_ids, resolve_feature_id
+
+__version__ = "0.1.0"
+
+__all__ = ["EncodedRecords", "RecordFormatError", "encode_batch_prediction_response",
+           "encode_continuous_records", "encode_data_records", "encode_tensor_record",
+           "feature_id", "feature_ids", "resolve_feature_id", "__version__"]

@@ -1,0 +1,359 @@
+"""Batch encoder: B DataRecords from columnar numpy arrays, without a Python object per record.
+
+A record is laid out by libtwml's writer rules (../shared/SPEC.md sections 3 and 4): non-empty
+fields in ascending field id, map entries in the order given, every non-string dense tensor a
+``GeneralTensor.rawTypedTensor`` with little-endian content and its full shape, strings a
+``stringTensor`` with shape.
+
+The encoder sees a record as a row of *segments*: bytes that are the same for every record
+(field headers, feature ids, dtypes, shapes), fixed-width per-record bytes (keys, numeric
+tensor content) and, only for strings, variable-width per-record bytes. When no segment is
+variable every record has the same length and the whole batch is one ``[B, L]`` uint8 array
+filled column block by column block: a handful of strided memcpys per batch, whatever B is.
+
+The result is an ``EncodedRecords``: one contiguous buffer plus B+1 offsets, which the file
+writers frame without copying each record into its own ``bytes`` first.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["EncodedRecords", "TensorColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
+           "encode_continuous_records", "encode_tensor_record",
+           "encode_batch_prediction_response"]
+
+# Thrift binary protocol type ids.
+T_BOOL, T_BYTE, T_DOUBLE, T_I16, T_I32, T_I64, T_STRING, T_STRUCT, T_MAP, T_SET, T_LIST = (
+    2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15)
+
+# tensor.thrift DataType for each supported numpy dtype (strings go to StringTensor instead).
+DTYPE_TO_DATA_TYPE = {
+    np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.int32): 2,
+    np.dtype(np.int64): 3, np.dtype(np.uint8): 4, np.dtype(np.bool_): 7,
+}
+STRING_DATA_TYPE = 5
+
+TensorColumn = Tuple[int, np.ndarray]
+"""A (feature id, array) pair; dim 0 of the array is the record index."""
+
+
+@dataclass(frozen=True)
+class EncodedRecords:
+    """B serialized records back to back in ``buffer``; record i is buffer[offsets[i]:offsets[i+1]]."""
+
+    buffer: np.ndarray   # uint8, 1-D, contiguous
+    offsets: np.ndarray  # int64, [B + 1], offsets[0] == 0, offsets[-1] == len(buffer)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record {i} out of range for {n} records")
+        return self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        data = self.buffer.tobytes()
+        bounds = self.offsets.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            yield data[start:end]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets[-1])
+
+    def fixed_length(self) -> Optional[int]:
+        """The common record length when all records have one (the fast path), else None."""
+        lengths = self.lengths
+        if len(lengths) and (lengths == lengths[0]).all():
+            return int(lengths[0])
+        return None
+
+    def to_list(self) -> List[bytes]:
+        return list(self)
+
+    def take(self, indices: np.ndarray) -> "EncodedRecords":
+        """The records at ``indices``, in that order, as a new contiguous EncodedRecords."""
+        indices = np.asarray(indices, dtype=np.int64)
+        lengths = self.lengths[indices]
+        offsets = np.zeros(len(indices) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if len(indices) == 0:
+            return EncodedRecords(np.zeros(0, np.uint8), offsets)
+        common = self.fixed_length()
+        if common is not None:
+            rows = self.buffer.reshape(-1, common)[indices]
+            return EncodedRecords(rows.reshape(-1), offsets)
+        buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+        starts = self.offsets[indices].tolist()
+        for dst, src, n in zip(offsets[:-1].tolist(), starts, lengths.tolist()):
+            buffer[dst:dst + n] = self.buffer[src:src + n]
+        return EncodedRecords(buffer, offsets)
+
+    @classmethod
+    def concat(cls, parts: Sequence["EncodedRecords"]) -> "EncodedRecords":
+        if not parts:
+            return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64))
+        buffer = np.concatenate([p.buffer for p in parts])
+        offsets = np.concatenate(
+            [np.zeros(1, np.int64)]
+            + [p.offsets[1:] + base for p, base in zip(parts, np.cumsum([0] + [p.nbytes for p in parts[:-1]]))])
+        return cls(buffer, offsets.astype(np.int64))
+
+    @classmethod
+    def from_list(cls, records: Sequence[bytes]) -> "EncodedRecords":
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in records], out=offsets[1:])
+        buffer = np.frombuffer(b"".join(records), dtype=np.uint8).copy()
+        return cls(buffer, offsets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Segments: the pieces a row of records is made of.
+
+class _Const:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class _Fixed:
+    """Per-record bytes of one width: a [B, w] uint8 array."""
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+
+class _Variable:
+    """Per-record bytes of differing widths: one bytes object per record."""
+    __slots__ = ("items",)
+
+    def __init__(self, items: List[bytes]):
+        self.items = items
+
+
+Segment = Union[_Const, _Fixed, _Variable]
+
+
+def _field(ttype: int, fid: int) -> bytes:
+    return struct.pack(">bh", ttype, fid)
+
+
+def _i32(v: int) -> bytes:
+    return struct.pack(">i", v)
+
+
+def _i64(v: int) -> bytes:
+    return struct.pack(">q", v)
+
+
+def _shape_field(fid: int, shape: Sequence[int]) -> bytes:
+    return (_field(T_LIST, fid) + struct.pack(">bi", T_I64, len(shape))
+            + b"".join(_i64(int(d)) for d in shape))
+
+
+def _as_be_rows(values: np.ndarray, be_dtype: str) -> np.ndarray:
+    """[B] numbers -> [B, itemsize] uint8 of their big-endian bytes."""
+    out = np.ascontiguousarray(values, dtype=np.dtype(be_dtype))
+    return out.view(np.uint8).reshape(len(values), out.dtype.itemsize)
+
+
+def _is_string_array(array: np.ndarray) -> bool:
+    return array.dtype.kind in ("U", "S", "O")
+
+
+def _string_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    raise TypeError(f"string tensor element must be str or bytes, got {type(value).__name__}")
+
+
+def _tensor_segments(feature_id: int, array: np.ndarray) -> List[Segment]:
+    """Segments of one map<i64, GeneralTensor> entry per record: id -> row i of ``array``."""
+    batch = array.shape[0]
+    row_shape = array.shape[1:]
+    head = _i64(feature_id)
+    if _is_string_array(array):
+        count = int(np.prod(row_shape, dtype=np.int64))
+        items = []
+        flat = array.reshape(batch, count) if batch else array.reshape(0, count)
+        for row in flat:
+            parts = [_field(T_LIST, 1), struct.pack(">bi", T_STRING, count)]
+            for value in row:
+                data = _string_bytes(value)
+                parts.append(_i32(len(data)))
+                parts.append(data)
+            items.append(b"".join(parts))
+        return [_Const(head + _field(T_STRUCT, 2)), _Variable(items),
+                _Const(_shape_field(2, row_shape) + b"\x00\x00")]
+    dtype = array.dtype
+    if dtype not in DTYPE_TO_DATA_TYPE:
+        raise TypeError(f"feature {feature_id}: unsupported dtype {dtype}; supported are "
+                        f"{sorted(str(d) for d in DTYPE_TO_DATA_TYPE)} and strings")
+    if dtype == np.bool_:
+        content = np.ascontiguousarray(array).view(np.uint8)
+    else:
+        content = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).view(np.uint8)
+    nbytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    prefix = (head + _field(T_STRUCT, 1)
+              + _field(T_I32, 1) + _i32(DTYPE_TO_DATA_TYPE[dtype])
+              + _field(T_STRING, 2) + _i32(nbytes))
+    suffix = _shape_field(3, row_shape) + b"\x00\x00"
+    return [_Const(prefix), _Fixed(content.reshape(batch, nbytes)), _Const(suffix)]
+
+
+def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
+    # Merge neighbouring constants so the fill loop touches each column block once.
+    merged: List[Segment] = []
+    for seg in segments:
+        if isinstance(seg, _Const) and merged and isinstance(merged[-1], _Const):
+            merged[-1] = _Const(merged[-1].data + seg.data)
+        elif not (isinstance(seg, _Const) and not seg.data):
+            merged.append(seg)
+    if not any(isinstance(s, _Variable) for s in merged):
+        widths = [len(s.data) if isinstance(s, _Const) else s.rows.shape[1] for s in merged]
+        length = sum(widths)
+        out = np.empty((batch, length), dtype=np.uint8)
+        col = 0
+        for seg, width in zip(merged, widths):
+            if width:
+                if isinstance(seg, _Const):
+                    out[:, col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
+                else:
+                    out[:, col:col + width] = seg.rows
+            col += width
+        return EncodedRecords(out.reshape(-1), np.arange(batch + 1, dtype=np.int64) * length)
+    # Strings present: lengths differ per record, so place each segment by per-record offsets.
+    lengths = np.zeros(batch, dtype=np.int64)
+    for seg in merged:
+        if isinstance(seg, _Const):
+            lengths += len(seg.data)
+        elif isinstance(seg, _Fixed):
+            lengths += seg.rows.shape[1]
+        else:
+            lengths += np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
+    offsets = np.zeros(batch + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.uint8)
+    cursor = offsets[:-1].copy()
+    for seg in merged:
+        if isinstance(seg, _Variable):
+            widths = np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
+            for start, item in zip(cursor.tolist(), seg.items):
+                out[start:start + len(item)] = np.frombuffer(item, dtype=np.uint8)
+            cursor += widths
+            continue
+        if isinstance(seg, _Const):
+            width = len(seg.data)
+            data = np.frombuffer(seg.data, dtype=np.uint8)[None, :]
+        else:
+            width = seg.rows.shape[1]
+            data = seg.rows
+        if width:
+            out[cursor[:, None] + np.arange(width)] = data
+        cursor += width
+    return EncodedRecords(out, offsets)
+
+
+def _check_columns(tensors: Sequence[TensorColumn], batch: Optional[int]) -> int:
+    for fid, array in tensors:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"feature {fid}: values must be a numpy array, got {type(array).__name__}")
+        if array.ndim == 0:
+            raise ValueError(f"feature {fid}: values need a batch dimension (dim 0), got a scalar")
+        if batch is None:
+            batch = array.shape[0]
+        elif array.shape[0] != batch:
+            raise ValueError(f"feature {fid}: dim 0 is {array.shape[0]}, expected {batch} "
+                             "(all arrays and keys must have the same number of records)")
+    if batch is None:
+        raise ValueError("nothing to encode: give keys or at least one tensor")
+    return batch
+
+
+def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                        tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> EncodedRecords:
+    """Encode B DataRecords: record i = {3: {key_feature_id: keys[i]}, 8: {fid: row i, ...}}.
+
+    Args:
+      keys: int64 [B] user keys, or None to leave out field 3 (discreteFeatures).
+      key_feature_id: the feature id the key is stored under (required with keys).
+      tensors: (feature id, array) pairs, or a mapping, in the order the entries are written.
+        Each array has dim 0 = B; row i (shape = dims[1:]) becomes a rawTypedTensor (numeric
+        and bool) or a stringTensor (str / bytes / object arrays). Empty -> no field 8.
+    Returns:
+      EncodedRecords with B records.
+    """
+    columns = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    batch = None
+    segments: List[Segment] = []
+    if keys is not None:
+        keys = np.asarray(keys)
+        if keys.ndim != 1 or keys.dtype.kind not in "iu":
+            raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
+        if key_feature_id is None:
+            raise ValueError("key_feature_id is required when keys are given")
+        batch = len(keys)
+        segments += [
+            _Const(_field(T_MAP, 3) + struct.pack(">bbi", T_I64, T_I64, 1) + _i64(key_feature_id)),
+            _Fixed(_as_be_rows(keys, ">i8"))]
+    batch = _check_columns(columns, batch)
+    if columns:
+        segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
+        for fid, array in columns:
+            segments += _tensor_segments(int(fid), array)
+    segments.append(_Const(b"\x00"))
+    return _assemble(batch, segments)
+
+
+def encode_continuous_records(feature_ids: Sequence[int], values: np.ndarray) -> EncodedRecords:
+    """B DataRecords holding only field 2: record i = {feature_ids[j]: double(values[i, j])}."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must be [B, P], got shape {values.shape}")
+    if values.dtype not in (np.float32, np.float64):
+        raise TypeError(f"values must be float32 or float64, got {values.dtype}")
+    ids = np.asarray(list(feature_ids), dtype=np.int64)
+    batch, width = values.shape
+    if len(ids) != width:
+        raise ValueError(f"{len(ids)} feature ids but values have {width} columns (last dim)")
+    if width == 0:
+        return _assemble(batch, [_Const(b"\x00")])
+    entries = np.empty((batch, width, 16), dtype=np.uint8)
+    entries[:, :, :8] = ids.astype(">i8").view(np.uint8).reshape(width, 8)
+    entries[:, :, 8:] = values.astype(">f8").view(np.uint8).reshape(batch, width, 8)
+    return _assemble(batch, [
+        _Const(_field(T_MAP, 2) + struct.pack(">bbi", T_I64, T_DOUBLE, width)),
+        _Fixed(entries.reshape(batch, width * 16)),
+        _Const(b"\x00")])
+
+
+def encode_tensor_record(tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> bytes:
+    """One DataRecord with field 8 only, each tensor whole (what DataRecordTensorWriter writes)."""
+    columns = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    if not columns:
+        return b"\x00"
+    return encode_data_records(None, None, [(fid, np.asarray(a)[None]) for fid, a in columns])[0]
+
+
+def encode_batch_prediction_response(records: EncodedRecords) -> bytes:
+    """A BatchPredictionResponse {1: predictions} around already-encoded DataRecords."""
+    head = _field(T_LIST, 1) + struct.pack(">bi", T_STRUCT, len(records))
+    return head + records.buffer[:records.nbytes].tobytes() + b"\x00"

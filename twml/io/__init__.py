@@ -1,0 +1,1 @@
+"""File containers for serialized records: TFRecord framing and elephant-bird blocks."""

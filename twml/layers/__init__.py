@@ -1,0 +1,1 @@
+"""twml's Keras layers for TensorFlow 2 / Keras 3."""
