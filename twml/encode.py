@@ -22,6 +22,8 @@ from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from twml.feature_ids import resolve_feature_id
+
 __all__ = ["EncodedRecords", "TensorColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
            "encode_continuous_records", "encode_tensor_record",
            "encode_batch_prediction_response"]
@@ -92,7 +94,7 @@ class EncodedRecords:
         if len(indices) == 0:
             return EncodedRecords(np.zeros(0, np.uint8), offsets)
         common = self.fixed_length()
-        if common is not None:
+        if common:
             rows = self.buffer.reshape(-1, common)[indices]
             return EncodedRecords(rows.reshape(-1), offsets)
         buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
@@ -204,6 +206,8 @@ def _tensor_segments(feature_id: int, array: np.ndarray) -> List[Segment]:
         return [_Const(head + _field(T_STRUCT, 2)), _Variable(items),
                 _Const(_shape_field(2, row_shape) + b"\x00\x00")]
     dtype = array.dtype
+    if dtype.kind in "fiu" and not dtype.isnative:   # e.g. '>f4' from a big-endian source
+        dtype = dtype.newbyteorder("=")
     if dtype not in DTYPE_TO_DATA_TYPE:
         raise TypeError(f"feature {feature_id}: unsupported dtype {dtype}; supported are "
                         f"{sorted(str(d) for d in DTYPE_TO_DATA_TYPE)} and strings")
@@ -272,6 +276,17 @@ def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
     return EncodedRecords(out, offsets)
 
 
+def _resolve_ids(columns: Sequence[TensorColumn]) -> List[TensorColumn]:
+    """(name or id, array) pairs -> (int64 id, array), refusing an id given twice (a map key)."""
+    resolved = [(resolve_feature_id(fid), array) for fid, array in columns]
+    seen = set()
+    for (fid, _), (given, _) in zip(resolved, columns):
+        if fid in seen:
+            raise ValueError(f"feature {given!r} (id {fid}) is given more than once")
+        seen.add(fid)
+    return resolved
+
+
 def _check_columns(tensors: Sequence[TensorColumn], batch: Optional[int]) -> int:
     for fid, array in tensors:
         if not isinstance(array, np.ndarray):
@@ -294,14 +309,15 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
 
     Args:
       keys: int64 [B] user keys, or None to leave out field 3 (discreteFeatures).
-      key_feature_id: the feature id the key is stored under (required with keys).
-      tensors: (feature id, array) pairs, or a mapping, in the order the entries are written.
+      key_feature_id: the feature id (or name) the key is stored under (required with keys).
+      tensors: (feature id or name, array) pairs, or a mapping, in the order the entries are
+        written; each id at most once.
         Each array has dim 0 = B; row i (shape = dims[1:]) becomes a rawTypedTensor (numeric
         and bool) or a stringTensor (str / bytes / object arrays). Empty -> no field 8.
     Returns:
       EncodedRecords with B records.
     """
-    columns = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    columns = _resolve_ids(list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors))
     batch = None
     segments: List[Segment] = []
     if keys is not None:
@@ -310,6 +326,7 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
             raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
         if key_feature_id is None:
             raise ValueError("key_feature_id is required when keys are given")
+        key_feature_id = resolve_feature_id(key_feature_id)
         batch = len(keys)
         segments += [
             _Const(_field(T_MAP, 3) + struct.pack(">bbi", T_I64, T_I64, 1) + _i64(key_feature_id)),
@@ -318,7 +335,7 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
     if columns:
         segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
         for fid, array in columns:
-            segments += _tensor_segments(int(fid), array)
+            segments += _tensor_segments(fid, array)
     segments.append(_Const(b"\x00"))
     return _assemble(batch, segments)
 
@@ -330,7 +347,7 @@ def encode_continuous_records(feature_ids: Sequence[int], values: np.ndarray) ->
         raise ValueError(f"values must be [B, P], got shape {values.shape}")
     if values.dtype not in (np.float32, np.float64):
         raise TypeError(f"values must be float32 or float64, got {values.dtype}")
-    ids = np.asarray(list(feature_ids), dtype=np.int64)
+    ids = np.asarray([fid for fid, _ in _resolve_ids([(f, None) for f in feature_ids])], dtype=np.int64)
     batch, width = values.shape
     if len(ids) != width:
         raise ValueError(f"{len(ids)} feature ids but values have {width} columns (last dim)")
