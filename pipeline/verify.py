@@ -1,0 +1,660 @@
+"""``embedding-export verify DIR``: check that an export is complete and every record is sound.
+
+What is checked (SPEC sections 4 to 6):
+
+- the directory: ``_MANIFEST.json`` parses, ``_SUCCESS`` exists, every shard the manifest lists
+  exists under the name SPEC 5 gives it, and no other ``part-*`` file is there;
+- the manifest: one entry per shard, feature ids match their names, rows_read == rows_written +
+  rows_rejected, and the shard counts add up to rows_written;
+- every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
+  pages), every record decoded, the key and an embedding of the manifest's dimension present,
+  every value finite, the record in the shard its key hashes to (hash placement only: exports
+  placed by an input column cannot be checked from the records, and the summary says so), for
+  parquet the ``key``/``embedding`` columns equal to the decoded record, and the record and byte
+  counts equal to the manifest's (plus the file's crc32c when the manifest records one);
+- the rejected-rows files the manifest lists: present, with the row counts it gives.
+
+Memory is bounded by the batch size: a shard is never loaded whole (only its keys are kept, 8
+bytes a record, to find duplicate users). Shards are independent, so ``--processes N`` checks N
+at a time. ``verify_export`` is the pure function (``verify_shard`` its per-shard part); ``main``
+prints a summary table (rich on a terminal, plain text otherwise) and returns 0 only when all holds.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import google_crc32c
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.inspection import (DEFAULT_BATCH_SIZE, MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME,
+                                 ExportError, ExportManifest, RecordBatch, ShardReadError, file_size,
+                                 is_directory, iter_record_batches, join_path, list_directory,
+                                 open_binary, parse_shard_file_name, read_manifest, shard_file_name)
+from transforms.partition import shard_of_keys
+from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
+from twml.encode import encode_data_records
+from twml.errors import RecordFormatError
+from twml.feature_ids import feature_id
+
+__all__ = ["DEFAULT_MAX_PROBLEMS", "Problem", "ShardCheck", "ShardOutcome", "VerifyReport", "verify_shard",
+           "verify_export", "print_report", "main"]
+
+DEFAULT_MAX_PROBLEMS = 50
+_FLOAT_DATA_TYPE = 0          # tensor.thrift DataType.FLOAT
+_TABLE_ALL_SHARDS_UP_TO = 64  # above this the table lists only shards with problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that does not hold.
+
+    Attributes:
+      message: what is wrong.
+      file: the file (relative to the export directory) it is in, if any.
+      record: index of the first record concerned in that shard, if any.
+      offset: byte offset in the (decompressed) file, when the reader knows it.
+    """
+    message: str
+    file: Optional[str] = None
+    record: Optional[int] = None
+    offset: Optional[int] = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{' '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass
+class ShardCheck:
+    """What was found in one shard file (``records`` counts records read before any framing error)."""
+    index: int
+    file: str
+    records: int = 0
+    bytes: Optional[int] = None
+    manifest_records: Optional[int] = None
+    manifest_bytes: Optional[int] = None
+    read_to_end: bool = False
+    problems: int = 0
+    missing: bool = False
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of ``verify_export``; ``ok`` is True only when no problem was found.
+
+    ``problems`` keeps the first ``max_problems`` in the order found (directory, then shards in
+    order, then totals); ``problem_count`` counts all of them. ``warnings`` are things worth a
+    look that do not make the export wrong (duplicate keys, zero vectors, stray files).
+    """
+    path: str
+    format: Optional[str] = None
+    compression: Optional[str] = None
+    num_shards: Optional[int] = None
+    embedding_dim: Optional[int] = None
+    partition_by: Optional[str] = None
+    placement_checked: bool = False
+    records: int = 0
+    rows_written: Optional[int] = None
+    shards: List[ShardCheck] = field(default_factory=list)
+    problems: List[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    warnings: List[str] = field(default_factory=list)
+    norm_min: Optional[float] = None
+    norm_mean: Optional[float] = None
+    norm_max: Optional[float] = None
+    max_problems: int = DEFAULT_MAX_PROBLEMS
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def add(self, problem: Problem, count: int = 1) -> None:
+        self.problem_count += count
+        if len(self.problems) < self.max_problems:
+            self.problems.append(problem)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["problems"] = [{**asdict(p), "text": str(p)} for p in self.problems]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-shard checks
+
+class _ShardChecker:
+    """Checks the batches of one shard and folds repeated problems of a kind into one.
+
+    A whole shard of misplaced or non-finite records is one Problem naming the first record and
+    the count, not a million lines. Args: the manifest, the shard's index and check, and whether
+    the shard placement can be checked (hash placement).
+    """
+
+    def __init__(self, manifest: ExportManifest, shard: ShardCheck, check_placement: bool):
+        self.manifest = manifest
+        self.shard = shard
+        self.check_placement = check_placement
+        self.first: Dict[str, Problem] = {}
+        self.counts: Dict[str, int] = {}
+        self.keys: List[np.ndarray] = []
+        self.norm_min = np.inf
+        self.norm_max = -np.inf
+        self.norm_sum = 0.0
+        self.norm_count = 0
+        self.zero_vectors = 0
+
+    def note(self, kind: str, record: int, message: str, count: int = 1, offset: Optional[int] = None) -> None:
+        if kind not in self.first or record < self.first[kind].record:
+            self.first[kind] = Problem(message, self.shard.file, record, offset)
+        self.counts[kind] = self.counts.get(kind, 0) + count
+
+    def check(self, batch: RecordBatch, path: str) -> None:
+        keys, embeddings, decoded = _decode_batch(batch, self.manifest, path, self)
+        self.shard.records += len(batch)
+        if not decoded.any():
+            return
+        index = batch.first + np.flatnonzero(decoded)
+        keys, embeddings = keys[decoded], embeddings[decoded]
+        self.keys.append(keys)
+        if embeddings.shape[1] != self.manifest.embedding_dim:
+            self.note("dim", int(index[0]), f"embedding has dimension {embeddings.shape[1]}, "
+                      f"the manifest says {self.manifest.embedding_dim}", count=len(index))
+            return
+        finite = np.isfinite(embeddings).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            self.note("finite", int(index[bad[0]]),
+                      f"embedding of key {int(keys[bad[0]])} has non-finite values", count=len(bad))
+        if self.check_placement:
+            shards = shard_of_keys(keys, self.manifest.num_shards)
+            wrong = np.flatnonzero(shards != self.shard.index)
+            if len(wrong):
+                i = wrong[0]
+                self.note("placement", int(index[i]),
+                          f"key {int(keys[i])} belongs in shard {int(shards[i])} "
+                          f"(fmix64(key) % {self.manifest.num_shards}), not shard {self.shard.index}",
+                          count=len(wrong))
+        if batch.keys is not None:
+            self._check_parquet_columns(batch, decoded, index, keys, embeddings)
+        norms = np.linalg.norm(embeddings[finite].astype(np.float64), axis=1)
+        if len(norms):
+            self.norm_min = min(self.norm_min, float(norms.min()))
+            self.norm_max = max(self.norm_max, float(norms.max()))
+            self.norm_sum += float(norms.sum())
+            self.norm_count += len(norms)
+            self.zero_vectors += int((norms == 0).sum())
+
+    def _check_parquet_columns(self, batch: RecordBatch, decoded: np.ndarray, index: np.ndarray,
+                               keys: np.ndarray, embeddings: np.ndarray) -> None:
+        column_keys = batch.keys[decoded]
+        wrong = np.flatnonzero(column_keys != keys)
+        if len(wrong):
+            i = wrong[0]
+            self.note("parquet_key", int(index[i]), f"column key is {int(column_keys[i])} but the "
+                      f"data_record holds key {int(keys[i])}", count=len(wrong))
+        column_emb = batch.embeddings[decoded]
+        if column_emb.shape != embeddings.shape:
+            self.note("parquet_embedding", int(index[0]), f"column embedding has shape {column_emb.shape[1:]}, "
+                      f"the data_record {embeddings.shape[1:]}", count=len(index))
+            return
+        # Bitwise: NaN payloads and -0.0 must match too.
+        differs = (np.ascontiguousarray(column_emb).view(np.uint32)
+                   != np.ascontiguousarray(embeddings).view(np.uint32)).any(axis=1)
+        if differs.any():
+            i = np.flatnonzero(differs)[0]
+            self.note("parquet_embedding", int(index[i]), f"column embedding differs from the "
+                      f"data_record's embedding (key {int(keys[i])})", count=int(differs.sum()))
+
+    def finish(self, outcome: "ShardOutcome") -> None:
+        """Fold the problems noted into ``outcome`` (one a kind, with its count), plus warnings."""
+        for kind, problem in sorted(self.first.items(), key=lambda kv: kv[1].record):
+            count = self.counts[kind]
+            message = problem.message
+            if count > 1:
+                message += f" ({count} records of this shard have this problem)"
+            outcome.add(Problem(message, problem.file, problem.record, problem.offset), count)
+        if self.keys:
+            keys = np.concatenate(self.keys)
+            unique, counts = np.unique(keys, return_counts=True)
+            if len(unique) != len(keys):
+                dup = int(unique[np.argmax(counts)])
+                outcome.warnings.append(f"{self.shard.file}: {len(keys) - len(unique)} duplicate key(s), "
+                                        f"e.g. key {dup} x{int(counts.max())}")
+        if self.zero_vectors:
+            outcome.warnings.append(f"{self.shard.file}: {self.zero_vectors} all-zero embedding(s)")
+        outcome.norm_min, outcome.norm_max = self.norm_min, self.norm_max
+        outcome.norm_sum, outcome.norm_count = self.norm_sum, self.norm_count
+
+
+def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, checker: _ShardChecker
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, embeddings, decoded mask) of a batch; records that do not decode become problems.
+
+    The batch decoder reads every record (byte-checking those laid out as the exporter writes
+    them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
+    a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
+    outputs) is decoded strictly on its own, so SPEC 4's form (FLOAT rawTypedTensor of shape [D])
+    is held to in every batch. When the batch decoder refuses a batch, its records are decoded
+    one by one to name the bad ones.
+    """
+    try:
+        keys, embeddings = decode_embeddings(batch.records, manifest.key_feature_id,
+                                             manifest.embedding_feature_id, path)
+    except RecordFormatError:
+        return _decode_each(batch, np.arange(len(batch)), manifest, path, checker)
+    decoded = np.ones(len(batch), dtype=bool)
+    if embeddings.shape[1] != manifest.embedding_dim:
+        return keys, embeddings, decoded   # reported once for the whole batch by the caller
+    unusual = _differs_from_encoder(batch, keys, embeddings, manifest)
+    if len(unusual):
+        _, _, strict_ok = _decode_each(batch, unusual, manifest, path, checker)
+        decoded[unusual] = strict_ok[unusual]
+    return keys, embeddings, decoded
+
+
+def _differs_from_encoder(batch: RecordBatch, keys: np.ndarray, embeddings: np.ndarray,
+                          manifest: ExportManifest) -> np.ndarray:
+    """Indices of the records whose bytes are not what ``encode_data_records`` writes for them."""
+    expected = encode_data_records(keys, manifest.key_feature_id,
+                                   [(manifest.embedding_feature_id, embeddings)])
+    length = expected.fixed_length()
+    n = len(batch)
+    if length is not None and batch.records.fixed_length() == length:
+        have = batch.records.buffer[:n * length].reshape(n, length)
+        want = expected.buffer.reshape(n, length)
+        return np.flatnonzero((have != want).any(axis=1))
+    return np.array([i for i in range(n) if batch.records[i] != expected[i]], dtype=np.int64)
+
+
+def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest, path: str,
+                 checker: _ShardChecker) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strictly decode the records at ``rows`` one by one; each failure becomes a problem."""
+    n = len(batch)
+    dim = manifest.embedding_dim
+    keys = np.zeros(n, np.int64)
+    embeddings = np.zeros((n, dim), np.float32)
+    decoded = np.zeros(n, dtype=bool)
+    for i in rows.tolist():
+        record_index = batch.first + i
+        try:
+            key, vector = _decode_one(batch.records[i], manifest, path)
+        except RecordFormatError as err:
+            checker.note("decode", record_index, f"record does not decode as SPEC 4 writes it: {err.reason}")
+            continue
+        if vector.shape[0] != dim:
+            checker.note("dim", record_index, f"embedding has dimension {vector.shape[0]}, "
+                         f"the manifest says {dim}")
+            continue
+        keys[i], embeddings[i], decoded[i] = key, vector, True
+    return keys, embeddings, decoded
+
+
+def _decode_one(data: bytes, manifest: ExportManifest, path: str) -> Tuple[int, np.ndarray]:
+    """Key and embedding of one record, strictly as SPEC 4 writes them (FLOAT rawTypedTensor, 1-D)."""
+    record = decode_data_record(data, path)
+    key = (record.discreteFeatures or {}).get(manifest.key_feature_id)
+    if key is None:
+        raise RecordFormatError(f"no key: discreteFeatures has no entry for "
+                                f"{manifest.key_feature_name or manifest.key_feature_id}")
+    tensor = (record.tensors or {}).get(manifest.embedding_feature_id)
+    if tensor is None:
+        raise RecordFormatError(f"no embedding: tensors has no entry for "
+                                f"{manifest.embedding_feature_name or manifest.embedding_feature_id}")
+    raw = tensor.rawTypedTensor
+    if raw is None or raw.dataType != _FLOAT_DATA_TYPE:
+        raise RecordFormatError("embedding is not a rawTypedTensor of dataType FLOAT")
+    vector = tensor_to_numpy(tensor)
+    if vector.ndim != 1:
+        raise RecordFormatError(f"embedding has shape {list(vector.shape)}, expected [D]")
+    return int(key), vector
+
+
+def _file_crc32c(path: str) -> int:
+    """crc32c of the file's bytes as stored (compressed or not), read in 1 MiB chunks."""
+    crc = 0
+    with open_binary(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            crc = google_crc32c.extend(crc, chunk)
+    return crc
+
+
+def _as_crc(value: Any) -> Optional[int]:
+    """A manifest crc32c (an int, or a hex string) -> int; None when absent or unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class ShardOutcome:
+    """What checking one shard found; picklable, so shards can be checked in worker processes.
+
+    ``problems`` holds (problem, records it stands for) in record order, a handful at most: each
+    kind of per-record problem is folded into one entry.
+    """
+    check: ShardCheck
+    problems: List[Tuple[Problem, int]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    norm_min: float = float("inf")
+    norm_max: float = float("-inf")
+    norm_sum: float = 0.0
+    norm_count: int = 0
+
+    def add(self, problem: Problem, count: int = 1) -> None:
+        self.problems.append((problem, count))
+        self.check.problems += count
+
+
+def verify_shard(export_dir: str, manifest: ExportManifest, index: int,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> ShardOutcome:
+    """Check shard ``index`` of the export: its name, every record, counts, bytes and crc32c.
+
+    Args:
+      export_dir: the export directory.
+      manifest: its manifest (``read_manifest``).
+      index: the shard, 0 .. num_shards - 1 (its position in the manifest's ``shards``).
+      batch_size: records read and decoded at a time.
+    """
+    entry = manifest.shards[index]
+    shard = ShardCheck(index=index, file=entry.file, manifest_records=entry.records,
+                       manifest_bytes=entry.bytes)
+    outcome = ShardOutcome(shard)
+    expected = shard_file_name(index, manifest.num_shards, manifest.format, manifest.compression)
+    if entry.file != expected:
+        outcome.add(Problem(f"shard {index} of {manifest.num_shards} should be named {expected} "
+                            f"(format {manifest.format}, compression {manifest.compression})", entry.file))
+    path = join_path(export_dir, entry.file)
+    shard.bytes = file_size(path)
+    if shard.bytes is None:
+        shard.missing = True
+        outcome.add(Problem("shard file is missing (the manifest lists it)", entry.file))
+        return outcome
+    checker = _ShardChecker(manifest, shard, manifest.partition_by == "hash")
+    try:
+        for batch in iter_record_batches(path, manifest.format, batch_size):
+            checker.check(batch, path)
+        shard.read_to_end = True
+    except ShardReadError as err:
+        checker.note("framing", err.record, f"unreadable from here on: {err.reason}", offset=err.offset)
+    checker.finish(outcome)
+    # Counts are compared only when the whole file could be read: after a framing error the
+    # framing problem is the one to name, a short count would only repeat it.
+    if shard.read_to_end and shard.records != entry.records:
+        outcome.add(Problem(f"the manifest says {entry.records} records, the file holds {shard.records}",
+                            entry.file, min(shard.records, entry.records)))
+    if entry.bytes is not None and shard.bytes != entry.bytes:
+        outcome.add(Problem(f"the manifest says {entry.bytes} bytes, the file has {shard.bytes}", entry.file))
+    raw_entry = manifest.raw["shards"][index]
+    expected_crc = _as_crc(raw_entry.get("crc32c"))
+    if expected_crc is not None:
+        actual_crc = _file_crc32c(path)
+        if actual_crc != expected_crc:
+            outcome.add(Problem(f"file crc32c is {actual_crc:#010x}, the manifest says {expected_crc:#010x} "
+                                "(the file changed after the export wrote it)", entry.file))
+    return outcome
+
+
+# ----------------------------------------------------------------------------------------------
+# Directory and manifest checks
+
+def _check_directory(export_dir: str, manifest: ExportManifest, report: VerifyReport) -> None:
+    if file_size(join_path(export_dir, SUCCESS_NAME)) is None:
+        report.add(Problem(f"{SUCCESS_NAME} is missing: the job did not finish (or is still writing)"))
+    listed = {s.file for s in manifest.shards}
+    known = listed | {MANIFEST_NAME, SUCCESS_NAME, REJECTED_DIR}
+    for name in list_directory(export_dir):
+        if name in known:
+            continue
+        if parse_shard_file_name(name) is not None or name.startswith("part-"):
+            report.add(Problem("part file that the manifest does not list (left over from another run?)", name))
+        else:
+            report.warnings.append(f"{name}: unexpected entry in the export directory")
+
+
+def _check_manifest(manifest: ExportManifest, report: VerifyReport) -> None:
+    if len(manifest.shards) != manifest.num_shards:
+        report.add(Problem(f"{MANIFEST_NAME}: num_shards is {manifest.num_shards} but it lists "
+                           f"{len(manifest.shards)} shards"))
+    for name, fid, what in ((manifest.key_feature_name, manifest.key_feature_id, "key_feature"),
+                            (manifest.embedding_feature_name, manifest.embedding_feature_id, "embedding_feature")):
+        if name is not None and feature_id(name) != fid:
+            report.add(Problem(f"{MANIFEST_NAME}: {what} id {fid} is not feature_id({name!r}) = {feature_id(name)}"))
+    read, written, rejected = manifest.rows_read, manifest.rows_written, manifest.rows_rejected
+    if None in (read, written, rejected):
+        report.add(Problem(f"{MANIFEST_NAME}: rows_read, rows_written and rows_rejected must all be integers"))
+    elif read != written + rejected:
+        report.add(Problem(f"{MANIFEST_NAME}: rows_read {read} != rows_written {written} + rows_rejected {rejected}"))
+    if manifest.embedding_dim <= 0:
+        report.add(Problem(f"{MANIFEST_NAME}: embedding_dim must be > 0, got {manifest.embedding_dim}"))
+
+
+def _check_rejected(export_dir: str, manifest: ExportManifest, report: VerifyReport) -> None:
+    """The ``rejected_files`` the manifest lists exist, hold the rows it says, and add up to rows_rejected."""
+    entries = manifest.raw.get("rejected_files")
+    if not isinstance(entries, list):
+        return   # an older manifest without the list: nothing to compare
+    total = 0
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            report.add(Problem(f"{MANIFEST_NAME}: rejected_files entry {entry!r} has no file"))
+            continue
+        path = join_path(export_dir, name)
+        if file_size(path) is None:
+            report.add(Problem("rejected-rows file is missing (the manifest lists it)", name))
+            continue
+        try:
+            with open_binary(path) as source, pq.ParquetFile(source) as parquet:
+                rows = parquet.metadata.num_rows
+        except (pa.ArrowException, OSError) as err:
+            report.add(Problem(f"unreadable rejected-rows parquet: {err}", name))
+            continue
+        total += rows
+        if rows != entry.get("records"):
+            report.add(Problem(f"the manifest says {entry.get('records')} rejected rows, the file holds {rows}", name))
+    if manifest.rows_rejected is not None and total != manifest.rows_rejected and \
+            not any(p.file and p.file.startswith(REJECTED_DIR) for p in report.problems):
+        report.add(Problem(f"{MANIFEST_NAME}: rejected_files hold {total} rows, rows_rejected says "
+                           f"{manifest.rows_rejected}"))
+
+
+def _check_totals(manifest: ExportManifest, report: VerifyReport) -> None:
+    listed = sum(s.records for s in manifest.shards)
+    if manifest.rows_written is not None and listed != manifest.rows_written:
+        report.add(Problem(f"{MANIFEST_NAME}: the shards list {listed} records in all, "
+                           f"rows_written says {manifest.rows_written}"))
+
+
+def _merge(report: VerifyReport, outcome: ShardOutcome) -> None:
+    report.shards.append(outcome.check)
+    report.records += outcome.check.records
+    for problem, count in outcome.problems:
+        report.add(problem, count=count)
+    report.warnings.extend(outcome.warnings)
+
+
+def _shard_outcomes(path: str, manifest: ExportManifest, batch_size: int, processes: int) -> Iterator[ShardOutcome]:
+    """One outcome per shard, in shard order; shards are checked in ``processes`` processes."""
+    indices = range(len(manifest.shards))
+    if processes <= 1 or len(indices) <= 1:
+        for index in indices:
+            yield verify_shard(path, manifest, index, batch_size)
+        return
+    # spawn: a forked child would inherit grpc/Beam state that is not fork-safe.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(processes, len(indices)), mp_context=context) as pool:
+        yield from pool.map(functools.partial(verify_shard, path, manifest, batch_size=batch_size), indices)
+
+
+def verify_export(path: str, batch_size: int = DEFAULT_BATCH_SIZE, max_problems: int = DEFAULT_MAX_PROBLEMS,
+                  processes: int = 1) -> VerifyReport:
+    """Check the export directory ``path`` (see the module docstring for what is checked).
+
+    Args:
+      path: the export directory (local, or gs:// etc. where Beam's FileSystems can read it).
+      batch_size: records read and decoded at a time (memory is about one batch a process).
+      max_problems: problems kept in the report (all are counted).
+      processes: shards checked in parallel in this many processes.
+    Returns:
+      a VerifyReport; ``report.ok`` is True only when everything holds. Never raises for bad
+      data: an unreadable manifest is a problem like any other.
+    """
+    report = VerifyReport(path=path, max_problems=max_problems)
+    if not is_directory(path):
+        report.add(Problem(f"{path} is not an export directory"))
+        return report
+    try:
+        manifest = read_manifest(path)
+    except ExportError as err:
+        report.add(Problem(str(err), MANIFEST_NAME))
+        return report
+    report.format, report.compression = manifest.format, manifest.compression
+    report.num_shards, report.embedding_dim = manifest.num_shards, manifest.embedding_dim
+    report.partition_by, report.rows_written = manifest.partition_by, manifest.rows_written
+    report.placement_checked = manifest.partition_by == "hash"
+    _check_manifest(manifest, report)
+    _check_directory(path, manifest, report)
+    norm_min, norm_max, norm_sum, norm_count = np.inf, -np.inf, 0.0, 0
+    for outcome in _shard_outcomes(path, manifest, batch_size, processes):
+        _merge(report, outcome)
+        if outcome.norm_count:
+            norm_min, norm_max = min(norm_min, outcome.norm_min), max(norm_max, outcome.norm_max)
+            norm_sum, norm_count = norm_sum + outcome.norm_sum, norm_count + outcome.norm_count
+    _check_rejected(path, manifest, report)
+    _check_totals(manifest, report)
+    if norm_count:
+        report.norm_min, report.norm_max, report.norm_mean = norm_min, norm_max, norm_sum / norm_count
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+
+def _shard_rows(report: VerifyReport) -> Iterable[ShardCheck]:
+    if len(report.shards) <= _TABLE_ALL_SHARDS_UP_TO:
+        return report.shards
+    return [s for s in report.shards if s.problems]
+
+
+def _status(shard: ShardCheck) -> str:
+    if shard.missing:
+        return "MISSING"
+    if shard.problems:
+        return f"{shard.problems} problem(s)"
+    return "ok"
+
+
+def _summary_lines(report: VerifyReport) -> List[str]:
+    lines = [f"export      {report.path}",
+             f"format      {report.format}, compression {report.compression}, "
+             f"{report.num_shards} shards, embedding dim {report.embedding_dim}",
+             f"records     {report.records} read, manifest rows_written {report.rows_written}"]
+    if report.placement_checked:
+        lines.append(f"placement   checked: every key in shard fmix64(key) % {report.num_shards}")
+    elif report.partition_by == "column":
+        lines.append("placement   NOT checked: partition.by is 'column' (shards come from an input "
+                     "column that the records do not carry)")
+    if report.norm_mean is not None:
+        lines.append(f"norms       min {report.norm_min:.4g}, mean {report.norm_mean:.4g}, max {report.norm_max:.4g}")
+    if len(report.shards) > _TABLE_ALL_SHARDS_UP_TO:
+        counts = np.array([s.records for s in report.shards])
+        lines.append(f"per shard   records min {counts.min()}, median {int(np.median(counts))}, "
+                     f"max {counts.max()} (table lists only shards with problems)")
+    return lines
+
+
+def print_report(report: VerifyReport, stream=None) -> None:
+    """The summary table, then warnings and the first problems; rich on a terminal, plain text otherwise."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    stream = stream or sys.stdout
+    tty = stream.isatty()
+    console = Console(file=stream, force_terminal=tty, no_color=not tty, highlight=False,
+                      width=None if tty else 200, soft_wrap=not tty)
+    table = Table(box=box.SIMPLE_HEAD if tty else None, show_edge=tty, pad_edge=False,
+                  title="embedding export: shards" if tty else None)
+    for column, justify in (("shard file", "left"), ("records", "right"), ("manifest", "right"),
+                            ("bytes", "right"), ("status", "left")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for shard in _shard_rows(report):
+        status = _status(shard)
+        style = None if status == "ok" else "bold red"
+        table.add_row(shard.file, str(shard.records) if not shard.missing else "-",
+                      str(shard.manifest_records), str(shard.bytes) if shard.bytes is not None else "-",
+                      status, style=style)
+    if report.shards:
+        console.print(table)
+    for line in _summary_lines(report):
+        console.print(line)
+    for warning in report.warnings[:20]:
+        console.print(f"warning: {warning}", style="yellow")
+    if report.ok:
+        console.print(f"OK: {report.records} records in {len(report.shards)} shards verified", style="bold green")
+        return
+    shown = len(report.problems)
+    console.print(f"FAILED: {report.problem_count} problem(s); the first {shown}:", style="bold red")
+    for problem in report.problems:
+        console.print(f"  {problem}", markup=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedding-export verify",
+        description="Read every shard of an export, check framing, checksums, every record, shard "
+                    "placement and the manifest counts. Exit 0 only when all holds.")
+    parser.add_argument("path", metavar="DIR", help="the export directory (holds _MANIFEST.json)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"records decoded at a time (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--max-problems", type=int, default=DEFAULT_MAX_PROBLEMS,
+                        help=f"problems listed (all are counted; default {DEFAULT_MAX_PROBLEMS})")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="check shards in parallel in this many processes (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    return parser
+
+
+def main(args: Optional[Sequence[str]] = None) -> int:
+    """``embedding-export verify DIR``: 0 when the export is sound, 1 when not, 2 on bad usage."""
+    opts = _parser().parse_args(list(args) if args is not None else None)
+    if not is_directory(opts.path):
+        print(f"verify: {opts.path} is not an export directory", file=sys.stderr)
+        return 2
+    if opts.batch_size <= 0 or opts.max_problems <= 0 or opts.processes <= 0:
+        print("verify: --batch-size, --max-problems and --processes must be > 0", file=sys.stderr)
+        return 2
+    report = verify_export(opts.path, batch_size=opts.batch_size, max_problems=opts.max_problems,
+                           processes=opts.processes)
+    if opts.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print_report(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
