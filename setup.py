@@ -24,6 +24,8 @@ setup(
         "protobuf>=5,<7",
         "google-crc32c>=1.6",
         "mmh3>=4.1",
+        "numba>=0.60",      # the batch crc32c kernel (twml/io/crc32c_batch.py); optional at run time
+        "llvmlite>=0.43",
         "pydantic>=2.6,<3",
         "pyyaml>=6",
         "rich>=13",

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from twml.encode import (EncodedRecords, encode_batch_prediction_response, encode_continuous_records,
-                         encode_data_records, encode_tensor_record)
+                         encode_data_records, encode_fixed_rows, encode_tensor_record)
 from twml.feature_ids import feature_id
 from twml.schema import data_thrift, prediction_service_thrift, serialize, tensor_thrift
 
@@ -216,3 +216,66 @@ def test_encoded_records_helpers():
     assert a[-1] == a[3]
     with pytest.raises(IndexError):
         a[4]
+
+
+# -- encode_fixed_rows: the same records, written into rows with room around them -----------------
+
+def _has_strings(columns) -> bool:
+    return any(array.dtype.kind in "USO" for _, array in columns)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch_strategy(), st.integers(0, 20), st.integers(0, 9))
+def test_fixed_rows_hold_the_records_between_head_and_tail(case, head, tail):
+    keys, columns, batch = case
+    key_id = KEY_ID if keys is not None else None
+    rows = encode_fixed_rows(keys, key_id, columns, head=head, tail=tail)
+    if _has_strings(columns):
+        assert rows is None   # records of differing lengths: no [B, L] layout
+        return
+    want = thrift_bytes(keys, columns, batch)   # independent of the encoder
+    assert rows.dtype == np.uint8 and rows.ndim == 2 and rows.shape[0] == batch and rows.flags.c_contiguous
+    if batch:
+        assert rows.shape[1] == head + len(want[0]) + tail
+    assert [bytes(row[head:rows.shape[1] - tail]) for row in rows] == want
+    assert not rows[:, :head].any() and not rows[:, rows.shape[1] - tail:].any()
+
+
+def test_fixed_rows_head_from_the_record_length():
+    keys = np.array([5, -6, 7], dtype=np.int64)
+    values = np.arange(12, dtype=np.float64).reshape(3, 4)
+    want = encode_data_records(keys, KEY_ID, [(9, values)])
+    seen = []
+
+    def head(length: int) -> bytes:
+        seen.append(length)
+        return b"<" + length.to_bytes(4, "little") + b">"
+
+    rows = encode_fixed_rows(keys, KEY_ID, [(9, values)], head=head, tail=2)
+    length = want.fixed_length()
+    assert seen == [length] and rows.shape == (3, 6 + length + 2)
+    for i, row in enumerate(rows):
+        assert bytes(row) == b"<" + length.to_bytes(4, "little") + b">" + want[i] + b"\0\0"
+
+
+def test_fixed_rows_empty_and_single_batches():
+    for batch in (0, 1):
+        keys = np.arange(batch, dtype=np.int64)
+        values = np.ones((batch, 3), np.float32)
+        rows = encode_fixed_rows(keys, KEY_ID, {5: values}, head=12, tail=4)
+        want = encode_data_records(keys, KEY_ID, {5: values})
+        length = len(encode_data_records(np.zeros(1, np.int64), KEY_ID, {5: np.ones((1, 3), np.float32)})[0])
+        assert rows.shape == (batch, 12 + length + 4)
+        assert [bytes(row[12:12 + length]) for row in rows] == want.to_list()
+
+
+def test_fixed_rows_check_inputs_like_encode_data_records():
+    with pytest.raises(ValueError, match="dim 0 is 3, expected 2"):
+        encode_fixed_rows(np.arange(2), KEY_ID, [(1, np.zeros((3, 1)))])
+    with pytest.raises(ValueError, match="dim 0 is 3, expected 2"):   # checked before strings give up
+        encode_fixed_rows(np.arange(2), KEY_ID, [(1, np.array(["a", "b", "c"]))])
+    with pytest.raises(TypeError, match="unsupported dtype complex128"):
+        encode_fixed_rows(None, None, [(1, np.zeros((2, 1), complex))])
+    with pytest.raises(ValueError, match="head and tail must be >= 0"):
+        encode_fixed_rows(np.arange(2), KEY_ID, [], tail=-1)
+    assert encode_fixed_rows(np.arange(2), KEY_ID, [(1, np.array(["a", "b"]))]) is None

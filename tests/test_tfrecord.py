@@ -5,12 +5,17 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from twml.decode import decode_embeddings
 from twml.encode import EncodedRecords, encode_data_records
 from twml.errors import RecordFormatError
 from twml.feature_ids import feature_id
-from twml.io.tfrecord import TFRecordWriter, frame_tfrecords, iter_tfrecords, masked_crc32c, read_tfrecords
+from twml.io import crc32c_batch
+from twml.io.tfrecord import (TFRecordWriter, encode_tfrecords, frame_tfrecords, iter_tfrecords,
+                              masked_crc32c, read_tfrecords)
 
 KEY_ID = feature_id("meta.user_id")
 EMB_ID = feature_id("output")
@@ -149,3 +154,99 @@ def test_crc_errors_name_path_and_offset(tmp_path):
     with pytest.raises(RecordFormatError, match="truncated TFRecord header") as err:
         list(read_tfrecords(path))
     assert err.value.path == str(path) and err.value.offset == frame
+
+
+# -- encode_tfrecords: encoding and framing in one pass -------------------------------------------
+
+NUMERIC = [np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_]
+
+
+@st.composite
+def batches(draw):
+    batch = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 9]))
+    keys = draw(st.none() | hnp.arrays(np.int64, (batch,)))
+    columns = []
+    for fid in draw(st.lists(st.integers(-(1 << 63), (1 << 63) - 1), min_size=0 if keys is not None else 1,
+                             max_size=3, unique=True)):
+        row_shape = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4))
+        kind = draw(st.sampled_from(NUMERIC + ["str"]))
+        if kind == "str":   # strings: records of differing lengths, the per-record path
+            items = draw(st.lists(st.text(max_size=4), min_size=batch * int(np.prod(row_shape)),
+                                  max_size=batch * int(np.prod(row_shape))))
+            array = np.array(items, dtype=object).reshape((batch,) + row_shape)
+        else:
+            array = draw(hnp.arrays(kind, (batch,) + row_shape))
+        columns.append((fid, array))
+    return keys, columns
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_encode_tfrecords_equals_encode_then_frame(case):
+    keys, columns = case
+    key_id = KEY_ID if keys is not None else None
+    records = encode_data_records(keys, key_id, columns)
+    framed = encode_tfrecords(keys, key_id, columns)
+    assert framed.dtype == np.uint8 and framed.ndim == 1
+    assert framed.tobytes() == frame_tfrecords(records).tobytes() == b"".join(map(pure_frame, records))
+
+
+def test_encode_tfrecords_exported_layout_and_mapping_input():
+    keys, emb, records = make_records(4096, 128)
+    framed = encode_tfrecords(keys, KEY_ID, {EMB_ID: emb})
+    assert framed.size == records.nbytes + 16 * 4096
+    assert framed.tobytes() == b"".join(pure_frame(r) for r in records)
+    strings = np.array(["a", "bcd", ""], dtype=object)   # a generator of columns is read once only
+    assert encode_tfrecords(None, None, ((7, a) for a in [strings])).tobytes() == \
+        b"".join(pure_frame(r) for r in encode_data_records(None, None, [(7, strings)]))
+
+
+def test_encode_tfrecords_on_the_google_crc32c_fallback(monkeypatch):
+    keys, emb, records = make_records(37, 5)
+    monkeypatch.setattr(crc32c_batch, "_KERNEL", None)
+    monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", None)
+    want = b"".join(pure_frame(r) for r in records)
+    assert encode_tfrecords(keys, KEY_ID, [(EMB_ID, emb)]).tobytes() == want
+    assert frame_tfrecords(records).tobytes() == want
+
+
+def test_encode_tfrecords_errors_are_the_encoders():
+    with pytest.raises(ValueError, match="dim 0 is 3, expected 2"):
+        encode_tfrecords(np.arange(2), KEY_ID, [(EMB_ID, np.zeros((3, 1), np.float32))])
+
+
+def test_write_framed_counts_and_refuses_mismatched_counts():
+    keys, emb, records = make_records(30)
+    buffer = io.BytesIO()
+    with TFRecordWriter(buffer) as writer:
+        writer.write_framed(encode_tfrecords(keys[:10], KEY_ID, [(EMB_ID, emb[:10])]), 10)
+        writer.write_records(records.take(np.arange(10, 20)))
+        writer.write_framed(encode_tfrecords(keys[20:], KEY_ID, [(EMB_ID, emb[20:])]), 10)
+        writer.write_framed(encode_tfrecords(keys[:0], KEY_ID, [(EMB_ID, emb[:0])]), 0)
+        assert writer.records == 30 and writer.bytes_written == records.nbytes + 16 * 30
+        with pytest.raises(ValueError, match="cannot hold exactly 3 TFRecord frames"):
+            writer.write_framed(np.zeros(40, np.uint8), 3)
+        with pytest.raises(ValueError, match="cannot hold exactly 0"):
+            writer.write_framed(np.zeros(16, np.uint8), 0)
+        with pytest.raises(ValueError, match="1-D uint8"):
+            writer.write_framed(np.zeros((2, 16), np.uint8), 2)
+    assert buffer.getvalue() == b"".join(pure_frame(r) for r in records)
+    with pytest.raises(ValueError, match="closed"):
+        writer.write_framed(np.zeros(0, np.uint8), 0)
+
+
+@pytest.mark.parametrize("name", ["fused.tfrecord", "fused.tfrecord.gz"])
+def test_tensorflow_reads_a_file_written_from_encode_tfrecords(tmp_path, name):
+    import tensorflow as tf
+    keys, emb, records = make_records(500, 16, seed=4)
+    path = tmp_path / name
+    with TFRecordWriter(path) as writer:
+        for start in range(0, 500, 128):
+            part = slice(start, start + 128)
+            writer.write_framed(encode_tfrecords(keys[part], KEY_ID, [(EMB_ID, emb[part])]), len(keys[part]))
+    dataset = tf.data.TFRecordDataset(str(path), compression_type="GZIP" if name.endswith(".gz") else "")
+    from_tf = [t.numpy() for t in dataset]   # TensorFlow checks both crcs of every frame
+    assert from_tf == records.to_list()
+    got_keys, got_emb = decode_embeddings(from_tf, KEY_ID, EMB_ID)
+    np.testing.assert_array_equal(got_keys, keys)
+    assert got_emb.tobytes() == emb.tobytes()

@@ -12,19 +12,22 @@ variable every record has the same length and the whole batch is one ``[B, L]`` 
 filled column block by column block: a handful of strided memcpys per batch, whatever B is.
 
 The result is an ``EncodedRecords``: one contiguous buffer plus B+1 offsets, which the file
-writers frame without copying each record into its own ``bytes`` first.
+writers frame without copying each record into its own ``bytes`` first. ``encode_fixed_rows``
+goes one step further for fixed-length records: it fills a ``[B, head + L + tail]`` array, so a
+container's per-record header and footer (TFRecord's) are columns of the same pass and the
+records are never copied into the framed layout.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from twml.feature_ids import resolve_feature_id
 
-__all__ = ["EncodedRecords", "TensorColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
+__all__ = ["EncodedRecords", "TensorColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records", "encode_fixed_rows",
            "encode_continuous_records", "encode_tensor_record",
            "encode_batch_prediction_response"]
 
@@ -223,36 +226,45 @@ def _tensor_segments(feature_id: int, array: np.ndarray) -> List[Segment]:
     return [_Const(prefix), _Fixed(content.reshape(batch, nbytes)), _Const(suffix)]
 
 
-def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
-    # Merge neighbouring constants so the fill loop touches each column block once.
+def _merge_constants(segments: List[Segment]) -> List[Segment]:
+    """Neighbouring constants joined (so the fill loop touches each column block once), empty ones dropped."""
     merged: List[Segment] = []
     for seg in segments:
         if isinstance(seg, _Const) and merged and isinstance(merged[-1], _Const):
             merged[-1] = _Const(merged[-1].data + seg.data)
         elif not (isinstance(seg, _Const) and not seg.data):
             merged.append(seg)
-    if not any(isinstance(s, _Variable) for s in merged):
-        widths = [len(s.data) if isinstance(s, _Const) else s.rows.shape[1] for s in merged]
-        length = sum(widths)
-        out = np.empty((batch, length), dtype=np.uint8)
-        col = 0
-        for seg, width in zip(merged, widths):
-            if width:
-                if isinstance(seg, _Const):
-                    out[:, col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
-                else:
-                    out[:, col:col + width] = seg.rows
-            col += width
-        return EncodedRecords(out.reshape(-1), np.arange(batch + 1, dtype=np.int64) * length)
-    # Strings present: lengths differ per record, so place each segment by per-record offsets.
+    return merged
+
+
+def _width(seg: Segment) -> int:
+    """Bytes per record of a constant or fixed-width segment."""
+    return len(seg.data) if isinstance(seg, _Const) else seg.rows.shape[1]
+
+
+def _fill_fixed(batch: int, merged: List[Segment]) -> np.ndarray:
+    """[B, L] uint8, row i = record i, from segments none of which is variable."""
+    widths = [_width(seg) for seg in merged]
+    out = np.empty((batch, sum(widths)), dtype=np.uint8)
+    col = 0
+    for seg, width in zip(merged, widths):
+        if width:
+            if isinstance(seg, _Const):
+                out[:, col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
+            else:
+                out[:, col:col + width] = seg.rows
+        col += width
+    return out
+
+
+def _fill_variable(batch: int, merged: List[Segment]) -> EncodedRecords:
+    """Records of differing lengths: each segment placed by per-record offsets."""
     lengths = np.zeros(batch, dtype=np.int64)
     for seg in merged:
-        if isinstance(seg, _Const):
-            lengths += len(seg.data)
-        elif isinstance(seg, _Fixed):
-            lengths += seg.rows.shape[1]
-        else:
+        if isinstance(seg, _Variable):
             lengths += np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
+        else:
+            lengths += _width(seg)
     offsets = np.zeros(batch + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = np.empty(int(offsets[-1]), dtype=np.uint8)
@@ -264,16 +276,20 @@ def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
                 out[start:start + len(item)] = np.frombuffer(item, dtype=np.uint8)
             cursor += widths
             continue
-        if isinstance(seg, _Const):
-            width = len(seg.data)
-            data = np.frombuffer(seg.data, dtype=np.uint8)[None, :]
-        else:
-            width = seg.rows.shape[1]
-            data = seg.rows
+        width = _width(seg)
+        data = np.frombuffer(seg.data, dtype=np.uint8)[None, :] if isinstance(seg, _Const) else seg.rows
         if width:
             out[cursor[:, None] + np.arange(width)] = data
         cursor += width
     return EncodedRecords(out, offsets)
+
+
+def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
+    merged = _merge_constants(segments)
+    if any(isinstance(s, _Variable) for s in merged):
+        return _fill_variable(batch, merged)
+    rows = _fill_fixed(batch, merged)
+    return EncodedRecords(rows.reshape(-1), np.arange(batch + 1, dtype=np.int64) * rows.shape[1])
 
 
 def _resolve_ids(columns: Sequence[TensorColumn]) -> List[TensorColumn]:
@@ -303,6 +319,39 @@ def _check_columns(tensors: Sequence[TensorColumn], batch: Optional[int]) -> int
     return batch
 
 
+def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                         tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]
+                         ) -> Tuple[Optional[np.ndarray], Optional[int], List[TensorColumn], int]:
+    """The checked inputs of a DataRecord batch: (keys, key id, [(id, array)], B)."""
+    columns = _resolve_ids(list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors))
+    batch = None
+    if keys is not None:
+        keys = np.asarray(keys)
+        if keys.ndim != 1 or keys.dtype.kind not in "iu":
+            raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
+        if key_feature_id is None:
+            raise ValueError("key_feature_id is required when keys are given")
+        key_feature_id = resolve_feature_id(key_feature_id)
+        batch = len(keys)
+    batch = _check_columns(columns, batch)
+    return keys, key_feature_id, columns, batch
+
+
+def _data_record_segments(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                          columns: List[TensorColumn]) -> List[Segment]:
+    segments: List[Segment] = []
+    if keys is not None:
+        segments += [
+            _Const(_field(T_MAP, 3) + struct.pack(">bbi", T_I64, T_I64, 1) + _i64(key_feature_id)),
+            _Fixed(_as_be_rows(keys, ">i8"))]
+    if columns:
+        segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
+        for fid, array in columns:
+            segments += _tensor_segments(fid, array)
+    segments.append(_Const(b"\x00"))
+    return segments
+
+
 def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int],
                         tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> EncodedRecords:
     """Encode B DataRecords: record i = {3: {key_feature_id: keys[i]}, 8: {fid: row i, ...}}.
@@ -317,27 +366,37 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
     Returns:
       EncodedRecords with B records.
     """
-    columns = _resolve_ids(list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors))
-    batch = None
-    segments: List[Segment] = []
-    if keys is not None:
-        keys = np.asarray(keys)
-        if keys.ndim != 1 or keys.dtype.kind not in "iu":
-            raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
-        if key_feature_id is None:
-            raise ValueError("key_feature_id is required when keys are given")
-        key_feature_id = resolve_feature_id(key_feature_id)
-        batch = len(keys)
-        segments += [
-            _Const(_field(T_MAP, 3) + struct.pack(">bbi", T_I64, T_I64, 1) + _i64(key_feature_id)),
-            _Fixed(_as_be_rows(keys, ">i8"))]
-    batch = _check_columns(columns, batch)
-    if columns:
-        segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
-        for fid, array in columns:
-            segments += _tensor_segments(fid, array)
-    segments.append(_Const(b"\x00"))
-    return _assemble(batch, segments)
+    keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors)
+    return _assemble(batch, _data_record_segments(keys, key_feature_id, columns))
+
+
+def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                      tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
+                      head: Union[int, Callable[[int], bytes]] = 0, tail: int = 0) -> Optional[np.ndarray]:
+    """``encode_data_records``' records as rows of one array, with room around each record.
+
+    For a container that wraps every record (e.g. TFRecord's length header and crc footer):
+    the encoder writes each record straight into its place, so framing needs no second copy.
+
+    Args:
+      keys, key_feature_id, tensors: as for ``encode_data_records``.
+      head: bytes before each record: a count (that many zero bytes), or a function from the
+        record length L to the bytes to put there (the same for every row; written in the
+        same pass as the records' own constant bytes).
+      tail: zero bytes after each record, for the caller to fill.
+    Returns:
+      a C-ordered [B, H + L + tail] uint8 array, H = the head's size, with record i (the
+      bytes ``encode_data_records(...)[i]``) in row i [H:H + L]; or None when the records
+      have differing lengths (any string tensor), which this layout cannot hold.
+    """
+    if tail < 0 or (isinstance(head, int) and head < 0):
+        raise ValueError(f"head and tail must be >= 0, got {head} and {tail}")
+    keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors)
+    if any(_is_string_array(array) for _, array in columns):
+        return None
+    merged = _merge_constants(_data_record_segments(keys, key_feature_id, columns))
+    head_bytes = bytes(head) if isinstance(head, int) else bytes(head(sum(map(_width, merged))))
+    return _fill_fixed(batch, _merge_constants([_Const(head_bytes)] + merged + [_Const(bytes(tail))]))
 
 
 def encode_continuous_records(feature_ids: Sequence[int], values: np.ndarray) -> EncodedRecords:

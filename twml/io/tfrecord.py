@@ -3,11 +3,13 @@
 A frame is ``u64 LE length | u32 LE masked crc32c(length bytes) | data | u32 LE masked
 crc32c(data)``, masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8 mod 2^32.
 
-Writing a batch (``frame_tfrecords``) avoids a Python object per record except for the one
-crc32c call per record that the format needs: when all records share a length, the length
-header and its crc are one constant and the batch is a ``[B, L + 16]`` array filled column
-block by column block; that per-record call (about 0.2 us, mostly call overhead: the hashing
-itself runs at ~20 GB/s) is most of the framing cost. The reader checks the length's crc
+Writing a batch avoids a Python object per record. When all records share a length (no string
+tensors), the length header and its crc are one constant and a batch is a ``[B, L + 16]``
+array: ``encode_tfrecords`` has the encoder fill it directly (header as a constant column,
+records in place), ``frame_tfrecords`` copies already-encoded records into it; either way the
+data crcs are then written into the footer column by one native call
+(``crc32c_batch.masked_crc32c_into_footer``), not one ``google_crc32c`` call (~0.2 us) per
+record. Records of differing lengths are framed one by one. The reader checks the length's crc
 before trusting the length and reads through ``PieceReader``, so corrupt or hostile files cost
 memory in proportion to their real size and fail with RecordFormatError(path, offset).
 """
@@ -15,16 +17,18 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO, Iterator, Optional, Union
+from typing import BinaryIO, Iterator, Mapping, Optional, Sequence, Union
 
 import google_crc32c
 import numpy as np
 
-from twml.encode import EncodedRecords
+from twml.encode import EncodedRecords, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, open_for_read, open_for_write
+from twml.io.crc32c_batch import masked_crc32c_into_footer
 
-__all__ = ["masked_crc32c", "frame_tfrecords", "TFRecordWriter", "iter_tfrecords", "read_tfrecords"]
+__all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
+           "read_tfrecords"]
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")   # length, masked crc of the 8 length bytes
@@ -37,12 +41,6 @@ def masked_crc32c(data: bytes) -> int:
     """The masked crc32c that TFRecord stores (``data`` may be bytes or a contiguous uint8 array)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-def _mask(crcs: np.ndarray) -> np.ndarray:
-    """Vectorised TFRecord mask over uint32 crcs (uint32 arithmetic wraps mod 2^32)."""
-    crcs = crcs.astype(np.uint32, copy=False)
-    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(_MASK_DELTA)
 
 
 def _header(length: int) -> bytes:
@@ -61,15 +59,29 @@ def frame_tfrecords(records: EncodedRecords) -> np.ndarray:
     return _frame_variable(records)
 
 
+def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                     tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> np.ndarray:
+    """B DataRecords encoded and framed as TFRecords in one go: a 1-D uint8 array ready to write.
+
+    Byte for byte ``frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))``
+    (arguments as there), but for fixed-length records (no string tensor) the encoder writes
+    each record straight into its frame and one native call fills the crc footers.
+    """
+    if not isinstance(tensors, Mapping):
+        tensors = list(tensors)   # read twice when the records turn out to be variable-length
+    rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size)
+    if rows is None:
+        return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))
+    masked_crc32c_into_footer(rows, _HEADER_SIZE, rows.shape[1] - FRAME_OVERHEAD)
+    return rows.reshape(-1)
+
+
 def _frame_fixed(rows: np.ndarray) -> np.ndarray:
     batch, length = rows.shape
     out = np.empty((batch, length + FRAME_OVERHEAD), dtype=np.uint8)
     out[:, :_HEADER_SIZE] = np.frombuffer(_header(length), dtype=np.uint8)
     out[:, _HEADER_SIZE:_HEADER_SIZE + length] = rows
-    # One C call per record is the floor: google_crc32c takes a contiguous row without a copy,
-    # and map() keeps the per-record Python cost to the call itself.
-    crcs = np.fromiter(map(google_crc32c.value, rows), dtype=np.uint32, count=batch)
-    out[:, _HEADER_SIZE + length:] = _mask(crcs).astype("<u4").view(np.uint8).reshape(batch, 4)
+    masked_crc32c_into_footer(out, _HEADER_SIZE, length)
     return out.reshape(-1)
 
 
@@ -129,6 +141,26 @@ class TFRecordWriter:
         if framed.size:
             self._file.write(memoryview(framed))
         self.records += len(records)
+        self.bytes_written += int(framed.size)
+
+    def write_framed(self, framed: np.ndarray, records: int) -> None:
+        """Write a batch already framed (``encode_tfrecords`` / ``frame_tfrecords``) as is.
+
+        Args:
+          framed: the 1-D uint8 frames, back to back.
+          records: how many frames ``framed`` holds (for the ``records`` counter).
+        """
+        self._check_open()
+        framed = np.asarray(framed)
+        if framed.dtype != np.uint8 or framed.ndim != 1:
+            raise ValueError(f"write_framed expects a 1-D uint8 array, got {framed.dtype} "
+                             f"with shape {framed.shape}")
+        if records < 0 or framed.size < FRAME_OVERHEAD * records or (records == 0) != (framed.size == 0):
+            raise ValueError(f"{framed.size} bytes cannot hold exactly {records} TFRecord frames "
+                             f"({FRAME_OVERHEAD} bytes of framing each)")
+        if framed.size:
+            self._file.write(memoryview(np.ascontiguousarray(framed)))
+        self.records += records
         self.bytes_written += int(framed.size)
 
     def flush(self) -> None:
