@@ -1,0 +1,82 @@
+"""The physical limit: the bare model called in a plain loop on preloaded batches.
+
+    python -m benchmarks.limit --model PATH --input PATTERN --rows N --rows 2N --batch-size B \
+        --dense-dim D --sparse-length L --result FILE
+
+Reads the rows of PATTERN once (files in name order), cuts the first N and the first 2N rows into
+batches of B (the export's batch size), and times ``signature(dense=..., sparse_ids=...)`` over
+each set of batches. No Beam, no reading, no encoding, no writing: whatever the export does beyond
+this is its overhead. Each set is timed ``--repeats`` times and the fastest kept, so a burst of
+other work on a shared machine does not count as model time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
+    sys.path[0] = str(REPO)
+
+__all__ = ["time_model_loop", "measure_limit", "main"]
+
+
+def time_model_loop(call, batches: Sequence) -> float:
+    """Seconds to call ``call(dense=, sparse_ids=)`` once per batch and fetch every result."""
+    start = time.perf_counter()
+    for dense, sparse in batches:
+        call(dense=dense, sparse_ids=sparse)["embedding"].numpy()
+    return time.perf_counter() - start
+
+
+def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batch_size: int,
+                  dense_dim: int, sparse_length: int, signature: str = "serving_default",
+                  repeats: int = 2) -> Dict:
+    """Time the bare model over the first r rows of ``pattern`` for each r in ``row_counts``.
+
+    Returns {"seconds": {r: fastest seconds}, "batch_size": ..., "threads": TF's intra-op threads}.
+    """
+    import tensorflow as tf
+
+    from benchmarks.data import batches, load_arrays
+
+    model = tf.saved_model.load(model_path)
+    call = model.signatures[signature]
+    dense, sparse = load_arrays(pattern, dense_dim, sparse_length)
+    if max(row_counts) > len(dense):
+        raise ValueError(f"{pattern} holds {len(dense)} rows, fewer than {max(row_counts)}")
+    time_model_loop(call, batches(dense, sparse, min(len(dense), 2 * batch_size), batch_size))  # warm-up
+    seconds: Dict[int, float] = {}
+    for _ in range(repeats):
+        for rows in row_counts:
+            took = time_model_loop(call, batches(dense, sparse, rows, batch_size))
+            seconds[rows] = min(took, seconds.get(rows, float("inf")))
+    return {"seconds": {str(r): s for r, s in seconds.items()}, "batch_size": batch_size,
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--signature", default="serving_default")
+    parser.add_argument("--input", required=True, help="Parquet file pattern")
+    parser.add_argument("--rows", type=int, action="append", required=True, help="repeatable")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--dense-dim", type=int, required=True)
+    parser.add_argument("--sparse-length", type=int, required=True)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--result", required=True, help="write the JSON result here")
+    args = parser.parse_args(argv)
+    result = measure_limit(args.model, args.input, args.rows, args.batch_size, args.dense_dim,
+                           args.sparse_length, args.signature, args.repeats)
+    Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from benchmarks.limit import main as _main
+    sys.exit(_main())

@@ -1,0 +1,235 @@
+"""The real export job in a child process: its time and peak RSS, and how both scale with rows.
+
+    python benchmarks/scaling.py --rows N [--small] [--json FILE] [--set section.key=value ...]
+
+runs ``pipeline.job.run_export`` on N, 2N and 4N generated rows (one fresh process each, so the
+peak RSS of each run is its own) and prints rows/s, marginal rows/s between the steps, peak RSS
+per run and its growth from N to 4N. ``run_child`` / ``run_export_child`` are also what
+``benchmarks/run.py`` uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
+    sys.path[0] = str(REPO)
+
+__all__ = ["ChildFailed", "ChildRun", "run_child", "run_export_child", "scaling_study", "main"]
+
+
+class ChildFailed(RuntimeError):
+    """A benchmark child process exited non-zero; the message holds the end of its log."""
+
+
+@dataclass
+class ChildRun:
+    """One finished child process.
+
+    Args:
+      result: the JSON object the child wrote to its ``--result`` file.
+      peak_rss_mb: the peak resident set of the child (and of any process it waited for), MiB.
+      wall_s: wall time of the whole process, start-up included.
+      log: the file holding the child's stdout and stderr.
+    """
+    result: Dict[str, Any]
+    peak_rss_mb: float
+    wall_s: float
+    log: str
+
+
+def _maxrss_mb(ru_maxrss: int) -> float:
+    # Linux reports KiB, macOS bytes.
+    return ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    try:
+        return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_child(module: str, args: Sequence[str], log_path: str) -> ChildRun:
+    """Run ``python -m benchmarks.<module> ARGS --result FILE`` and collect its result and peak RSS.
+
+    The peak RSS comes from wait4() on that one process, so it is the child's alone (Linux folds
+    in the peak of processes the child itself waited for, e.g. multi-process runner workers).
+    """
+    result_path = log_path + ".result.json"
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *args, "--result", result_path]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise ChildFailed(f"{' '.join(cmd[1:4])} ... exited with {proc.returncode}; end of {log_path}:\n"
+                          f"{_tail(log_path)}")
+    try:
+        result = json.loads(Path(result_path).read_text())
+    except (OSError, ValueError) as err:
+        raise ChildFailed(f"{module} child wrote no readable result ({err}); end of {log_path}:\n"
+                          f"{_tail(log_path)}") from None
+    return ChildRun(result, _maxrss_mb(usage.ru_maxrss), wall, log_path)
+
+
+def run_export_child(raw_config: Dict[str, Any], workdir: str, label: str) -> ChildRun:
+    """Run the real job (``pipeline.job.run_export``) on ``raw_config`` in a fresh child process.
+
+    The child's result: ``seconds`` (run_export's wall time), rows_read / rows_written /
+    rows_rejected, num_shards, output_bytes. Raises ChildFailed when the job fails or when it did
+    not write every row it read.
+    """
+    import yaml
+
+    config_path = os.path.join(workdir, f"{label}.yaml")
+    Path(config_path).write_text(yaml.safe_dump(raw_config, sort_keys=False))
+    run = run_child("scaling", ["--export-config", config_path], os.path.join(workdir, f"{label}.log"))
+    r = run.result
+    if r["rows_read"] != r["rows_written"] + r["rows_rejected"]:
+        raise ChildFailed(f"{label}: rows_read {r['rows_read']} != written {r['rows_written']} + "
+                          f"rejected {r['rows_rejected']}")
+    return run
+
+
+def _export_once(config_path: str) -> Dict[str, Any]:
+    """Child side of run_export_child: one export, timed around run_export alone."""
+    from pipeline.config import load_config
+    from pipeline.job import run_export
+
+    config = load_config(config_path)
+    start = time.perf_counter()
+    manifest = run_export(config, overwrite=True)
+    seconds = time.perf_counter() - start
+    shards = manifest.get("shards") or []
+    return {
+        "seconds": seconds,
+        "rows_read": int(manifest["rows_read"]),
+        "rows_written": int(manifest["rows_written"]),
+        "rows_rejected": int(manifest["rows_rejected"]),
+        "num_shards": len(shards),
+        "output_bytes": sum(int(s.get("bytes", 0)) for s in shards),
+        "self_peak_rss_mb": _maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+    }
+
+
+def marginal_rate(rows_a: int, seconds_a: float, rows_b: int, seconds_b: float) -> Optional[float]:
+    """(rows_b - rows_a) / (seconds_b - seconds_a): the cost of the extra rows alone; None if not > 0."""
+    extra = seconds_b - seconds_a
+    return (rows_b - rows_a) / extra if extra > 0 else None
+
+
+def machine_info() -> Dict[str, Any]:
+    """What the numbers were measured on."""
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}
+    try:
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        import psutil
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return info
+
+
+def scaling_study(rows: int, small: bool, workdir: str, overrides: Sequence[str] = (),
+                  steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print) -> Dict[str, Any]:
+    """Run the real job at rows x each step; rows/s, marginal rows/s and peak RSS at each size.
+
+    With ``repeats`` > 1 each size runs that many times: the fastest time and the largest peak count.
+    """
+    from benchmarks import data
+    from pipeline.config import apply_overrides, parse_config
+
+    sizes = [rows * s for s in steps]
+    log(f"generating {max(sizes):,} rows and the {'small' if small else 'reference'} model in {workdir}")
+    patterns = data.prepare_inputs(workdir, sizes, small)
+    model_path = data.prepare_model(workdir, small)
+    points: List[Dict[str, Any]] = []
+    for size in sizes:
+        raw = apply_overrides(data.export_config(patterns[size], model_path,
+                                                 os.path.join(workdir, "out", f"pipeline-{size}"), small),
+                              overrides)
+        parse_config(raw, "benchmark config")  # fail here, not in the child, on a bad --set
+        runs = [run_export_child(raw, workdir, f"scaling-{size}") for _ in range(repeats)]
+        seconds = min(run.result["seconds"] for run in runs)
+        peak = max(run.peak_rss_mb for run in runs)
+        points.append({"rows": size, "seconds": round(seconds, 3), "rows_per_s": round(size / seconds, 1),
+                       "peak_rss_mb": round(peak, 1)})
+        log(f"  {size:>10,} rows: {seconds:8.2f} s  {size / seconds:10,.0f} rows/s  peak RSS {peak:,.0f} MiB")
+    for prev, point in zip(points, points[1:]):
+        rate = marginal_rate(prev["rows"], prev["seconds"], point["rows"], point["seconds"])
+        point["marginal_rows_per_s"] = round(rate, 1) if rate else None
+    first, last = points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"]
+    return {"rows": rows, "small": small, "repeats": repeats, "points": points,
+            "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
+            "rss_growth": round(last / first - 1.0, 4) if first else None,
+            "machine": machine_info()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="N: runs at N, 2N and 4N rows")
+    parser.add_argument("--small", action="store_true", help="a tiny model instead of the reference one")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
+    parser.add_argument("--json", help="also write the JSON result to this file")
+    parser.add_argument("--workdir", help="keep data, model and outputs here (default: a temp dir, removed)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the export config, e.g. model.batch_size=8192")
+    parser.add_argument("--export-config", help=argparse.SUPPRESS)  # child mode: one export
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.export_config:
+        Path(args.result).write_text(json.dumps(_export_once(args.export_config)))
+        return 0
+    if args.rows <= 0 or args.repeats <= 0:
+        parser.error("--rows and --repeats must be > 0")
+    import shutil
+    import tempfile
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="embedding-export-scaling-")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        result = scaling_study(args.rows, args.small, workdir, args.overrides, repeats=args.repeats,
+                               log=lambda msg: print(msg, file=sys.stderr))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    # Import by package name so that everything defined here is importable (and picklable by
+    # reference) as benchmarks.scaling, not __main__.
+    from benchmarks.scaling import main as _main
+    sys.exit(_main())

@@ -1,0 +1,74 @@
+"""The manifest (SPEC section 6): its static part, built at launch, and reading it back.
+
+The finalize step (``transforms.finalize.publish``) adds what only the finished run knows (shard
+files, row counts, rejected rows by reason) to the static part built here, and writes
+``_MANIFEST.json`` before ``_SUCCESS``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from typing import Dict, Optional
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.preflight import ExportPlan
+from transforms.finalize import MANIFEST_NAME, SUCCESS_NAME
+
+__all__ = ["manifest_base", "versions", "read_manifest"]
+
+
+def _version(*dists: str) -> Optional[str]:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Versions of the project and the libraries the output depends on (TF without importing it)."""
+    import twml
+    return {
+        "embedding_export": _version("embedding-export") or twml.__version__,
+        "apache_beam": _version("apache-beam"),
+        "tensorflow": _version("tensorflow-cpu", "tensorflow"),
+        "pyarrow": _version("pyarrow"),
+        "python": platform.python_version(),
+    }
+
+
+def manifest_base(plan: ExportPlan) -> Dict:
+    """Everything in the manifest that is known before the run starts."""
+    cfg = plan.config
+    first = plan.outputs[0]
+    return {
+        "format": cfg.output.format,
+        "compression": cfg.output.compression,
+        "num_shards": plan.partition.num_shards,
+        "key_feature": {"name": cfg.output.key_feature, "id": plan.layout.key_feature_id},
+        "embedding_feature": {"name": first.feature, "id": first.feature_id},
+        "embedding_dim": plan.embedding_dim,
+        "outputs": [{"output": o.name, "feature": o.feature, "id": o.feature_id, "dtype": o.dtype,
+                     "shape": list(o.shape)} for o in plan.outputs],
+        "model": {"path": cfg.model.path, "signature": cfg.model.signature},
+        "partition": {"by": cfg.partition.by, "column": cfg.partition.column,
+                      "hash": "fmix64(uint64(key)) % num_shards" if cfg.partition.by == "hash" else None},
+        "input": {"path": cfg.input.path, "files": len(plan.files), "rows": plan.total_rows,
+                  "skipped_files": [{"file": p, "error": e} for p, e in plan.skipped_files]},
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "created_at": plan.created_at,
+    }
+
+
+def read_manifest(output_path: str, require_success: bool = True) -> Dict:
+    """The ``_MANIFEST.json`` of a finished export (checking ``_SUCCESS`` unless told not to)."""
+    if require_success and not FileSystems.exists(FileSystems.join(output_path, SUCCESS_NAME)):
+        raise FileNotFoundError(f"{output_path} has no {SUCCESS_NAME}: the export is missing or incomplete")
+    with FileSystems.open(FileSystems.join(output_path, MANIFEST_NAME),
+                          compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.loads(handle.read().decode("utf-8"))

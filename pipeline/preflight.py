@@ -1,0 +1,451 @@
+"""Checks before launch: the model signature and the input files against the run config.
+
+Everything a run would otherwise discover minutes later on a worker is checked here, in the
+launcher, in seconds: that the config has no unfilled placeholders; that the SavedModel has the
+signature with exactly the configured inputs (dtype, rank, static dims) and outputs (the first
+a float32 [B, D] embedding); that the input pattern matches Parquet files whose footers hold the
+key column (integer) and every configured column with a type the model input accepts, the same
+in every file; and that the output directory holds no earlier export unless overwriting.
+Paths are made absolute (workers may run in another directory). The result is an ``ExportPlan``:
+everything the transforms need, resolved.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import ExportConfig
+from transforms.arrow_columns import is_list_type
+from transforms.finalize import MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, TEMP_DIR
+from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, OutputLayout, OutputSpec,
+                              PartitionSpec)
+from transforms.validate import REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG, ValidationRules
+from twml.encode import DTYPE_TO_DATA_TYPE
+from twml.feature_ids import feature_id
+
+__all__ = ["PreflightError", "InputFile", "ExportPlan", "preflight", "absolute_path", "read_signature",
+           "SignatureTensor", "find_placeholders"]
+
+_LOG = logging.getLogger(__name__)
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
+_FOOTER_THREADS = 16
+
+
+class PreflightError(ValueError):
+    """The job cannot run as configured; the message names the file, column or key and the problem."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    rows: int
+    row_groups: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SignatureTensor:
+    """A signature input or output: numpy dtype name (None if not numeric) and shape (None = open)."""
+    name: str
+    dtype: Optional[str]
+    shape: Optional[Tuple[Optional[int], ...]]
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """The job, resolved and checked: what ``pipeline.job.build_pipeline`` assembles.
+
+    Args:
+      config: the effective config (absolute paths).
+      run_id: this run's id (names its scratch directory).
+      files: the input files, sorted, with their footer row counts.
+      skipped_files: (path, why) of unreadable files skipped by ``input.on_bad_file: skip``.
+      read_schema: the columns read and their types.
+      inputs / outputs: the signature inputs (with their columns) and exported outputs.
+      partition: shard count and optional partition-id column.
+      layout: the output directory, format and names.
+      embedding_dim: D of the exported embedding.
+      overwrite: replace an earlier export in the output directory.
+      created_at: when the run was launched (UTC, ISO 8601).
+    """
+    config: ExportConfig
+    run_id: str
+    files: Tuple[InputFile, ...]
+    skipped_files: Tuple[Tuple[str, str], ...]
+    read_schema: pa.Schema
+    inputs: Tuple[InputSpec, ...]
+    outputs: Tuple[OutputSpec, ...]
+    partition: PartitionSpec
+    layout: OutputLayout
+    embedding_dim: int
+    overwrite: bool
+    created_at: str = field(default="")
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def rules(self) -> ValidationRules:
+        return ValidationRules(self.config.input.key, self.inputs, self.partition, self.read_schema)
+
+    @property
+    def rejected_schema(self) -> pa.Schema:
+        return (self.read_schema.remove_metadata()
+                .append(pa.field(REASON_COLUMN, pa.string()))
+                .append(pa.field(SOURCE_COLUMN, pa.string())))
+
+
+def absolute_path(path: str) -> str:
+    """Local paths made absolute (workers may have another cwd); URLs (gs://, hdfs://) unchanged."""
+    if "://" in path:
+        return path.rstrip("/") if not path.endswith("://") else path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def find_placeholders(config: ExportConfig, beam_args: Sequence[str] = ()) -> List[str]:
+    """'key: value' for every config value or Beam argument still holding a <PLACEHOLDER>."""
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        elif isinstance(node, str) and _PLACEHOLDER.search(node):
+            found.append(f"{where}: {node!r}")
+
+    walk(config.model_dump(mode="json"), "")
+    walk(list(beam_args), "beam args")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# The model signature, read from saved_model.pb (no variables loaded, no TF runtime started).
+
+def read_signature(model_path: str, signature: str) -> Tuple[Dict[str, SignatureTensor], Dict[str, SignatureTensor]]:
+    """(inputs, outputs) of ``signature`` in the SavedModel at ``model_path``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    import tensorflow as tf
+
+    pb_path = FileSystems.join(model_path, "saved_model.pb")
+    if not FileSystems.exists(pb_path):
+        hint = ("; `embedding-export demo` creates the demo model and data"
+                if model_path.rstrip("/").endswith("demo/model") else "")
+        raise PreflightError(f"model.path {model_path} is not a SavedModel directory: {pb_path} does not exist{hint}")
+    with FileSystems.open(pb_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        data = handle.read()
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(data)
+    except Exception as err:
+        raise PreflightError(f"{pb_path} is not a valid SavedModel: {err}") from None
+    graphs = [g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags] or list(saved.meta_graphs)
+    available = sorted({name for g in graphs for name in g.signature_def if not name.startswith("__")})
+    for graph in graphs:
+        if signature in graph.signature_def:
+            sig = graph.signature_def[signature]
+            break
+    else:
+        raise PreflightError(f"model.signature {signature!r} is not in the SavedModel {model_path}; "
+                             f"it has {available}")
+
+    def describe(name, info):
+        try:
+            dtype = tf.dtypes.as_dtype(info.dtype)
+            np_dtype = None if dtype == tf.string else dtype.as_numpy_dtype().dtype.name
+        except TypeError:
+            np_dtype = None
+        shape = None
+        if not info.tensor_shape.unknown_rank:
+            shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+        return SignatureTensor(name, np_dtype, shape)
+
+    return ({k: describe(k, v) for k, v in sig.inputs.items()},
+            {k: describe(k, v) for k, v in sig.outputs.items()})
+
+
+def _fmt_shape(shape) -> str:
+    return "unknown rank" if shape is None else "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+
+
+def _resolve_inputs(config: ExportConfig, sig_inputs: Dict[str, SignatureTensor]) -> Tuple[InputSpec, ...]:
+    model = config.model
+    where = f"model {model.path} signature {model.signature!r}"
+    unknown = sorted(set(model.inputs) - set(sig_inputs))
+    unfed = sorted(set(sig_inputs) - set(model.inputs))
+    if unknown or unfed:
+        raise PreflightError(
+            f"model.inputs do not match the inputs of {where}: "
+            + (f"not in the signature: {unknown}; " if unknown else "")
+            + (f"not configured: {unfed}; " if unfed else "")
+            + f"the signature takes {sorted(sig_inputs)}")
+    specs = []
+    for name, cfg in model.inputs.items():
+        tensor = sig_inputs[name]
+        key = f"model.inputs.{name}"
+        if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
+            raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
+                                 "float32/float64/int32/int64/bool inputs from Parquet columns")
+        shape = tensor.shape
+        if shape is None or len(shape) not in (1, 2):
+            raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
+                                 "[batch] (a scalar column) or [batch, n] (a list column)")
+        if shape[0] is not None:
+            raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
+                                 "the job needs [None, ...]")
+        if len(shape) == 1:
+            if cfg.length is not None:
+                raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
+                                     f"(shape {_fmt_shape(shape)})")
+            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR))
+        elif cfg.length is not None:
+            if shape[1] is not None and shape[1] != cfg.length:
+                raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
+                                     f"{_fmt_shape(shape)}")
+            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad))
+        elif shape[1] is None:
+            raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
+                                 f"set {key}.length to pad/truncate the lists to a fixed length")
+        else:
+            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1]))
+    return tuple(specs)
+
+
+def _resolve_outputs(config: ExportConfig, sig_outputs: Dict[str, SignatureTensor]) -> Tuple[OutputSpec, ...]:
+    model = config.model
+    missing = [name for name in model.outputs if name not in sig_outputs]
+    if missing:
+        raise PreflightError(f"model.outputs {missing} are not outputs of model {model.path} signature "
+                             f"{model.signature!r}; it has {sorted(sig_outputs)}")
+    specs = []
+    for i, (name, cfg) in enumerate(model.outputs.items()):
+        tensor = sig_outputs[name]
+        key = f"model.outputs.{name}"
+        if tensor.shape is None or len(tensor.shape) < 1:
+            raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
+        if i == 0 and (tensor.dtype != "float32" or len(tensor.shape) != 2):
+            raise PreflightError(f"{key} is the embedding (the first output) and must be float32 [batch, D]; "
+                                 f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
+        if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
+            raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
+        specs.append(OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string",
+                                tuple(tensor.shape[1:])))
+    return tuple(specs)
+
+
+def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> int:
+    """Run the model on one neutral row to learn D when the signature leaves it open."""
+    import numpy as np
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(config.model.path).signatures[config.model.signature]
+    feeds = {}
+    for spec in inputs:
+        shape = (1,) if spec.kind == KIND_SCALAR else (1, spec.length)
+        fill = spec.pad if spec.kind == KIND_PADDED else 0
+        feeds[spec.name] = tf.constant(np.full(shape, fill, dtype=spec.np_dtype))
+    out = fn(**feeds)[config.model.embedding_output]
+    return int(out.shape[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# The input files: their footers, read in parallel.
+
+def _read_footer(path: str):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        meta = pq.ParquetFile(handle).metadata
+        return meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema()
+
+
+def _value_type_accepts(value_type: pa.DataType, dtype: str) -> bool:
+    """Whether Parquet values of ``value_type`` can feed a ``dtype`` input (ints may feed floats)."""
+    if dtype.startswith("float"):
+        return pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+    if dtype.startswith("int"):
+        return pa.types.is_integer(value_type)
+    if dtype == "bool":
+        return pa.types.is_boolean(value_type)
+    return False
+
+
+def _check_schema(path: str, schema: pa.Schema, config: ExportConfig, inputs: Sequence[InputSpec]) -> None:
+    def column(name: str, role: str) -> pa.DataType:
+        if name not in schema.names:
+            raise PreflightError(f"{path}: column {name!r} ({role}) does not exist; the file has "
+                                 f"{schema.names}")
+        return schema.field(name).type
+
+    key_type = column(config.input.key, "input.key")
+    if not pa.types.is_integer(key_type) or key_type == pa.uint64():
+        raise PreflightError(f"{path}: key column {config.input.key!r} has type {key_type}; it must be an "
+                             "integer type that fits int64 (keys are exported as int64)")
+    if config.partition.column:
+        ptype = column(config.partition.column, "partition.column")
+        if not pa.types.is_integer(ptype):
+            raise PreflightError(f"{path}: partition column {config.partition.column!r} has type {ptype}; "
+                                 "it must be an integer type (the shard id)")
+    for spec in inputs:
+        ctype = column(spec.column, f"model.inputs.{spec.name}.column")
+        role = f"column {spec.column!r} (feeds {spec.dtype} input {spec.name!r})"
+        if spec.kind == KIND_SCALAR:
+            if is_list_type(ctype) or not _value_type_accepts(ctype, spec.dtype):
+                raise PreflightError(f"{path}: {role} has type {ctype}; expected a scalar column "
+                                     f"convertible to {spec.dtype}")
+        else:
+            if not is_list_type(ctype) or not _value_type_accepts(ctype.value_type, spec.dtype):
+                raise PreflightError(f"{path}: {role} has type {ctype}; expected a list column of values "
+                                     f"convertible to {spec.dtype}")
+    for reserved in (REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG):
+        if reserved in _read_columns(config, inputs):
+            raise PreflightError(f"input column {reserved!r} clashes with a column of the rejected-rows output")
+
+
+def _read_columns(config: ExportConfig, inputs: Sequence[InputSpec]) -> List[str]:
+    names = [config.input.key]
+    if config.partition.column:
+        names.append(config.partition.column)
+    for spec in inputs:
+        names.append(spec.column)
+    return list(dict.fromkeys(names))
+
+
+def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
+    pattern = config.input.path
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:
+        raise PreflightError(f"input.path {pattern}: cannot list files: {err}") from None
+    paths = sorted({m.path: m.size_in_bytes for m in matched}.items())
+    paths = [(p, size) for p, size in paths if not os.path.basename(p).startswith((".", "_"))]
+    if not paths:
+        raise PreflightError(f"input.path {pattern} matches no files")
+
+    def footer(item):
+        path, _ = item
+        try:
+            return _read_footer(path), None
+        except Exception as err:  # unreadable footer: report the file, never a bare pyarrow error
+            return None, f"{type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, len(paths))) as pool:
+        footers = list(pool.map(footer, paths))
+    files, skipped = [], []
+    first_schema, first_path = None, None
+    columns = _read_columns(config, inputs)
+    for (path, size), (result, error) in zip(paths, footers):
+        if error is not None:
+            if config.input.on_bad_file == "skip":
+                skipped.append((path, error))
+                continue
+            raise PreflightError(f"{path}: not a readable Parquet file ({error}); set input.on_bad_file: skip "
+                                 "to export the other files")
+        rows, groups, schema = result
+        _check_schema(path, schema, config, inputs)
+        read = pa.schema([schema.field(c).with_nullable(True) for c in columns])
+        if first_schema is None:
+            first_schema, first_path = read, path
+        elif not read.equals(first_schema, check_metadata=False):
+            diffs = [f"{c}: {first_schema.field(c).type} vs {read.field(c).type}"
+                     for c in columns if first_schema.field(c).type != read.field(c).type]
+            raise PreflightError(f"{path}: column types differ from {first_path}: {'; '.join(diffs)}")
+        files.append(InputFile(path, rows, groups, size))
+    if not files:
+        raise PreflightError(f"input.path {pattern}: no readable Parquet files (skipped: {skipped})")
+    return tuple(files), tuple(skipped), first_schema
+
+
+def _check_output_dir(path: str, overwrite: bool) -> None:
+    if "://" not in path and os.path.isfile(path):
+        raise PreflightError(f"output.path {path} is a file; it must be a directory")
+    try:
+        existing = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    except Exception as err:
+        raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
+    if existing and not overwrite:
+        shown = ", ".join(os.path.relpath(p, path) if "://" not in p else p for p in sorted(existing)[:5])
+        raise PreflightError(
+            f"output.path {path} already holds {len(existing)} file(s) ({shown}{', ...' if len(existing) > 5 else ''}); "
+            f"pass --overwrite (or set output.overwrite: true) to replace an earlier export: only its "
+            f"part-* files, {REJECTED_DIR}/, {TEMP_DIR}/, {MANIFEST_NAME} and {SUCCESS_NAME} are removed")
+
+
+def _warn_small_row_groups(files: Sequence[InputFile], batch_size: int) -> None:
+    """Batches never span row groups (so every runner feeds the model the same batches): say so
+    when the row groups are much smaller than the batch size, which makes model calls small."""
+    groups = sum(f.row_groups for f in files)
+    rows = sum(f.rows for f in files)
+    if groups and rows / groups < batch_size / 2:
+        _LOG.warning("input row groups hold %.0f rows on average, model.batch_size is %d: batches never "
+                     "span row groups, so model calls will be small; write the input with row groups of "
+                     "at least %d rows for full batches", rows / groups, batch_size, batch_size)
+
+
+def new_run_id() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence[str] = (),
+              run_id: Optional[str] = None) -> ExportPlan:
+    """Check the config against the model and the input files; return the resolved plan.
+
+    Args:
+      config: the validated run config.
+      overwrite: replace an earlier export (also ``output.overwrite``).
+      beam_args: extra Beam options (checked for placeholders).
+      run_id: the run id (a new one by default).
+    Raises:
+      PreflightError: with a message naming the key, file or column and what is wrong.
+    """
+    placeholders = find_placeholders(config, beam_args)
+    if placeholders:
+        raise PreflightError("the run config still has placeholders to fill in (edit the file or use "
+                             "--set section.key=value): " + "; ".join(placeholders))
+    if config.input.format != "parquet":
+        raise PreflightError(f"input.format {config.input.format!r} is not supported by the export job; "
+                             "use parquet")
+    config = config.model_copy(update={
+        "input": config.input.model_copy(update={"path": absolute_path(config.input.path)}),
+        "model": config.model.model_copy(update={"path": absolute_path(config.model.path)}),
+        "output": config.output.model_copy(update={"path": absolute_path(config.output.path)}),
+    })
+    overwrite = overwrite or config.output.overwrite
+    if overwrite != config.output.overwrite:
+        config = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": overwrite})})
+
+    sig_inputs, sig_outputs = read_signature(config.model.path, config.model.signature)
+    inputs = _resolve_inputs(config, sig_inputs)
+    outputs = _resolve_outputs(config, sig_outputs)
+    dim = outputs[0].shape[0]
+    if dim is None:
+        dim = _probe_embedding_dim(config, inputs)
+        first = outputs[0]
+        outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
+
+    files, skipped, read_schema = _scan_inputs(config, inputs)
+    _warn_small_row_groups(files, config.model.batch_size)
+    _check_output_dir(config.output.path, overwrite)
+    run_id = run_id or new_run_id()
+    partition = PartitionSpec(config.partition.num_shards,
+                              config.partition.column if config.partition.by == "column" else None)
+    layout = OutputLayout(path=config.output.path, run_id=run_id, format=config.output.format,
+                          compression=config.output.compression, num_shards=config.partition.num_shards,
+                          key_feature_id=feature_id(config.output.key_feature),
+                          records_per_block=config.output.records_per_block)
+    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return ExportPlan(config=config, run_id=run_id, files=files, skipped_files=skipped,
+                      read_schema=read_schema, inputs=inputs, outputs=outputs, partition=partition,
+                      layout=layout, embedding_dim=int(dim), overwrite=overwrite, created_at=created)

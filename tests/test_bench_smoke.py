@@ -1,0 +1,202 @@
+"""The benchmark harness at tiny sizes, so it cannot rot: correct pieces and a complete JSON result.
+
+No timing thresholds here: speed is judged by the ratios benchmarks/run.py reports.
+"""
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks import data
+from benchmarks.scaling import marginal_rate, run_child
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_JOB = importlib.util.find_spec("pipeline.job") is not None
+needs_job = pytest.mark.skipif(not HAVE_JOB, reason="pipeline/job.py (run_export) does not exist yet")
+
+
+def _decode_tfrecord_dir(pattern):
+    """{key: (embedding float32, record length)} of every DataRecord in the files, via thriftpy2."""
+    from twml.feature_ids import feature_id
+    from twml.io.tfrecord import read_tfrecords
+    from twml.schema import data_thrift, deserialize
+
+    key_fid, emb_fid = feature_id("meta.user_id"), feature_id("output")
+    out = {}
+    for path in sorted(glob.glob(pattern)):
+        for raw in read_tfrecords(path):
+            record = deserialize(data_thrift.DataRecord, raw)
+            assert set(record.discreteFeatures) == {key_fid} and set(record.tensors) == {emb_fid}
+            tensor = record.tensors[emb_fid].rawTypedTensor
+            key = record.discreteFeatures[key_fid]
+            assert key not in out, f"user {key} written twice"
+            out[key] = (np.frombuffer(tensor.content, "<f4"), len(raw), list(tensor.shape))
+    return out
+
+
+def test_segments_make_every_size_a_prefix():
+    counts = data._segments([3000, 6000, 1000], rows_per_file=1500)
+    assert sum(counts) == 6000 and max(counts) <= 1500
+    ends = set(np.cumsum(counts).tolist())
+    assert {1000, 3000, 6000} <= ends
+    with pytest.raises(ValueError, match="must be > 0"):
+        data._segments([0, 10], 5)
+
+
+def test_prepare_inputs_nests_the_runs(tmp_path):
+    patterns = data.prepare_inputs(str(tmp_path), [1000, 2500], small=True, rows_per_file=600)
+    small = pq.read_table(glob.glob(patterns[1000]))
+    big = pq.read_table(sorted(glob.glob(patterns[2500])))
+    assert small.num_rows == 1000 and big.num_rows == 2500
+    # The small run's rows are exactly the first rows of the big run.
+    first = pq.read_table(sorted(glob.glob(patterns[2500]))[:len(glob.glob(patterns[1000]))])
+    assert sorted(first.column("user_id").to_pylist()) == sorted(small.column("user_id").to_pylist())
+    assert len(set(big.column("user_id").to_pylist())) == 2500
+    shape = data.model_kwargs(True)
+    lengths = pc.list_value_length(big.column("dense")).to_numpy()
+    assert (lengths == shape["dense_dim"]).all()
+
+
+def test_padded_ids_truncates_and_pads():
+    lists = pa.array([[5, 6, 7], [], [1, 2, 3, 4, 9], [8]], pa.list_(pa.int64()))
+    np.testing.assert_array_equal(data.padded_ids(lists, 4),
+                                  [[5, 6, 7, 0], [0, 0, 0, 0], [1, 2, 3, 4], [8, 0, 0, 0]])
+    np.testing.assert_array_equal(data.padded_ids(lists.slice(2, 2), 2), [[1, 2], [8, 0]])
+
+
+def test_marginal_rate():
+    assert marginal_rate(1000, 3.0, 2000, 5.0) == 500.0
+    assert marginal_rate(1000, 3.0, 2000, 2.5) is None  # noise made the bigger run faster
+
+
+@pytest.fixture(scope="module")
+def small_setup(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("bench"))
+    patterns = data.prepare_inputs(work, [1500, 3000], small=True)
+    return work, patterns, data.prepare_model(work, small=True)
+
+
+def test_naive_job_writes_the_models_embeddings_in_the_exports_record_bytes(small_setup):
+    import tensorflow as tf
+
+    from twml.encode import encode_data_records
+    from twml.feature_ids import feature_id
+
+    work, patterns, model = small_setup
+    shape = data.model_kwargs(True)
+    run = run_child("naive", ["--input", patterns[3000], "--model", model, "--output",
+                              os.path.join(work, "naive", "part"), "--batch-size", "512",
+                              "--sparse-length", str(shape["sparse_length"]), "--num-shards", "3",
+                              "--runner-option=--direct_running_mode=in_memory",
+                              "--runner-option=--direct_num_workers=1"], os.path.join(work, "naive.log"))
+    assert run.result["rows_written"] == 3000 and run.result["seconds"] > 0 and run.peak_rss_mb > 50
+    files = sorted(glob.glob(os.path.join(work, "naive", "part-*.tfrecord")))
+    assert [os.path.basename(f) for f in files] == [f"part-0000{i}-of-00003.tfrecord" for i in range(3)]
+    written = _decode_tfrecord_dir(os.path.join(work, "naive", "part-*.tfrecord"))
+    users = pq.read_table(sorted(glob.glob(patterns[3000])))
+    keys = users.column("user_id").to_numpy()
+    assert sorted(written) == sorted(keys.tolist())
+    dense, sparse = data.load_arrays(patterns[3000], shape["dense_dim"], shape["sparse_length"])
+    call = tf.saved_model.load(model).signatures["serving_default"]
+    want = call(dense=tf.constant(dense), sparse_ids=tf.constant(sparse))["embedding"].numpy()
+    got = np.stack([written[k][0] for k in keys.tolist()])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Same bytes per record as the export's batch encoder (SPEC section 4).
+    encoded = encode_data_records(keys[:5], feature_id("meta.user_id"), [(feature_id("output"), got[:5])])
+    from twml.io.tfrecord import read_tfrecords
+    all_raw = {bytes(r) for f in files for r in read_tfrecords(f)}
+    assert all(encoded[i] in all_raw for i in range(5))
+
+
+def test_limit_child_times_both_sizes(small_setup):
+    work, patterns, model = small_setup
+    shape = data.model_kwargs(True)
+    run = run_child("limit", ["--model", model, "--input", patterns[3000], "--rows", "1500", "--rows", "3000",
+                              "--batch-size", "256", "--dense-dim", str(shape["dense_dim"]),
+                              "--sparse-length", str(shape["sparse_length"]), "--repeats", "1"],
+                    os.path.join(work, "limit.log"))
+    assert set(run.result["seconds"]) == {"1500", "3000"}
+    assert all(s > 0 for s in run.result["seconds"].values())
+    assert run.result["batch_size"] == 256
+
+
+def test_child_failure_shows_the_log(tmp_path):
+    from benchmarks.scaling import ChildFailed
+
+    with pytest.raises(ChildFailed, match="(?s)exited with 2.*required: --model"):
+        run_child("limit", ["--input", "x"], str(tmp_path / "bad.log"))
+
+
+FIELDS = ["rows", "naive_rows", "limit_rows_per_s", "pipeline_rows_per_s", "naive_rows_per_s",
+          "pipeline_vs_limit", "pipeline_vs_naive", "encode_rows_per_s", "encode_vs_thriftpy2",
+          "peak_rss_mb", "batch_size", "num_shards", "seconds", "machine", "versions", "model"]
+
+
+@needs_job
+def test_harness_end_to_end_small(tmp_path):
+    out_json = tmp_path / "bench.json"
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--rows", "2000",
+                           "--small", "--json", str(out_json), "--workdir", str(work),
+                           "--set", "model.batch_size=256", "--set", "partition.num_shards=4",
+                           "--repeats", "1"],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    printed = json.loads(proc.stdout)
+    result = json.loads(out_json.read_text())
+    assert printed == result
+    for field in FIELDS:
+        assert field in result, field
+    assert result["rows"] == 2000 and result["naive_rows"] == 2000
+    assert result["batch_size"] == 256 and result["num_shards"] == 4 and result["repeats"] == 1
+    assert result["model"]["kind"] == "small"
+    assert 50 < result["peak_rss_mb"] < 8000
+    for name in ("limit", "pipeline", "naive"):
+        assert set(result["seconds"][name]) == {"2000", "4000"}
+        assert all(s > 0 for s in result["seconds"][name].values())
+    # Marginal rates can be null only when noise made the 2N run no slower than the N run.
+    for name in ("limit", "pipeline", "naive"):
+        rate = result[f"{name}_rows_per_s"]
+        t = result["seconds"][name]
+        assert (rate is None) == (t["4000"] <= t["2000"])
+        assert rate is None or rate > 0
+    if result["pipeline_rows_per_s"] and result["limit_rows_per_s"]:
+        assert result["pipeline_vs_limit"] == pytest.approx(
+            result["pipeline_rows_per_s"] / result["limit_rows_per_s"], rel=1e-3)
+    if importlib.util.find_spec("benchmarks.encode_bench") is not None:
+        assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
+    else:
+        assert result["encode_rows_per_s"] is None and result["encode_vs_thriftpy2"] is None
+
+    # The naive job and the real job wrote the same users with the same embeddings.
+    pipeline_out = _decode_tfrecord_dir(str(work / "out" / "pipeline-4000" / "part-*.tfrecord"))
+    naive_out = _decode_tfrecord_dir(str(work / "out" / "naive-4000" / "part-*.tfrecord"))
+    assert len(pipeline_out) == 4000 and sorted(pipeline_out) == sorted(naive_out)
+    for key, (embedding, length, shape) in pipeline_out.items():
+        naive_embedding, naive_length, naive_shape = naive_out[key]
+        assert length == naive_length and shape == naive_shape == [16]
+        np.testing.assert_allclose(embedding, naive_embedding, rtol=1e-5, atol=1e-6)
+
+
+@needs_job
+def test_scaling_study_small(tmp_path):
+    from benchmarks.scaling import scaling_study
+
+    result = scaling_study(600, small=True, workdir=str(tmp_path), steps=(1, 2), log=lambda msg: None,
+                           overrides=["partition.num_shards=2"])
+    assert [p["rows"] for p in result["points"]] == [600, 1200]
+    for point in result["points"]:
+        assert point["seconds"] > 0 and point["rows_per_s"] > 0 and 50 < point["peak_rss_mb"] < 8000
+    assert "marginal_rows_per_s" in result["points"][1]
+    assert result["peak_rss_mb"] == max(p["peak_rss_mb"] for p in result["points"])
+    assert result["rss_growth"] == pytest.approx(
+        result["points"][1]["peak_rss_mb"] / result["points"][0]["peak_rss_mb"] - 1, abs=1e-3)
+    assert len(glob.glob(str(tmp_path / "out" / "pipeline-1200" / "part-*-of-00002.tfrecord"))) == 2

@@ -1,0 +1,87 @@
+"""The embed step: one signature call per batch on a real SavedModel, non-finite rows rejected, metrics."""
+import numpy as np
+import pyarrow as pa
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline_fixtures import DENSE_DIM, IDS_LEN, model_outputs, padded_ids, tiny_model, user_table
+from transforms.embed import NON_FINITE_EMBEDDING, EmbedBatches, SavedModelHandler, finite_rows
+from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
+from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, SOURCE_COLUMN, tag_source
+from twml.feature_ids import feature_id
+
+FN_API = ["--runner=FnApiRunner"]
+INPUTS = (InputSpec("dense", "dense", "float32", KIND_FIXED, DENSE_DIM),
+          InputSpec("sparse_ids", "sparse_ids", "int64", KIND_PADDED, IDS_LEN, 0))
+OUTPUTS = (OutputSpec("embedding", "output", feature_id("output"), "float32", (6,)),
+           OutputSpec("score", "user.score", feature_id("user.score"), "float32", ()))
+
+
+def handler():
+    return SavedModelHandler(tiny_model(), "serving_default", INPUTS, OUTPUTS)
+
+
+def zero_row(key):
+    return pa.table({"user_id": pa.array([key], pa.int64()),
+                     "dense": pa.array([[0.0] * DENSE_DIM], pa.list_(pa.float32())),
+                     "sparse_ids": pa.array([[]], pa.list_(pa.int64())),
+                     "country": pa.array(["zero"])})
+
+
+def test_handler_runs_one_signature_call_like_tf_directly():
+    h = handler()
+    model = h.load_model()
+    assert model.num_bytes == (DENSE_DIM * 6 + 50 * 6) * 4
+    table = user_table(np.arange(40), 5)
+    dense = np.array(table.column("dense").to_pylist(), np.float32)
+    ids = padded_ids(table.column("sparse_ids").to_pylist())
+    got = h.run_inference({"dense": dense, "sparse_ids": ids}, model)
+    want = model_outputs(tiny_model(), dense, ids)
+    assert set(got) == {"embedding", "score"}
+    np.testing.assert_array_equal(got["embedding"], want["embedding"])
+    assert h.get_num_bytes({"dense": dense, "sparse_ids": ids}) == dense.nbytes + ids.nbytes
+    assert h.get_metrics_namespace() == METRICS_NAMESPACE
+
+
+def test_finite_rows():
+    assert finite_rows(np.array([[1.0, 2.0], [np.nan, 0.0], [np.inf, 1.0]], np.float32)).tolist() == [True, False, False]
+    assert finite_rows(np.array([1, 2], np.int64)).tolist() == [True, True]
+
+
+def test_embed_batches_in_a_pipeline_with_metrics():
+    t1 = tag_source(pa.concat_tables([user_table(np.arange(0, 30), 1).slice(0, 12), zero_row(999),
+                                      user_table(np.arange(12, 30), 1).slice(0, 18)]), "a.parquet")
+    t2 = tag_source(user_table(np.arange(100, 110), 2), "b.parquet")
+    p = BeamTestPipeline(argv=FN_API, blocking=False)
+    out = (p | beam.Create([t1, t2]) | EmbedBatches(handler(), "user_id"))
+    rows = out.embedded | "Rows" >> beam.FlatMap(
+        lambda b: [(int(k), e.tolist(), float(s)) for k, e, s in zip(b.keys, b.outputs[0], b.outputs[1])])
+    rejected = out.rejected | "Rejected" >> beam.FlatMap(
+        lambda t: zip(t.column("user_id").to_pylist(), t.column(REASON_COLUMN).to_pylist(),
+                      t.column(SOURCE_COLUMN).to_pylist()))
+    expected = []
+    for table in (t1, t2):
+        keys = table.column("user_id").to_pylist()
+        got = model_outputs(tiny_model(), np.array(table.column("dense").to_pylist(), np.float32),
+                            padded_ids(table.column("sparse_ids").to_pylist()))
+        for i, k in enumerate(keys):
+            if k != 999:
+                expected.append((k, got["embedding"][i].tolist(), float(got["score"][i])))
+    assert_that(rows, equal_to(expected), label="embedded rows")
+    assert_that(rejected, equal_to([(999, NON_FINITE_EMBEDDING, "a.parquet")]), label="rejected")
+    result = p.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    counters = {m.key.metric.name: m.committed for m in metrics["counters"]}
+    dists = {m.key.metric.name: m.committed for m in metrics["distributions"]}
+    assert counters["num_inferences"] == 41
+    assert counters["rows_rejected"] == 1
+    assert counters[f"rows_rejected.{NON_FINITE_EMBEDDING}"] == 1
+    lists = t1.column("sparse_ids").to_pylist() + t2.column("sparse_ids").to_pylist()
+    assert counters.get("ids_truncated.sparse_ids", 0) == sum(len(x) > IDS_LEN for x in lists)
+    assert dists["inference_request_batch_size"].count == 2 and dists["inference_request_batch_size"].sum == 41
+    assert dists["inference_batch_latency_micro_secs"].count == 2
+    assert dists["load_model_latency_milli_secs"].count >= 1
+    assert dists["model_byte_size"].max == (DENSE_DIM * 6 + 50 * 6) * 4

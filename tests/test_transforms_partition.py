@@ -1,0 +1,77 @@
+"""Shard placement (SPEC section 5) and the Partition-layer split, checked against independent references."""
+import numpy as np
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline_fixtures import fmix64_reference
+from transforms.elements import EmbeddedBatch
+from transforms.partition import PartitionBatches, fmix64, shard_of_keys, split_by_shard
+from transforms.specs import PartitionSpec
+
+FN_API = ["--runner=FnApiRunner"]
+
+
+def test_fmix64_matches_python_reference_including_edge_values():
+    keys = np.array([0, 1, 2, -1, -2, 2**63 - 1, -2**63, 123456789, -987654321], dtype=np.int64)
+    got = fmix64(keys.view(np.uint64))
+    assert [int(v) for v in got] == [fmix64_reference(int(k)) for k in keys]
+    assert int(got[0]) == 0  # fmix64(0) == 0, a known property of the finalizer
+
+
+def test_shard_of_keys_is_fmix64_mod_n_on_the_uint64_view():
+    rng = np.random.default_rng(1)
+    keys = rng.integers(-2**63, 2**63 - 1, size=2000, dtype=np.int64)
+    for n in (1, 3, 16, 1000):
+        shards = shard_of_keys(keys, n)
+        assert shards.dtype == np.int64
+        assert [int(s) for s in shards] == [fmix64_reference(int(k)) % n for k in keys]
+    # Spread: 16 shards over 2000 random keys all get users.
+    assert np.bincount(shard_of_keys(keys, 16), minlength=16).min() > 60
+
+
+def test_shard_of_keys_rejects_bad_arguments():
+    import pytest
+    with pytest.raises(ValueError, match="num_shards must be > 0"):
+        shard_of_keys(np.array([1]), 0)
+    with pytest.raises(TypeError, match="keys must be integers"):
+        shard_of_keys(np.array([1.5]), 4)
+
+
+def test_split_by_shard_keeps_order_like_tf_dynamic_partition():
+    import tensorflow as tf
+    rng = np.random.default_rng(2)
+    shards = rng.integers(0, 5, size=300)
+    shards[shards == 3] = 4  # shard 3 absent: no empty slice comes back for it
+    split = split_by_shard(shards)
+    parts = tf.dynamic_partition(tf.range(300), tf.constant(shards, tf.int32), 5)
+    expected = {s: parts[s].numpy() for s in range(5) if len(parts[s].numpy())}
+    assert [s for s, _ in split] == sorted(expected)
+    for shard, rows in split:
+        assert isinstance(shard, int)  # becomes a GroupByKey key: never a numpy int
+        np.testing.assert_array_equal(rows, expected[shard])
+
+
+def _batch(keys, pids=None):
+    keys = np.asarray(keys, np.int64)
+    emb = np.stack([keys.astype(np.float32), -keys.astype(np.float32)], axis=1)
+    return EmbeddedBatch(keys, [emb], None if pids is None else np.asarray(pids, np.int64))
+
+
+def test_partition_batches_by_hash_in_a_pipeline():
+    keys = list(range(-50, 50))
+    with BeamTestPipeline(argv=FN_API) as p:
+        out = (p | beam.Create([_batch(keys[:60]), _batch(keys[60:])])
+               | PartitionBatches(PartitionSpec(4))
+               | beam.FlatMap(lambda kv: [(kv[0], int(k), float(e)) for k, e in zip(kv[1].keys, kv[1].embedding[:, 0])]))
+        assert_that(out, equal_to([(fmix64_reference(k) % 4, k, float(k)) for k in keys]))
+
+
+def test_partition_batches_by_column_in_a_pipeline():
+    keys = list(range(20))
+    pids = [k % 3 for k in keys]
+    with BeamTestPipeline(argv=FN_API) as p:
+        out = (p | beam.Create([_batch(keys, pids)])
+               | PartitionBatches(PartitionSpec(3, column="pid"))
+               | beam.Map(lambda kv: (type(kv[0]).__name__, kv[0], kv[1].keys.tolist())))
+        assert_that(out, equal_to([("int", s, [k for k in keys if k % 3 == s]) for s in range(3)]))

@@ -1,0 +1,222 @@
+"""Writing shard files (parts -> shard files, every format), rejected rows, and the finalize step."""
+import gzip
+import io
+import json
+import os
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+
+from transforms.elements import EmbeddedBatch, RejectedPart, ShardResult
+from transforms.finalize import ExportError, publish
+from transforms.formats import ChecksummedWriter, make_format, open_write
+from transforms.specs import OutputLayout, OutputSpec
+from transforms.write import WriteRejected, WriteShards, temp_dir
+from twml.decode import decode_data_record
+from twml.encode import encode_data_records
+from twml.feature_ids import feature_id
+from twml.io.block import iter_block_records
+from twml.io.tfrecord import iter_tfrecords
+
+FN_API = ["--runner=FnApiRunner"]
+KEY_ID = feature_id("meta.user_id")
+OUTPUTS = (OutputSpec("embedding", "output", feature_id("output"), "float32", (3,)),
+           OutputSpec("score", "user.score", feature_id("user.score"), "float64", ()))
+
+
+def layout(tmp_path, fmt="tfrecord", compression="none", shards=4, run_id="run1"):
+    return OutputLayout(str(tmp_path / "out"), run_id, fmt, compression, shards, KEY_ID, records_per_block=3)
+
+
+def batch(keys):
+    keys = np.asarray(keys, np.int64)
+    emb = np.stack([keys * 0.5, keys * -1.0, np.ones(len(keys))], axis=1).astype(np.float32)
+    return EmbeddedBatch(keys, [emb, keys.astype(np.float64) / 7])
+
+
+def expected_record(key):
+    b = batch([key])
+    return encode_data_records(b.keys, KEY_ID, [(OUTPUTS[0].feature_id, b.outputs[0]),
+                                                (OUTPUTS[1].feature_id, b.outputs[1])])[0]
+
+
+def _dump(items, path):
+    with open(path, "wb") as f:
+        pickle.dump(items, f)
+
+
+def collect(pcoll, path):
+    """Materialise a (small) PCollection into a pickle file the test reads after the run."""
+    return pcoll | "ToList" >> beam.combiners.ToList() | "Dump" >> beam.Map(_dump, str(path))
+
+
+def load(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def run_write_shards(lay, slices, buffer_bytes):
+    fmt = make_format(lay, OUTPUTS)
+    dump = os.path.join(os.path.dirname(lay.path), "results.pkl")
+    with BeamTestPipeline(argv=FN_API) as p:
+        collect(p | beam.Create(slices) | WriteShards(fmt, buffer_bytes), dump)
+    return sorted(load(dump), key=lambda r: r.shard)
+
+
+def read_records(result, fmt, compression):
+    with open(result.temp_path, "rb") as f:
+        data = f.read()
+    assert len(data) == result.bytes
+    if compression == "gzip":
+        data = gzip.decompress(data)
+    if fmt == "tfrecord":
+        return list(iter_tfrecords(io.BytesIO(data)))
+    if fmt == "block":
+        return list(iter_block_records(io.BytesIO(data)))
+    table = pq.read_table(io.BytesIO(data))
+    return table.column("data_record").to_pylist()
+
+
+@pytest.mark.parametrize("fmt,compression", [("tfrecord", "none"), ("tfrecord", "gzip"), ("block", "none"),
+                                             ("block", "gzip"), ("parquet", "none")])
+def test_write_shards_every_shard_complete_including_empty(tmp_path, fmt, compression):
+    lay = layout(tmp_path, fmt, compression, shards=5)
+    # Shard 4 gets nothing; a 1-byte buffer writes every slice out as its own part.
+    slices = [(s, batch(range(100 * s + i * 10, 100 * s + i * 10 + 7))) for i in range(3) for s in range(4)]
+    results = run_write_shards(lay, slices, buffer_bytes=1)
+    assert [r.shard for r in results] == list(range(5))
+    for r in results:
+        want = [expected_record(k) for s, b in slices if s == r.shard for k in b.keys]
+        got = read_records(r, fmt, compression)
+        assert sorted(got) == sorted(want)
+        assert r.records == len(want)
+        assert r.final_name == make_format(lay, OUTPUTS).final_name(r.shard)
+        if r.shard < 4:
+            assert r.parts == 3
+    assert results[4].records == 0
+    if fmt == "parquet":
+        table = pq.read_table(results[0].temp_path)
+        assert table.schema.field("embedding").type == pa.list_(pa.float32(), 3)
+        np.testing.assert_array_equal(np.array(table.column("embedding").to_pylist(), np.float32),
+                                      batch(table.column("key").to_pylist()).outputs[0])
+
+
+def test_single_part_is_the_shard_file_without_a_copy(tmp_path):
+    lay = layout(tmp_path, shards=2)
+    results = run_write_shards(lay, [(0, batch([1, 2, 3])), (1, batch([4]))], buffer_bytes=1 << 20)
+    for r in results:
+        assert r.parts == 1
+        assert os.path.dirname(r.temp_path) == temp_dir(lay, "parts")
+
+
+def test_decoded_record_holds_key_then_outputs_in_config_order(tmp_path):
+    record = decode_data_record(expected_record(42))
+    assert record.discreteFeatures == {KEY_ID: 42}
+    assert list(record.tensors) == [OUTPUTS[0].feature_id, OUTPUTS[1].feature_id]
+    raw = record.tensors[OUTPUTS[0].feature_id].rawTypedTensor
+    assert raw.dataType == 0 and raw.shape == [3]
+    np.testing.assert_array_equal(np.frombuffer(raw.content, "<f4"), [21.0, -42.0, 1.0])
+
+
+def test_write_rejected_parts(tmp_path):
+    lay = layout(tmp_path)
+    schema = pa.schema([("user_id", pa.int64()), ("reason", pa.string()), ("source_file", pa.string())])
+    t1 = pa.table({"user_id": [1, 2], "reason": ["a", "b"], "source_file": ["f", "f"]})
+    t2 = pa.table({"user_id": [3], "reason": ["a"], "source_file": ["g"]})
+    with BeamTestPipeline(argv=FN_API) as p:
+        collect(p | beam.Create([t1, t2]) | WriteRejected(lay, schema), tmp_path / "parts.pkl")
+    (part,) = load(tmp_path / "parts.pkl")
+    assert part.records == 3 and part.reasons == {"a": 2, "b": 1}
+    assert pq.read_table(part.path).to_pylist() == t1.to_pylist() + t2.to_pylist()
+
+
+# ------------------------------------------------------------------------------------------------
+# publish(): the finalize step, on files made by hand.
+
+def make_temp_file(path, data: bytes):
+    handle = ChecksummedWriter(open_write(path))
+    handle.write(data)
+    handle.close()
+    return handle
+
+
+def staged(tmp_path, shards=2, run_id="run1", rejected_rows=0):
+    lay = layout(tmp_path, shards=shards, run_id=run_id)
+    results = []
+    for s in range(shards):
+        path = os.path.join(temp_dir(lay, "shards"), f"shard{s}")
+        h = make_temp_file(path, f"shard {s} of {run_id}".encode())
+        results.append(ShardResult(s, path, f"part-{s:05d}-of-{shards:05d}.tfrecord", 10, h.bytes, h.crc32c, 1))
+    rejected = []
+    if rejected_rows:
+        path = os.path.join(temp_dir(lay, "rejected"), "r.parquet")
+        h = make_temp_file(path, b"rejected")
+        rejected.append(RejectedPart(path, rejected_rows, h.bytes, h.crc32c, {"null_key": rejected_rows}))
+    return lay, results, rejected
+
+
+BASE = {"format": "tfrecord", "compression": "none", "num_shards": 2, "model": {"path": "m"}}
+
+
+def test_publish_moves_files_writes_manifest_then_success_and_is_idempotent(tmp_path):
+    lay, results, rejected = staged(tmp_path, rejected_rows=1)
+    manifest = publish(lay, results, 21, rejected, BASE, expected_rows=21)
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected", "part-00000-of-00002.tfrecord",
+                                       "part-00001-of-00002.tfrecord"]
+    assert os.listdir(out / "_rejected") == ["part-00000-of-00001.parquet"]
+    on_disk = json.loads((out / "_MANIFEST.json").read_text())
+    assert on_disk == manifest
+    assert manifest["rows_read"] == 21 and manifest["rows_written"] == 20 and manifest["rows_rejected"] == 1
+    assert manifest["rejected_by_reason"] == {"null_key": 1}
+    assert manifest["shards"][1] == {"file": "part-00001-of-00002.tfrecord", "records": 10,
+                                     "bytes": results[1].bytes, "crc32c": results[1].crc32c}
+    assert list(manifest)[:4] == ["format", "compression", "num_shards", "shards"]
+    # A retried finalize (sources gone, destinations present) succeeds and changes nothing.
+    again = publish(lay, results, 21, rejected, BASE, expected_rows=21)
+    assert again["shards"] == manifest["shards"]
+    assert (out / "part-00001-of-00002.tfrecord").read_bytes() == b"shard 1 of run1"
+
+
+@pytest.mark.parametrize("rows_read,expected,match", [
+    (22, None, "accounting mismatch: rows_read 22 != rows_written 20 \\+ rows_rejected 1"),
+    (21, 25, "read 21 rows but the input files' footers hold 25"),
+])
+def test_publish_refuses_bad_accounting_and_publishes_nothing(tmp_path, rows_read, expected, match):
+    lay, results, rejected = staged(tmp_path, rejected_rows=1)
+    with pytest.raises(ExportError, match=match):
+        publish(lay, results, rows_read, rejected, BASE, expected_rows=expected)
+    assert os.listdir(tmp_path / "out") == ["_temporary"]
+
+
+def test_publish_refuses_missing_shard(tmp_path):
+    lay, results, _ = staged(tmp_path, shards=3)
+    with pytest.raises(ExportError, match=r"shard files missing for shards \[1\]"):
+        publish(lay, [results[0], results[2]], 20, [], BASE)
+
+
+def test_publish_too_many_rejects_publishes_only_the_rejected_rows(tmp_path):
+    lay, results, rejected = staged(tmp_path, rejected_rows=5)
+    with pytest.raises(ExportError, match=r"5 of 25 rows rejected \(20.00%\), more than output.max_reject_fraction 0.1"):
+        publish(lay, results, 25, rejected, BASE, max_reject_fraction=0.1)
+    assert sorted(os.listdir(tmp_path / "out")) == ["_rejected"]
+
+
+def test_publish_overwrite_removes_only_the_old_exports_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ["part-00000-of-00003.tfrecord", "part-00001-of-00003.tfrecord", "part-00002-of-00003.tfrecord",
+                 "_SUCCESS", "_MANIFEST.json", "README.txt", "part-notes.txt"]:
+        (out / name).write_text("old")
+    (out / "_temporary" / "crashed-run").mkdir(parents=True)
+    (out / "_temporary" / "crashed-run" / "x").write_text("old")
+    lay, results, rejected = staged(tmp_path, shards=2, run_id="run2")
+    publish(lay, results, 20, rejected, BASE, overwrite=True)
+    assert sorted(os.listdir(out)) == ["README.txt", "_MANIFEST.json", "_SUCCESS", "part-00000-of-00002.tfrecord",
+                                       "part-00001-of-00002.tfrecord", "part-notes.txt"]
+    assert (out / "README.txt").read_text() == "old"

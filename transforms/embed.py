@@ -1,0 +1,249 @@
+"""Run the TF SavedModel on each batch: one signature call per batch, one model per process.
+
+``SavedModelHandler`` follows the shape of Beam's ``ModelHandler`` (``load_model``,
+``run_inference``, ``get_num_bytes``, ``get_metrics_namespace``) but calls a SavedModel
+signature on a dict of numpy columns, which Beam's TF handler cannot (it needs tensorflow-hub
+and Keras loading and stacks a single input). The model is loaded with ``tf.saved_model.load``
+in ``DoFn.setup`` through ``apache_beam.utils.shared.Shared``, so a process holds one copy
+whatever the number of DoFn instances. Metrics use RunInference's names so dashboards built for
+RunInference read this job too. Rows whose outputs are not finite are rejected, not written.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
+from transforms.elements import EmbeddedBatch
+from transforms.specs import InputSpec, OutputSpec
+from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
+
+__all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING"]
+
+_LOG = logging.getLogger(__name__)
+
+NON_FINITE_EMBEDDING = "non_finite_embedding"
+
+
+class LoadedModel:
+    """A loaded SavedModel and its signature function (a plain class, so Shared can weak-reference it).
+
+    Args:
+      module: what ``tf.saved_model.load`` returned (kept alive: the function uses its variables).
+      function: the signature's concrete function.
+      load_millis: how long loading took.
+      num_bytes: bytes of the variables the function uses.
+    """
+
+    def __init__(self, module, function, load_millis: int, num_bytes: int):
+        self.module = module
+        self.function = function
+        self.load_millis = load_millis
+        self.num_bytes = num_bytes
+
+
+class SavedModelHandler:
+    """Loads a SavedModel signature and runs it on batches of numpy inputs.
+
+    Args:
+      model_path: the SavedModel directory (local, gs://, ...: whatever TF's file system reads).
+      signature: the signature to call.
+      inputs: the signature inputs and the columns that feed them.
+      outputs: the signature outputs exported, in config order (the first is the embedding).
+      intra_op_threads / inter_op_threads: TF thread pools of a worker process (0 = TF's
+        default, all cores). With several worker processes on one machine, 1 each avoids
+        oversubscription. Only effective before TF has run anything in the process.
+      namespace: the metrics namespace.
+    """
+
+    def __init__(self, model_path: str, signature: str, inputs: Sequence[InputSpec],
+                 outputs: Sequence[OutputSpec], intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 namespace: str = METRICS_NAMESPACE):
+        self.model_path = model_path
+        self.signature = signature
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self._namespace = namespace
+
+    @property
+    def model_tag(self) -> str:
+        return f"{self.model_path}#{self.signature}"
+
+    def get_metrics_namespace(self) -> str:
+        return self._namespace
+
+    def load_model(self) -> LoadedModel:
+        import tensorflow as tf  # only workers that run the model pay for importing TF
+        _set_threads(tf, self.intra_op_threads, self.inter_op_threads)
+        start = time.perf_counter()
+        try:
+            module = tf.saved_model.load(self.model_path)
+        except Exception as err:
+            raise RuntimeError(f"cannot load the SavedModel {self.model_path}: {err}") from err
+        try:
+            function = module.signatures[self.signature]
+        except KeyError:
+            raise ValueError(f"SavedModel {self.model_path} has no signature {self.signature!r}; "
+                             f"it has {sorted(module.signatures.keys())}") from None
+        num_bytes = sum(int(v.shape.num_elements() or 0) * v.dtype.size for v in function.variables)
+        return LoadedModel(module, function, int((time.perf_counter() - start) * 1000), num_bytes)
+
+    def run_inference(self, batch: Dict[str, np.ndarray], model: LoadedModel) -> Dict[str, np.ndarray]:
+        """One signature call on the whole batch -> {output name: numpy array}."""
+        import tensorflow as tf
+        result = model.function(**{name: tf.convert_to_tensor(array) for name, array in batch.items()})
+        return {spec.name: result[spec.name].numpy() for spec in self.outputs}
+
+    def get_num_bytes(self, batch: Dict[str, np.ndarray]) -> int:
+        return int(sum(array.nbytes for array in batch.values()))
+
+
+def _set_threads(tf, intra: int, inter: int) -> None:
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        # TF already initialised in this process (e.g. the launcher ran it): keep its pools.
+        _LOG.info("TF thread pools already initialised; keeping them")
+
+
+class InferenceMetrics:
+    """RunInference's metrics (names as ``apache_beam.ml.inference.base._MetricsCollector``).
+
+    Args:
+      namespace: the metrics namespace.
+    """
+
+    def __init__(self, namespace: str):
+        self.num_inferences = Metrics.counter(namespace, "num_inferences")
+        self.failed_batches_counter = Metrics.counter(namespace, "failed_batches_counter")
+        self.inference_request_batch_size = Metrics.distribution(namespace, "inference_request_batch_size")
+        self.inference_request_batch_byte_size = Metrics.distribution(
+            namespace, "inference_request_batch_byte_size")
+        self.inference_batch_latency_micro_secs = Metrics.distribution(
+            namespace, "inference_batch_latency_micro_secs")
+        self.model_byte_size = Metrics.distribution(namespace, "model_byte_size")
+        self.load_model_latency_milli_secs = Metrics.distribution(namespace, "load_model_latency_milli_secs")
+        self._pending_load: Optional[Tuple[int, int]] = None
+
+    def cache_load_model_metrics(self, load_millis: int, num_bytes: int) -> None:
+        """Remember load metrics from setup(), where metrics cannot be reported yet."""
+        self._pending_load = (load_millis, num_bytes)
+
+    def flush_load_model_metrics(self) -> None:
+        if self._pending_load is not None:
+            load_millis, num_bytes = self._pending_load
+            self.load_model_latency_milli_secs.update(load_millis)
+            self.model_byte_size.update(num_bytes)
+            self._pending_load = None
+
+    def update(self, examples: int, byte_size: int, latency_micros: int) -> None:
+        self.num_inferences.inc(examples)
+        self.inference_request_batch_size.update(examples)
+        self.inference_request_batch_byte_size.update(byte_size)
+        self.inference_batch_latency_micro_secs.update(latency_micros)
+
+
+def finite_rows(array: np.ndarray) -> np.ndarray:
+    """bool [B]: rows of a float output whose values are all finite (non-float outputs: all True)."""
+    if array.dtype.kind != "f":
+        return np.ones(len(array), dtype=bool)
+    return np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+
+
+@beam.typehints.with_input_types(pa.Table)
+@beam.typehints.with_output_types(EmbeddedBatch)
+class _EmbedFn(beam.DoFn):
+    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str]):
+        self._handler = handler
+        self._key_column = key_column
+        self._partition_column = partition_column
+        self._shared_model = shared.Shared()
+        self._metrics = InferenceMetrics(handler.get_metrics_namespace())
+        namespace = handler.get_metrics_namespace()
+        self._rows_rejected = Metrics.counter(namespace, "rows_rejected")
+        self._truncated = {spec.name: Metrics.counter(namespace, f"ids_truncated.{spec.name}")
+                           for spec in handler.inputs}
+        self._model: Optional[LoadedModel] = None
+
+    def setup(self):
+        self._model = self._shared_model.acquire(self._handler.load_model, tag=self._handler.model_tag)
+        self._metrics.cache_load_model_metrics(self._model.load_millis, self._model.num_bytes)
+
+    def finish_bundle(self):
+        self._metrics.flush_load_model_metrics()
+
+    def process(self, table: pa.Table) -> Iterable[EmbeddedBatch]:
+        rows = table.num_rows
+        if rows == 0:
+            return
+        feeds, truncated = table_to_feeds(table, self._handler.inputs)
+        for name, count in truncated.items():
+            if count:
+                self._truncated[name].inc(count)
+        start = time.perf_counter()
+        try:
+            outputs = self._handler.run_inference(feeds, self._model)
+        except Exception as err:
+            self._metrics.failed_batches_counter.inc()
+            raise RuntimeError(f"model {self._handler.model_path} (signature {self._handler.signature!r}) "
+                               f"failed on a batch of {rows} rows: {err}") from err
+        self._metrics.update(rows, self._handler.get_num_bytes(feeds),
+                             int((time.perf_counter() - start) * 1_000_000))
+        arrays = [outputs[spec.name] for spec in self._handler.outputs]
+        for spec, array in zip(self._handler.outputs, arrays):
+            if array.shape[:1] != (rows,):
+                raise RuntimeError(f"model output {spec.name!r} has shape {array.shape}, "
+                                   f"expected {rows} rows (dim 0 = batch size)")
+        keys = to_numpy(as_array(table.column(self._key_column))).astype(np.int64, copy=False)
+        partition_ids = None
+        if self._partition_column is not None:
+            partition_ids = to_numpy(as_array(table.column(self._partition_column))).astype(np.int64)
+        good = np.ones(rows, dtype=bool)
+        for i, (spec, array) in enumerate(zip(self._handler.outputs, arrays)):
+            bad = ~finite_rows(array) & good
+            if bad.any():
+                reason = NON_FINITE_EMBEDDING if i == 0 else f"non_finite_output:{spec.name}"
+                count = int(bad.sum())
+                self._rows_rejected.inc(count)
+                Metrics.counter(self._handler.get_metrics_namespace(), f"rows_rejected.{reason}").inc(count)
+                yield beam.pvalue.TaggedOutput(REJECTED, rejected_from_tagged(table, bad, reason))
+                good &= ~bad
+        batch = EmbeddedBatch(keys, arrays, partition_ids)
+        if not good.all():
+            batch = batch.take(np.flatnonzero(good))
+        if len(batch):
+            yield batch
+
+
+class EmbedBatches(beam.PTransform):
+    """Arrow tables of valid rows -> EmbeddedBatch; tagged output ``rejected`` for rows whose
+    model outputs are not finite.
+
+    Args:
+      handler: loads and runs the model.
+      key_column: the integer user-key column.
+      partition_column: the partition-id column carried to the partition step, or None.
+    """
+
+    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str] = None):
+        super().__init__()
+        self._handler = handler
+        self._key_column = key_column
+        self._partition_column = partition_column
+
+    def expand(self, tables):
+        return tables | "RunModel" >> beam.ParDo(
+            _EmbedFn(self._handler, self._key_column, self._partition_column)).with_outputs(
+                REJECTED, main="embedded")

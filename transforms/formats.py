@@ -1,0 +1,289 @@
+"""The output formats: how a batch becomes bytes in a part file, and how parts become a shard file.
+
+A format has a small override surface, in the spirit of Beam's ``FileBasedSink``:
+``open_part(fileobj)`` returns a writer that appends batches to a temporary part file, and
+``assemble(parts, fileobj)`` writes the final shard file from the parts, streaming (memory does
+not grow with the shard). TFRecord frames and elephant-bird blocks are self-delimiting, so their
+parts concatenate byte for byte (gzip is applied while concatenating, giving one gzip member per
+shard); Parquet parts are Arrow IPC streams re-written into row groups of the final file.
+
+Every record is one DataRecord (SPEC section 4): the user key under the key feature in field 3,
+then the outputs in config order (the embedding first) as rawTypedTensors in field 8.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import BinaryIO, List, Sequence
+
+import google_crc32c
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from twml.encode import EncodedRecords, encode_data_records
+from transforms.elements import EmbeddedBatch
+from transforms.specs import OutputLayout, OutputSpec
+
+__all__ = ["ChecksummedWriter", "ShardFormat", "TFRecordFormat", "BlockFormat", "ParquetFormat",
+           "make_format", "shard_file_name", "encode_batch", "open_write", "open_read",
+           "COPY_CHUNK_BYTES"]
+
+COPY_CHUNK_BYTES = 4 << 20
+GZIP_LEVEL = 6  # zlib's default, what TF and Beam write
+PARQUET_ROW_GROUP_ROWS = 65536
+
+
+def shard_file_name(shard: int, num_shards: int, suffix: str) -> str:
+    """``part-SSSSS-of-NNNNN<suffix>`` (at least five digits, as Beam's shard name template)."""
+    return f"part-{shard:05d}-of-{num_shards:05d}{suffix}"
+
+
+def open_write(path: str) -> BinaryIO:
+    """A new file through Beam's FileSystems (gs://, hdfs://, local), never compressed by Beam."""
+    return FileSystems.create(path, mime_type="application/octet-stream",
+                              compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def open_read(path: str) -> BinaryIO:
+    return FileSystems.open(path, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+class ChecksummedWriter:
+    """A write-only file object that counts bytes and crc32c of what passes to ``raw``.
+
+    Args:
+      raw: the file to write to; ``close()`` closes it.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self.bytes = 0
+        self.crc32c = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        if isinstance(data, (memoryview, bytearray)):
+            data = np.frombuffer(data, dtype=np.uint8)  # google_crc32c wants bytes or an array
+        size = len(data) if not isinstance(data, np.ndarray) else data.nbytes
+        if size:
+            self.crc32c = google_crc32c.extend(self.crc32c, data)
+            self._raw.write(data)
+            self.bytes += size
+        return size
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._raw.close()
+
+
+def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequence[int]) -> EncodedRecords:
+    """One DataRecord per user of ``batch`` (SPEC section 4)."""
+    return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)))
+
+
+class PartWriter:
+    """Appends batches to one open part file; ``close`` finishes the framing (not the file)."""
+
+    records = 0
+
+    def write(self, batch: EmbeddedBatch) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ShardFormat:
+    """One output format.
+
+    Args:
+      layout: output directory, shard count, compression, key feature id, block size.
+      outputs: the exported model outputs (feature ids, dtypes, shapes), embedding first.
+    """
+
+    name = ""
+    extension = ""
+
+    def __init__(self, layout: OutputLayout, outputs: Sequence[OutputSpec]):
+        self.layout = layout
+        self.outputs = tuple(outputs)
+        self.feature_ids = [spec.feature_id for spec in outputs]
+
+    @property
+    def suffix(self) -> str:
+        return self.extension + (".gz" if self.layout.compression == "gzip" else "")
+
+    def final_name(self, shard: int) -> str:
+        return shard_file_name(shard, self.layout.num_shards, self.suffix)
+
+    def encode(self, batch: EmbeddedBatch) -> EncodedRecords:
+        return encode_batch(batch, self.layout.key_feature_id, self.feature_ids)
+
+    def open_part(self, fileobj: BinaryIO) -> PartWriter:
+        raise NotImplementedError
+
+    def parts_concatenate(self) -> bool:
+        """True when the shard file is the parts' bytes back to back (then one part is the shard)."""
+        return self.layout.compression == "none"
+
+    def assemble(self, parts: Sequence[str], out: BinaryIO) -> None:
+        """Write the shard file to ``out`` from the part files, in the given order."""
+        compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+                      if self.layout.compression == "gzip" else None)
+        for path in parts:
+            with open_read(path) as src:
+                while True:
+                    chunk = src.read(COPY_CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    out.write(compressor.compress(chunk) if compressor else chunk)
+        if compressor:
+            out.write(compressor.flush())
+
+
+class _TFRecordPart(PartWriter):
+    def __init__(self, fmt: "TFRecordFormat", fileobj: BinaryIO):
+        from twml.io.tfrecord import TFRecordWriter
+        self._fmt = fmt
+        self._writer = TFRecordWriter(fileobj)
+
+    def write(self, batch: EmbeddedBatch) -> None:
+        self._writer.write_records(self._fmt.encode(batch))
+        self.records = self._writer.records
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class TFRecordFormat(ShardFormat):
+    """TFRecord framing (what tf.data.TFRecordDataset reads): ``part-SSSSS-of-NNNNN.tfrecord[.gz]``."""
+
+    name = "tfrecord"
+    extension = ".tfrecord"
+
+    def open_part(self, fileobj: BinaryIO) -> PartWriter:
+        return _TFRecordPart(self, fileobj)
+
+
+class _BlockPart(PartWriter):
+    def __init__(self, fmt: "BlockFormat", fileobj: BinaryIO):
+        from twml.io.block import BlockWriter
+        self._fmt = fmt
+        self._writer = BlockWriter(fileobj, records_per_block=fmt.layout.records_per_block)
+
+    def write(self, batch: EmbeddedBatch) -> None:
+        self._writer.write_records(self._fmt.encode(batch))
+        self.records += len(batch)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class BlockFormat(ShardFormat):
+    """Elephant-bird binary blocks (twml's BlockFormatDataset): ``part-SSSSS-of-NNNNN[.gz]``.
+
+    Each part ends with a possibly short block; blocks are self-delimiting, so concatenated
+    parts are a valid block stream.
+    """
+
+    name = "block"
+    extension = ""
+
+    def open_part(self, fileobj: BinaryIO) -> PartWriter:
+        return _BlockPart(self, fileobj)
+
+
+class _ParquetPart(PartWriter):
+    def __init__(self, fmt: "ParquetFormat", fileobj: BinaryIO):
+        self._fmt = fmt
+        self._writer = pa.ipc.new_stream(fileobj, fmt.schema)
+
+    def write(self, batch: EmbeddedBatch) -> None:
+        self._writer.write_batch(self._fmt.record_batch(batch))
+        self.records += len(batch)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ParquetFormat(ShardFormat):
+    """Parquet with columns key int64, embedding fixed_size_list<float32>[D], data_record binary.
+
+    Parts are Arrow IPC streams of that schema; the shard file is written from them in row
+    groups of up to PARQUET_ROW_GROUP_ROWS rows.
+    """
+
+    name = "parquet"
+    extension = ".parquet"
+
+    def __init__(self, layout: OutputLayout, outputs: Sequence[OutputSpec]):
+        super().__init__(layout, outputs)
+        dim = outputs[0].shape[0] if outputs[0].shape else None
+        if not dim:
+            raise ValueError("the parquet format needs the embedding dimension; the model left it open")
+        self.dim = int(dim)
+        self.schema = pa.schema([
+            pa.field("key", pa.int64(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), self.dim), nullable=False),
+            pa.field("data_record", pa.binary(), nullable=False)])
+
+    def parts_concatenate(self) -> bool:
+        return False
+
+    def record_batch(self, batch: EmbeddedBatch) -> pa.RecordBatch:
+        rows = len(batch)
+        emb = np.ascontiguousarray(batch.embedding, dtype=np.float32)
+        if emb.shape != (rows, self.dim):
+            raise ValueError(f"embedding has shape {emb.shape}, expected ({rows}, {self.dim})")
+        records = self.encode(batch)
+        data = pa.Array.from_buffers(pa.binary(), rows, [
+            None, pa.py_buffer(records.offsets.astype(np.int32)), pa.py_buffer(records.buffer)])
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()),
+                                                      type=self.schema.field("embedding").type)
+        return pa.RecordBatch.from_arrays([pa.array(batch.keys, pa.int64()), embedding, data],
+                                          schema=self.schema)
+
+    def open_part(self, fileobj: BinaryIO) -> PartWriter:
+        return _ParquetPart(self, fileobj)
+
+    def assemble(self, parts: Sequence[str], out: BinaryIO) -> None:
+        writer = pq.ParquetWriter(out, self.schema)
+        pending: List[pa.RecordBatch] = []
+        pending_rows = 0
+        for path in parts:
+            with open_read(path) as src:
+                for record_batch in pa.ipc.open_stream(src):
+                    pending.append(record_batch)
+                    pending_rows += record_batch.num_rows
+                    if pending_rows >= PARQUET_ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_batches(pending, self.schema),
+                                           row_group_size=PARQUET_ROW_GROUP_ROWS)
+                        pending, pending_rows = [], 0
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, self.schema),
+                               row_group_size=PARQUET_ROW_GROUP_ROWS)
+        writer.close()
+
+
+_FORMATS = {cls.name: cls for cls in (TFRecordFormat, BlockFormat, ParquetFormat)}
+
+
+def make_format(layout: OutputLayout, outputs: Sequence[OutputSpec]) -> ShardFormat:
+    try:
+        cls = _FORMATS[layout.format]
+    except KeyError:
+        raise ValueError(f"unknown output format {layout.format!r}; expected one of {sorted(_FORMATS)}") from None
+    return cls(layout, outputs)

@@ -1,0 +1,95 @@
+"""What the transforms need to know about the job, resolved once before launch.
+
+The run config names columns and signature inputs; the launcher checks them against the model
+signature and the Parquet footers (``pipeline.preflight``) and hands the transforms these small,
+picklable, fully resolved descriptions, so no DoFn has to look at the config or the model again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["InputSpec", "OutputSpec", "PartitionSpec", "OutputLayout", "KIND_SCALAR", "KIND_FIXED",
+           "KIND_PADDED"]
+
+# How a Parquet column becomes one signature input of shape [B] or [B, length].
+KIND_SCALAR = "scalar"   # primitive column -> [B]
+KIND_FIXED = "fixed"     # list column whose every row must hold exactly ``length`` values -> [B, length]
+KIND_PADDED = "padded"   # variable-length list column, right-padded with ``pad`` / truncated to ``length``
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One signature input and the column it is fed from.
+
+    Args:
+      name: the signature's input name (the keyword the signature is called with).
+      column: the Parquet column it is read from.
+      dtype: numpy dtype name the signature wants ("float32", "int64", ...).
+      kind: KIND_SCALAR, KIND_FIXED or KIND_PADDED.
+      length: values per row for KIND_FIXED / KIND_PADDED (None for KIND_SCALAR).
+      pad: the pad value of KIND_PADDED inputs.
+    """
+    name: str
+    column: str
+    dtype: str
+    kind: str
+    length: Optional[int] = None
+    pad: int = 0
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One signature output and the DataRecord feature it is exported under.
+
+    Args:
+      name: the signature's output name.
+      feature: the feature name; ``feature_id`` its int64 id (SPEC section 3).
+      dtype: numpy dtype name of the output.
+      shape: the per-row shape (dims after the batch dim); None for a dim the signature leaves open.
+    """
+    name: str
+    feature: str
+    feature_id: int
+    dtype: str
+    shape: Tuple[Optional[int], ...]
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How users are placed into shards (SPEC section 5).
+
+    Args:
+      num_shards: number of shard files.
+      column: None for ``fmix64(uint64(key)) % num_shards``; else the int column holding the shard.
+    """
+    num_shards: int
+    column: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where and how the shard files are written.
+
+    Args:
+      path: the output directory (absolute, or a gs:// / hdfs:// URL), without trailing slash.
+      run_id: this run's id; its scratch files live in ``<path>/_temporary/<run_id>/``.
+      format: "tfrecord", "block" or "parquet".
+      compression: "none" or "gzip" (tfrecord and block).
+      num_shards: number of shard files.
+      key_feature_id: the feature id the user key is stored under (SPEC section 4).
+      records_per_block: records per block of the block format.
+    """
+    path: str
+    run_id: str
+    format: str
+    compression: str
+    num_shards: int
+    key_feature_id: int
+    records_per_block: int = 100

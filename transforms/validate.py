@@ -1,0 +1,259 @@
+"""Validate rows against what the model can take, and re-chunk the good ones to the model batch size.
+
+A row the model cannot be fed (null key, null or wrong-length list, null or non-finite value,
+an id that does not fit the input dtype, a bad partition id) goes to the ``rejected`` output with
+the reason of its first failing check, as an Arrow table of its columns plus ``reason`` and
+``source_file``. All checks are vectorised over the Arrow table (pyarrow.compute and numpy).
+
+The good rows of each table are cut into batches of ``batch_size`` rows (the last one shorter).
+Batches never span two input tables: a table is one Parquet row group whatever the runner's
+bundling or splitting, so every runner feeds the model the same batches. That matters because a
+model's float results for a row depend on where the row sits in its batch (BLAS blocking), and
+the export promises the same records on every run and runner. Each element also emits its row
+count to ``rows_read`` so the job counts rows from the data, not from metrics (which not every
+runner reports reliably). Nothing is held across elements and nothing is emitted from
+``finish_bundle`` (which some runners, e.g. Dask, drop).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from transforms.arrow_columns import as_array, list_values_and_lengths, to_numpy
+from transforms.specs import KIND_FIXED, KIND_SCALAR, InputSpec, PartitionSpec
+
+__all__ = ["ValidationRules", "ValidateAndBatch", "row_problems", "rejected_table", "REJECTED",
+           "ROWS_READ", "REASON_COLUMN", "SOURCE_COLUMN", "SOURCE_TAG", "METRICS_NAMESPACE", "conform",
+           "tag_source", "rejected_from_tagged"]
+
+REJECTED = "rejected"
+ROWS_READ = "rows_read"
+REASON_COLUMN = "reason"
+SOURCE_COLUMN = "source_file"
+# Good rows carry their file along (dictionary-encoded: 4 bytes a row) so that rows rejected
+# later, after re-chunking, can still name it. Not a model input; dropped before writing.
+SOURCE_TAG = "__source_file__"
+METRICS_NAMESPACE = "EmbeddingExport"
+
+# A check: (reason, function from the table to a bool [B] mask of the rows that fail it).
+Check = Tuple[str, Callable[[pa.Table], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    """What a row needs to be exported.
+
+    Args:
+      key_column: the integer user-key column.
+      inputs: the signature inputs and their columns.
+      partition: shard count and optional partition-id column.
+      schema: the columns read, with their types (every input table is cast to it, so tables
+        from different files concatenate into one batch).
+    """
+    key_column: str
+    inputs: Tuple[InputSpec, ...]
+    partition: PartitionSpec
+    schema: pa.Schema
+
+    def checks(self) -> List[Check]:
+        """The checks in the order they are applied (a row's reason is its first failure)."""
+        checks: List[Check] = [("null_key", _null_rows(self.key_column))]
+        pcol = self.partition.column
+        if pcol is not None:
+            checks += [("null_partition_id", _null_rows(pcol)),
+                       ("bad_partition_id", _outside_rows(pcol, 0, self.partition.num_shards - 1))]
+        seen = set()
+        for spec in self.inputs:
+            for reason, check in _input_checks(spec, self.schema.field(spec.column).type):
+                if reason not in seen:
+                    seen.add(reason)
+                    checks.append((reason, check))
+        return checks
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure functions: the checks.
+
+def _null_rows(column: str):
+    def check(table: pa.Table) -> np.ndarray:
+        return to_numpy(pc.is_null(as_array(table.column(column))))
+    return check
+
+
+def _outside_rows(column: str, low: int, high: int):
+    def check(table: pa.Table) -> np.ndarray:
+        values = as_array(table.column(column))
+        outside = pc.or_(pc.less(values, low), pc.greater(values, high)).fill_null(False)
+        return to_numpy(outside)
+    return check
+
+
+def _rows_of_bad_values(table: pa.Table, column: str, bad_values: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+    """Rows of a list column holding at least one value for which ``bad_values`` is True."""
+    array = as_array(table.column(column))
+    values, _ = list_values_and_lengths(array)
+    bad = bad_values(values)
+    rows = np.zeros(len(array), dtype=bool)
+    if bad.any():
+        parents = to_numpy(pc.list_parent_indices(array))
+        rows[parents[bad]] = True
+    return rows
+
+
+def _int_dtype(arrow_type: pa.DataType) -> np.dtype:
+    """numpy dtype of an Arrow integer type (without pyarrow's pandas-backed conversion)."""
+    prefix = "int" if pa.types.is_signed_integer(arrow_type) else "uint"
+    return np.dtype(f"{prefix}{arrow_type.bit_width}")
+
+
+def _value_checks(column: str, arrow_type: pa.DataType, target: np.dtype, in_list: bool) -> List[Check]:
+    """Non-finite floats and integers that do not fit ``target``, for a scalar or list column."""
+    value_type = arrow_type.value_type if in_list else arrow_type
+    tests: List[Tuple[str, Callable[[pa.Array], np.ndarray]]] = []
+    if pa.types.is_floating(value_type):
+        tests.append((f"non_finite:{column}",
+                      lambda v: ~np.isfinite(to_numpy(v).astype(np.float64, copy=False))))
+    if pa.types.is_integer(value_type) and target.kind in "iu":
+        info = np.iinfo(target)
+        source = np.iinfo(_int_dtype(value_type))
+        if source.min < info.min or source.max > info.max:
+            tests.append((f"out_of_range:{column}", lambda v: to_numpy(
+                pc.or_(pc.less(v, info.min), pc.greater(v, info.max)).fill_null(False))))
+    checks: List[Check] = []
+    for reason, test in tests:
+        if in_list:
+            checks.append((reason, lambda t, test=test: _rows_of_bad_values(t, column, test)))
+        else:
+            checks.append((reason, lambda t, test=test: test(as_array(t.column(column)))))
+    return checks
+
+
+def _input_checks(spec: InputSpec, arrow_type: pa.DataType) -> List[Check]:
+    column = spec.column
+    if spec.kind == KIND_SCALAR:
+        return [(f"null_value:{column}", _null_rows(column))] + _value_checks(
+            column, arrow_type, spec.np_dtype, in_list=False)
+    checks: List[Check] = [(f"null_list:{column}", _null_rows(column))]
+    if spec.kind == KIND_FIXED:
+        length = spec.length
+
+        def wrong_length(table: pa.Table) -> np.ndarray:
+            _, lengths = list_values_and_lengths(as_array(table.column(column)))
+            return lengths != length
+        checks.append((f"wrong_length:{column}:{length}", wrong_length))
+    checks.append((f"null_element:{column}",
+                   lambda t: _rows_of_bad_values(t, column, lambda v: to_numpy(pc.is_null(v)))))
+    return checks + _value_checks(column, arrow_type, spec.np_dtype, in_list=True)
+
+
+def row_problems(table: pa.Table, checks: Sequence[Check]) -> np.ndarray:
+    """int32 [B]: 0 for a good row, else 1 + the index of the row's first failing check."""
+    codes = np.zeros(table.num_rows, dtype=np.int32)
+    for i, (_, check) in enumerate(checks):
+        failing = check(table) & (codes == 0)
+        codes[failing] = i + 1
+    return codes
+
+
+def rejected_table(table: pa.Table, codes: np.ndarray, reasons: Sequence[str], source: str) -> pa.Table:
+    """The rows with a nonzero code, with ``reason`` and ``source_file`` columns appended."""
+    bad = codes != 0
+    rows = table.filter(pa.array(bad))
+    names = np.asarray(list(reasons), dtype=object)[codes[bad] - 1]
+    rows = rows.append_column(REASON_COLUMN, pa.array(names, type=pa.string()))
+    return rows.append_column(SOURCE_COLUMN, pa.array([source] * len(names), type=pa.string()))
+
+
+def tag_source(table: pa.Table, source: str) -> pa.Table:
+    """``table`` with the SOURCE_TAG column naming ``source`` on every row."""
+    indices = pa.array(np.zeros(table.num_rows, dtype=np.int32))
+    return table.append_column(SOURCE_TAG, pa.DictionaryArray.from_arrays(indices, pa.array([source])))
+
+
+def rejected_from_tagged(table: pa.Table, bad: np.ndarray, reason: str) -> pa.Table:
+    """Rows ``bad`` of a SOURCE_TAG-carrying batch as a rejected table (columns, reason, source_file)."""
+    rows = table.filter(pa.array(bad))
+    source = rows.column(SOURCE_TAG).cast(pa.string())
+    rows = rows.drop_columns([SOURCE_TAG])
+    rows = rows.append_column(REASON_COLUMN, pa.array([reason] * rows.num_rows, type=pa.string()))
+    return rows.append_column(SOURCE_COLUMN, source)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table's columns of ``schema``, in its order and with its types and no metadata."""
+    table = table.select(schema.names)
+    if not table.schema.equals(schema, check_metadata=False):
+        table = table.cast(schema)
+    return table.replace_schema_metadata(None)
+
+
+# ------------------------------------------------------------------------------------------------
+
+@beam.typehints.with_input_types(Tuple[str, pa.Table])
+@beam.typehints.with_output_types(pa.Table)
+class _ValidateAndBatchFn(beam.DoFn):
+    def __init__(self, rules: ValidationRules, batch_size: int):
+        self._rules = rules
+        self._batch_size = batch_size
+        self._rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self._rows_rejected = Metrics.counter(METRICS_NAMESPACE, "rows_rejected")
+        self._checks: List[Check] = []
+        self._reasons: List[str] = []
+
+    def setup(self):
+        self._checks = self._rules.checks()
+        self._reasons = [reason for reason, _ in self._checks]
+        self._schema = self._rules.schema.remove_metadata()
+
+    def process(self, element: Tuple[str, pa.Table]):
+        source, table = element
+        rows = table.num_rows
+        yield beam.pvalue.TaggedOutput(ROWS_READ, rows)
+        if rows == 0:
+            return
+        self._rows_read.inc(rows)
+        try:
+            table = conform(table, self._schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise ValueError(f"{source}: columns do not match the schema checked before launch "
+                             f"({self._schema}): {err}") from err
+        codes = row_problems(table, self._checks)
+        bad = int(np.count_nonzero(codes))
+        if bad:
+            self._rows_rejected.inc(bad)
+            for code, count in zip(*np.unique(codes[codes != 0], return_counts=True)):
+                Metrics.counter(METRICS_NAMESPACE, f"rows_rejected.{self._reasons[code - 1]}").inc(int(count))
+            yield beam.pvalue.TaggedOutput(REJECTED, rejected_table(table, codes, self._reasons, source))
+            table = table.filter(pa.array(codes == 0))
+        size = self._batch_size
+        table = tag_source(table, source)
+        for start in range(0, table.num_rows, size):
+            yield table.slice(start, size)
+
+
+class ValidateAndBatch(beam.PTransform):
+    """(source file, Arrow table) -> tables of at most ``batch_size`` good rows (the schema's
+    columns plus SOURCE_TAG), never spanning two input tables; tagged outputs
+    ``rejected`` (tables of bad rows with ``reason``, ``source_file``) and ``rows_read`` (ints).
+
+    Args:
+      rules: the key, input, partition and schema rules rows are checked against.
+      batch_size: rows per output table (the last one cut from an input table may be smaller).
+    """
+
+    def __init__(self, rules: ValidationRules, batch_size: int):
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self._rules = rules
+        self._batch_size = batch_size
+
+    def expand(self, tables):
+        return tables | "ValidateRows" >> beam.ParDo(
+            _ValidateAndBatchFn(self._rules, self._batch_size)).with_outputs(REJECTED, ROWS_READ, main="batches")
