@@ -3,6 +3,8 @@
     embedding-export run --config run_configs/local.yaml [--set section.key=value ...]
                          [--overwrite] [--dry-run] [-- extra Beam options]
     embedding-export demo [--out DIR] [--users N]
+    embedding-export verify DIR          check every shard, record and count of an export
+    embedding-export inspect DIR [--head N] [--key K] [--plot FILE.png]
 
 Exit status: 0 done, 1 the export failed, 2 the config, model or input does not fit (nothing ran).
 """
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate demo data and a model, then export them")
     demo.add_argument("--out", default="demo", help="the demo directory (default: demo)")
     demo.add_argument("--users", type=int, default=100000, help="number of generated users (default: 100000)")
+    # verify and inspect parse their own arguments (pipeline.verify.main, pipeline.inspection.main).
+    sub.add_parser("verify", add_help=False,
+                   help="check an export: framing, checksums, every record, placement, manifest counts")
+    sub.add_parser("inspect", add_help=False,
+                   help="print decoded records as JSON lines; --key K, --plot FILE.png")
     return parser
 
 
@@ -146,6 +153,12 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO =
     out = out or sys.stdout
     err = err or sys.stderr
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
+    if own and own[0] == "verify":
+        from pipeline.verify import main as verify_main
+        return verify_main(own[1:])
+    if own and own[0] == "inspect":
+        from pipeline.inspection import main as inspect_main
+        return inspect_main(own[1:])
     args = build_parser().parse_args(own)
     if not args.verbose:
         # TensorFlow's C++ start-up notices (set before TF is imported; worker processes inherit it).

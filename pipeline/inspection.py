@@ -35,6 +35,7 @@ from twml.errors import RecordFormatError
 from twml.feature_ids import feature_id
 from twml.io.block import iter_block_records
 from twml.io.tfrecord import iter_tfrecords
+from twml.sharding import shard_of_keys
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "ExportError", "ShardReadError",
            "ExportManifest", "ShardEntry", "RecordBatch", "parse_manifest", "read_manifest", "shard_file_name",
@@ -498,7 +499,6 @@ def iter_records(path: str, head: Optional[int] = None, key: Optional[int] = Non
         return
     files = [entry.file for entry in manifest.shards]
     if key is not None and manifest.partition_by == "hash":
-        from transforms.partition import shard_of_keys   # pulls in Beam: only for lookups
         shard = int(shard_of_keys(np.array([key], np.int64), manifest.num_shards)[0])
         files = files[shard:shard + 1]
     names = manifest.feature_names if named else {}

@@ -39,7 +39,7 @@ from pipeline.inspection import (DEFAULT_BATCH_SIZE, MANIFEST_NAME, REJECTED_DIR
                                  ExportError, ExportManifest, RecordBatch, ShardReadError, file_size,
                                  is_directory, iter_record_batches, join_path, list_directory,
                                  open_binary, parse_shard_file_name, read_manifest, shard_file_name)
-from transforms.partition import shard_of_keys
+from twml.sharding import shard_of_keys
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 from twml.encode import encode_data_records
 from twml.errors import RecordFormatError

@@ -12,7 +12,7 @@ from pipeline.inspection import (ShardReadError, iter_records, main, parse_shard
                                  shard_file_name)
 from pipeline.plots import pca_2d, plot_export, sample_embeddings
 from test_verify import EMBEDDING_FEATURE, KEY_FEATURE, REPO, _shard_path, write_export, write_shard
-from transforms.partition import shard_of_keys
+from twml.sharding import shard_of_keys
 from twml.feature_ids import feature_id
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.inspection import shard_file_name
 from pipeline.verify import VerifyReport, main, print_report, verify_export
-from transforms.partition import shard_of_keys
+from twml.sharding import shard_of_keys
 from twml.encode import EncodedRecords, encode_data_records
 from twml.feature_ids import feature_id
 from twml.io.block import BlockWriter

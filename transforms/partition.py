@@ -1,6 +1,7 @@
 """Shard placement (SPEC section 5) and the per-batch split into shard slices.
 
-A user's shard is ``fmix64(uint64(key)) % num_shards``, or the value of a partition-id column.
+A user's shard is ``twml.sharding.shard_of_keys`` (fmix64 of the key), or the value of a
+partition-id column.
 A batch is split the way the ``Partition`` layer splits (``tf.dynamic_partition``): every
 shard's slice keeps the rows in their batch order. Shard ids leave this module as Python ints
 because they become GroupByKey keys downstream (numpy ints have been mis-encoded as keys).
@@ -13,39 +14,10 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.elements import EmbeddedBatch
+from twml.sharding import fmix64, shard_of_keys
 from transforms.specs import PartitionSpec
 
-__all__ = ["fmix64", "shard_of_keys", "split_by_shard", "PartitionBatches"]
-
-_C1 = np.uint64(0xFF51AFD7ED558CCD)
-_C2 = np.uint64(0xC4CEB9FE1A85EC53)
-_S33 = np.uint64(33)
-
-
-def fmix64(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer over a uint64 array (multiplications wrap mod 2^64)."""
-    k = np.array(values, dtype=np.uint64, copy=True)
-    k ^= k >> _S33
-    k *= _C1
-    k ^= k >> _S33
-    k *= _C2
-    k ^= k >> _S33
-    return k
-
-
-def shard_of_keys(keys: np.ndarray, num_shards: int) -> np.ndarray:
-    """The shard of each int64 key: ``fmix64(uint64(key)) % num_shards`` as int64.
-
-    Negative keys are reinterpreted as their two's complement uint64, as a C cast would.
-    """
-    if num_shards <= 0:
-        raise ValueError(f"num_shards must be > 0, got {num_shards}")
-    keys = np.asarray(keys)
-    if keys.dtype.kind not in "iu":
-        raise TypeError(f"keys must be integers, got {keys.dtype}")
-    unsigned = keys.astype(np.int64, copy=False).view(np.uint64)
-    return (fmix64(unsigned) % np.uint64(num_shards)).astype(np.int64)
-
+__all__ = ["fmix64", "shard_of_keys", "split_by_shard", "PartitionBatches"]  # fmix64 and shard_of_keys re-exported from twml.sharding
 
 def split_by_shard(shards: np.ndarray) -> List[Tuple[int, np.ndarray]]:
     """[(shard, row indices)] for every shard present, ascending; indices keep batch order.
