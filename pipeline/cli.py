@@ -7,12 +7,18 @@
     embedding-export inspect DIR [--head N] [--key K] [--plot FILE.png]
 
 Exit status: 0 done, 1 the export failed, 2 the config, model or input does not fit (nothing ran).
+
+``run`` draws live progress on a terminal for local runners (``pipeline.progress``) and ends with a
+summary (a table on a terminal, plain lines otherwise). ``run --dry-run`` resolves and validates
+the Beam options for the configured runner (``pipeline.runner_options``) and, where this machine
+can open the paths, checks the model and input; it submits nothing.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -37,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="replace an earlier export in the output directory (only its own files)")
     run.add_argument("--dry-run", action="store_true",
-                     help="check the config, model and input, print the plan, and stop")
+                     help="resolve and validate the Beam options, check the config, model and input, "
+                          "print the plan, and stop (nothing is submitted)")
     demo = sub.add_parser("demo", help="generate demo data and a model, then export them")
     demo.add_argument("--out", default="demo", help="the demo directory (default: demo)")
     demo.add_argument("--users", type=int, default=100000, help="number of generated users (default: 100000)")
@@ -60,10 +67,17 @@ def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
     """What a run would do, for --dry-run."""
     cfg = plan.config
-    lines = [
-        f"input:   {cfg.input.path}: {len(plan.files)} file(s), {plan.total_rows:,} rows",
-        f"model:   {cfg.model.path} [{cfg.model.signature}], batch {cfg.model.batch_size}",
-    ]
+    rows = ("rows unknown until read (DataRecord files carry no count)" if plan.total_rows is None
+            else f"{plan.total_rows:,} rows")
+    lines = [f"input:   {cfg.input.path}: {len(plan.files)} file(s), {rows}"]
+    if cfg.input.format == "datarecord":
+        lines.append(f"  {cfg.input.container} files of DataRecords, key <- discrete feature {cfg.input.key}")
+        for name, column in (cfg.input.features or {}).items():
+            names = column.names
+            shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, ..., {names[-1]} ({len(names)})"
+            default = f", default {column.default}" if column.default is not None else ""
+            lines.append(f"  column {name} <- {column.kind} {shown}{default}")
+    lines.append(f"model:   {cfg.model.path} [{cfg.model.signature}], batch {cfg.model.batch_size}")
     for spec in plan.inputs:
         shape = "[B]" if spec.length is None else f"[B, {spec.length}]"
         extra = f", pad {spec.pad}" if spec.kind == "padded" else ""
@@ -84,25 +98,57 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
 
 
 def format_summary(manifest: Dict, seconds: float, output_path: str) -> str:
-    """The closing summary of a run."""
-    shards = manifest.get("shards", [])
-    rows_read = int(manifest.get("rows_read", 0))
-    size = sum(int(s.get("bytes", 0)) for s in shards)
-    lines = [
-        f"rows read     {rows_read:,}",
-        f"rows written  {int(manifest.get('rows_written', 0)):,}",
-        f"rows rejected {int(manifest.get('rows_rejected', 0)):,}",
-    ]
-    for reason, count in (manifest.get("rejected_by_reason") or {}).items():
-        lines.append(f"  {reason}: {count:,}")
-    lines += [
-        f"shards        {len(shards)} x {manifest.get('format')}"
-        f"{'' if manifest.get('compression') in (None, 'none') else ' (' + manifest['compression'] + ')'}"
-        f", {size / 2**20:,.1f} MiB",
-        f"time          {seconds:,.1f} s ({rows_read / seconds:,.0f} rows/s)" if seconds > 0 else "time          n/a",
-        f"output        {output_path}",
-    ]
-    return "\n".join(lines)
+    """The closing summary of a run, as plain lines."""
+    from pipeline.progress import format_summary_lines, summary_rows
+    return format_summary_lines(summary_rows(manifest, seconds, output_path))
+
+
+def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """Resolve and validate everything that can be checked from here; submit nothing.
+
+    Beam options are always checked. The model signature, input files and output directory are
+    checked once no placeholder is left and this machine has a file system for their paths
+    (gs:// needs apache-beam[gcp], hdfs:// the hdfs package); otherwise the output says which
+    checks were skipped and why. Exit 2 when anything found would stop the run.
+    """
+    from pipeline.preflight import PreflightError, find_placeholders, preflight
+    from pipeline.runner_options import check_runner_options, format_options_check, unreachable_paths
+
+    check = check_runner_options(config, beam_args)
+    placeholders = find_placeholders(config, beam_args)
+    # Beam's complaints about a value that is still a placeholder say nothing the list below does not.
+    problems = [e for e in check.errors if not (placeholders and re.search(r"<[A-Z][A-Z0-9_]*>", e))]
+    skipped = []
+    if placeholders:
+        problems.append("placeholders left to fill in (edit the file, use --set section.key=value, or give "
+                        "the Beam option after --, e.g. -- --project=my-project): " + "; ".join(placeholders))
+        skipped.append("model signature, input files and output directory: not checked until the "
+                       "placeholders are filled in")
+    else:
+        unreachable = unreachable_paths(config)
+        if unreachable:
+            skipped.append("model signature, input files and output directory: not checked, this machine "
+                           "cannot open their paths (nor could a run launched from here): " + "; ".join(unreachable))
+        else:
+            try:
+                plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
+            except PreflightError as e:
+                problems.append(str(e))
+            else:
+                print(format_plan(plan, beam_args), file=out)
+    print(format_options_check(check), file=out)
+    for note in check.notes:
+        print(f"note:    {note}", file=out)
+    for what in skipped:
+        print(f"skipped: {what}", file=out)
+    if problems:
+        print(f"embedding-export: dry run: {len(problems)} problem(s) would stop this run:", file=err)
+        for problem in problems:
+            print(f"  - {problem}", file=err)
+        return EXIT_USAGE
+    print("dry run: no problems found" + (" in what could be checked here" if skipped else "")
+          + "; nothing was submitted", file=out)
+    return EXIT_OK
 
 
 def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
@@ -110,22 +156,32 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
 
     from pipeline.config import ConfigError, load_config
     from pipeline.job import pipeline_options, run_export
-    from pipeline.preflight import PreflightError, preflight
+    from pipeline.preflight import PreflightError, find_placeholders, preflight
+    from pipeline.progress import RunProgress, is_local_run, print_summary, progress_wanted
+    from pipeline.runner_options import fill_placeholder_options, unreachable_paths
     from transforms.finalize import ExportError
 
     try:
-        config = load_config(args.config, args.overrides)
+        # A runner option left as <PLACEHOLDER> in the file is filled by the same option after --.
+        config = fill_placeholder_options(load_config(args.config, args.overrides), beam_args)
         FileSystems.set_options(pipeline_options(config, beam_args))
+        if args.dry_run:
+            return _dry_run(args, config, beam_args, out, err)
+        unreachable = [] if find_placeholders(config, beam_args) else unreachable_paths(config)
+        if unreachable:
+            raise PreflightError("this machine cannot open the job's paths: " + "; ".join(unreachable))
         plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
     except (ConfigError, PreflightError) as e:
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
-    if args.dry_run:
-        print(format_plan(plan, beam_args), file=out)
-        return EXIT_OK
+    from rich.console import Console
+
+    live = progress_wanted(err) and is_local_run(config.runner.name, [*config.runner.options, *beam_args])
     start = time.perf_counter()
     try:
-        manifest = run_export(plan.config, beam_args, overwrite=plan.overwrite, plan=plan)
+        with RunProgress(plan.total_rows, console=Console(file=err), enabled=live) as progress:
+            manifest = run_export(plan.config, beam_args, overwrite=plan.overwrite, plan=plan,
+                                  progress_dir=progress.directory)
     except ExportError as e:
         print(f"embedding-export: export failed: {e}", file=err)
         return EXIT_FAILED
@@ -134,7 +190,7 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
             traceback.print_exc(file=err)
         print(f"embedding-export: export failed: {type(e).__name__}: {e}", file=err)
         return EXIT_FAILED
-    print(format_summary(manifest, time.perf_counter() - start, plan.layout.path), file=out)
+    print_summary(manifest, time.perf_counter() - start, plan.layout.path, out)
     return EXIT_OK
 
 

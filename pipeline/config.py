@@ -6,12 +6,12 @@ up measuring the wrong thing), and every error names the key path and what is wr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ConfigError", "ExportConfig", "InputConfig", "ModelConfig", "ModelInput", "ModelOutput",
+__all__ = ["ConfigError", "ExportConfig", "InputConfig", "DataRecordColumn", "ModelConfig", "ModelInput", "ModelOutput",
            "PartitionConfig", "OutputConfig", "RunnerConfig", "load_config", "parse_config",
            "apply_overrides"]
 
@@ -24,11 +24,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DataRecordColumn(_Strict):
+    """One column built from DataRecord features (``input.features.<column>``): exactly one of
+    ``continuous`` (doubles), ``discrete`` (int64s) or ``sparse_binary`` (string sets -> hashed
+    int64 ids, see transforms/read_datarecord.py). One feature name gives a scalar column, a list
+    of names a list column in that order. ``default`` fills a missing continuous/discrete feature
+    (unset: the row is rejected)."""
+    continuous: Optional[Union[str, List[str]]] = None
+    discrete: Optional[Union[str, List[str]]] = None
+    sparse_binary: Optional[Union[str, List[str]]] = None
+    default: Optional[Union[int, float]] = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("continuous", "discrete", "sparse_binary") if getattr(self, k) is not None)
+
+    @property
+    def names(self) -> List[str]:
+        value = getattr(self, self.kind)
+        return [value] if isinstance(value, str) else list(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "DataRecordColumn":
+        kinds = [k for k in ("continuous", "discrete", "sparse_binary") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("set exactly one of continuous, discrete, sparse_binary"
+                             + (f" (got {', '.join(kinds)})" if kinds else ""))
+        names = self.names
+        if not names or any(not n for n in names):
+            raise ValueError(f"{self.kind}: feature names must be non-empty (got {names})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.kind}: a feature is listed twice: {names}")
+        if self.default is not None:
+            if self.kind == "sparse_binary":
+                raise ValueError("default does not apply to sparse_binary (a missing feature is an empty list)")
+            if self.kind == "discrete" and not isinstance(self.default, int):
+                raise ValueError(f"default of discrete features must be an integer, got {self.default!r}")
+        return self
+
+
 class InputConfig(_Strict):
     format: Literal["parquet", "datarecord"] = "parquet"
     path: str = Field(..., min_length=1, description="file pattern, local, gs:// or hdfs://")
     key: str = Field("user_id", min_length=1, description="int64 key column (parquet) or feature name (datarecord)")
     on_bad_file: Literal["fail", "skip"] = "fail"
+    container: Optional[Literal["tfrecord", "block"]] = Field(None, description="datarecord only: the file container")
+    features: Optional[Dict[str, DataRecordColumn]] = Field(None, description="datarecord only: column -> features")
+
+    @model_validator(mode="after")
+    def _datarecord_keys(self) -> "InputConfig":
+        if self.format == "parquet":
+            extra = [k for k in ("container", "features") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{' and '.join(extra)} apply to format: datarecord only")
+            return self
+        if self.container is None:
+            raise ValueError("format datarecord needs container: tfrecord or block")
+        if not self.features:
+            raise ValueError("format datarecord needs features: the columns to build from the records")
+        for reserved in (self.key, "record_index"):
+            if reserved in self.features:
+                raise ValueError(f"features: column name {reserved!r} is taken (the key column or record_index)")
+        return self
 
 
 class ModelInput(_Strict):

@@ -1,6 +1,7 @@
 """The export job: the transforms assembled into one Beam pipeline, and the blocking entry point.
 
-    Parquet files --ReadAllFromParquetBatched--> (file, Arrow table)
+    Parquet files --ReadParquetRowGroups-------> (file, Arrow table)  (+ unreadable row groups, skip only)
+    (or DataRecord files --ReadDataRecords-----> the same   + undecodable records, rejected)
       --ValidateAndBatch--> tables of model.batch_size good rows   (+ rejected rows, rows read)
       --EmbedBatches------> EmbeddedBatch                          (+ rows with non-finite outputs)
       --PartitionBatches--> (shard, slice of the batch)
@@ -19,17 +20,23 @@ from typing import Dict, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipeline.config import ExportConfig
+from pipeline.datarecord_input import datarecord_source
 from pipeline.manifest import manifest_base, read_manifest
 from pipeline.preflight import ExportPlan, preflight
+from pipeline.progress import ReportRowsRead
+from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
 from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport
 from transforms.formats import make_format
+from transforms.isolate import with_error_column
+from transforms.ownership import JOURNAL_NAME
+from transforms.parquet_input import ReadParquetRowGroups
 from transforms.partition import PartitionBatches
+from transforms.read_datarecord import ReadDataRecords
 from transforms.validate import ValidateAndBatch
 from transforms.write import DEFAULT_BUFFER_BYTES, WriteRejected, WriteShards
 
@@ -44,34 +51,60 @@ def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> Pip
 
 
 def build_pipeline(p: beam.Pipeline, plan: Union[ExportPlan, ExportConfig],
-                   buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> beam.PCollection:
+                   buffer_bytes: int = DEFAULT_BUFFER_BYTES, progress_dir: Optional[str] = None) -> beam.PCollection:
     """Add the export to ``p``; returns the PCollection holding the manifest once it is published.
 
     Args:
       p: the pipeline to build on.
       plan: the checked, resolved job (``pipeline.preflight.preflight``), or a config to check now.
       buffer_bytes: framed output bytes a bundle buffers before writing a part file.
+      progress_dir: a local directory to report rows read to (``pipeline.progress``), or None.
     """
     if isinstance(plan, ExportConfig):
         plan = preflight(plan)
     cfg = plan.config
-    tables = (p
-              | "InputFiles" >> beam.Create([f.path for f in plan.files])
-              | "ReadParquet" >> ReadAllFromParquetBatched(columns=list(plan.read_schema.names),
-                                                            with_filename=True))
+    files = p | "InputFiles" >> beam.Create([f.path for f in plan.files])
+    read_rejected, read_rows = [], []  # DataRecord input: undecodable records, rejected while reading
+    unreadable = None  # Parquet input: row groups skipped by on_bad_file: skip
+    if cfg.input.format == "datarecord":
+        read = files | "ReadDataRecords" >> ReadDataRecords(datarecord_source(cfg))
+        tables, read_rejected, read_rows = read.tables, [read.rejected], [read.rows_read]
+    else:
+        read = files | "ReadParquet" >> ReadParquetRowGroups(
+            {f.path: f.row_group_rows for f in plan.files}, plan.read_schema.names, cfg.input.on_bad_file)
+        tables, unreadable = read.tables, read.unreadable
     validated = tables | "Validate" >> ValidateAndBatch(plan.rules, cfg.model.batch_size)
     handler = SavedModelHandler(cfg.model.path, cfg.model.signature, plan.inputs, plan.outputs,
                                 cfg.model.intra_op_threads, cfg.model.inter_op_threads)
-    embedded = validated.batches | "Embed" >> EmbedBatches(handler, cfg.input.key, plan.partition.column)
+    embedded = validated.batches | "Embed" >> EmbedBatches(handler, cfg.input.key, plan.partition.column,
+                                                           max_failed_rows=_failure_budget(plan))
     slices = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
     shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), buffer_bytes)
-    rejected = ((validated.rejected, embedded.rejected)
+    rows_read = validated.rows_read
+    if read_rows:
+        rows_read = (validated.rows_read, *read_rows) | "AllRowsRead" >> beam.Flatten()
+    if progress_dir:
+        _ = rows_read | "Progress" >> ReportRowsRead(progress_dir)
+    rejected = ((validated.rejected, embedded.rejected, *read_rejected)
                 | "AllRejected" >> beam.Flatten()
+                | "WithErrorColumn" >> beam.Map(with_error_column)
                 | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema))
-    return ({"shards": shards, "rows_read": validated.rows_read, "rejected": rejected}
+    duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
+    finalize_inputs = {"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates}
+    if unreadable is not None:
+        finalize_inputs["unreadable"] = unreadable
+    return (finalize_inputs
             | "Finalize" >> FinalizeExport(plan.layout, manifest_base(plan), expected_rows=plan.total_rows,
                                            max_reject_fraction=cfg.output.max_reject_fraction,
-                                           overwrite=plan.overwrite))
+                                           stale=plan.stale_files))
+
+
+def _failure_budget(plan: ExportPlan) -> Optional[int]:
+    """Rows the model may fail on before the run is sure to exceed output.max_reject_fraction."""
+    total, fraction = plan.total_rows, plan.config.output.max_reject_fraction
+    if total is None or fraction >= 1.0:
+        return None
+    return int(fraction * total)
 
 
 def _export_error(err: BaseException) -> Optional[str]:
@@ -89,7 +122,7 @@ def _export_error(err: BaseException) -> Optional[str]:
 
 
 def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
-               plan: Optional[ExportPlan] = None) -> Dict:
+               plan: Optional[ExportPlan] = None, progress_dir: Optional[str] = None) -> Dict:
     """Run the export to completion and return its manifest.
 
     Args:
@@ -97,6 +130,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
       beam_args: extra Beam options (after the config's runner options, so they win).
       overwrite: replace an earlier export in the output directory.
       plan: an already checked plan (skips the preflight).
+      progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
     Raises:
       PreflightError: the config, model or input does not fit (raised before launching).
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
@@ -106,10 +140,10 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
     # which take their settings (HDFS host, GCS project, ...) from the pipeline options.
     FileSystems.set_options(options)
     plan = plan or preflight(config, overwrite=overwrite, beam_args=beam_args)
-    _LOG.info("exporting %d rows from %d files to %s (run %s)", plan.total_rows, len(plan.files),
+    _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files),
               plan.layout.path, plan.run_id)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, plan)
+    build_pipeline(p, plan, progress_dir=progress_dir)
     try:
         result = p.run()
         state = result.wait_until_finish()
@@ -126,18 +160,23 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
 
 
 def _discard_scratch(plan: ExportPlan) -> None:
-    """After a failed run, remove its own scratch files (``_temporary/<run_id>``), nothing else."""
+    """After a failed run, remove its own scratch files (``_temporary/<run_id>``), nothing else.
+
+    The publish journal stays when there is one: finalize had started moving files into place,
+    and the journal is what tells the next run that those files are this job's.
+    """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
-        if "://" not in scratch:
-            if FileSystems.exists(scratch):
-                FileSystems.delete([scratch])
+        files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
+        doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME]
+        if doomed:
+            FileSystems.delete(doomed)
+        if "://" not in scratch:  # the empty local directories left: the run's, then _temporary
+            for dirpath, _, _ in sorted(os.walk(scratch), key=lambda item: -len(item[0])):
+                if not os.listdir(dirpath):
+                    os.rmdir(dirpath)
             parent = os.path.dirname(scratch)
             if os.path.isdir(parent) and not os.listdir(parent):
                 os.rmdir(parent)
-        else:
-            files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
-            if files:
-                FileSystems.delete(files)
     except Exception as err:  # the run's own error is the one to report
         _LOG.warning("could not remove the scratch files of failed run %s: %s", plan.run_id, err)

@@ -1,8 +1,8 @@
 """The manifest (SPEC section 6): its static part, built at launch, and reading it back.
 
 The finalize step (``transforms.finalize.publish``) adds what only the finished run knows (shard
-files, row counts, rejected rows by reason) to the static part built here, and writes
-``_MANIFEST.json`` before ``_SUCCESS``.
+files, row counts, rejected rows by reason, unreadable row groups, duplicate keys) to the static
+part built here, and writes ``_MANIFEST.json`` before ``_SUCCESS``.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def manifest_base(plan: ExportPlan) -> Dict:
         "partition": {"by": cfg.partition.by, "column": cfg.partition.column,
                       "hash": "fmix64(uint64(key)) % num_shards" if cfg.partition.by == "hash" else None},
         "input": {"path": cfg.input.path, "files": len(plan.files), "rows": plan.total_rows,
-                  "skipped_files": [{"file": p, "error": e} for p, e in plan.skipped_files]},
+                  # unreadable footers (on_bad_file: skip): the rows they hold are not known
+                  "skipped_files": [{"file": p, "rows": None, "error": e} for p, e in plan.skipped_files]},
         "config": cfg.model_dump(mode="json"),
         "versions": versions(),
         "created_at": plan.created_at,

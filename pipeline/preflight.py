@@ -27,7 +27,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig
 from transforms.arrow_columns import is_list_type
-from transforms.finalize import MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, TEMP_DIR
+from transforms.finalize import MANIFEST_NAME, TEMP_DIR
+from transforms.isolate import ERROR_COLUMN
+from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, take_inventory
 from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, OutputLayout, OutputSpec,
                               PartitionSpec)
 from transforms.validate import REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG, ValidationRules
@@ -49,9 +51,10 @@ class PreflightError(ValueError):
 @dataclass(frozen=True)
 class InputFile:
     path: str
-    rows: int
+    rows: Optional[int]  # None: the container holds no row count (DataRecord files)
     row_groups: int
     bytes: int
+    row_group_rows: Tuple[int, ...] = ()  # Parquet: rows of each row group, by the footer
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class ExportPlan:
       embedding_dim: D of the exported embedding.
       overwrite: replace an earlier export in the output directory.
       created_at: when the run was launched (UTC, ISO 8601).
+      stale_files: files in the output directory that this job wrote earlier (an earlier export
+        when overwriting, or what an unfinished run left): finalize removes these and no others.
+      previous_runs: run ids of unfinished runs whose files are among them.
     """
     config: ExportConfig
     run_id: str
@@ -91,9 +97,14 @@ class ExportPlan:
     embedding_dim: int
     overwrite: bool
     created_at: str = field(default="")
+    stale_files: Tuple[str, ...] = ()
+    previous_runs: Tuple[str, ...] = ()
 
     @property
-    def total_rows(self) -> int:
+    def total_rows(self) -> Optional[int]:
+        """Rows in the input by the file metadata; None when it is not known before reading."""
+        if any(f.rows is None for f in self.files):
+            return None
         return sum(f.rows for f in self.files)
 
     @property
@@ -102,9 +113,13 @@ class ExportPlan:
 
     @property
     def rejected_schema(self) -> pa.Schema:
+        """Input columns, ``reason``, ``source_file``, ``error``; the schema metadata carries the
+        run-id stamp that marks the rejected-rows files as this job's (``transforms.ownership``)."""
         return (self.read_schema.remove_metadata()
                 .append(pa.field(REASON_COLUMN, pa.string()))
-                .append(pa.field(SOURCE_COLUMN, pa.string())))
+                .append(pa.field(SOURCE_COLUMN, pa.string()))
+                .append(pa.field(ERROR_COLUMN, pa.string()))
+                .with_metadata({RUN_ID_METADATA_KEY: self.run_id.encode("utf-8")}))
 
 
 def absolute_path(path: str) -> str:
@@ -268,7 +283,8 @@ def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> i
 def _read_footer(path: str):
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         meta = pq.ParquetFile(handle).metadata
-        return meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema()
+        group_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        return meta.num_rows, group_rows, meta.schema.to_arrow_schema()
 
 
 def _value_type_accepts(value_type: pa.DataType, dtype: str) -> bool:
@@ -353,7 +369,7 @@ def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
                 continue
             raise PreflightError(f"{path}: not a readable Parquet file ({error}); set input.on_bad_file: skip "
                                  "to export the other files")
-        rows, groups, schema = result
+        rows, group_rows, schema = result
         _check_schema(path, schema, config, inputs)
         read = pa.schema([schema.field(c).with_nullable(True) for c in columns])
         if first_schema is None:
@@ -362,25 +378,52 @@ def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
             diffs = [f"{c}: {first_schema.field(c).type} vs {read.field(c).type}"
                      for c in columns if first_schema.field(c).type != read.field(c).type]
             raise PreflightError(f"{path}: column types differ from {first_path}: {'; '.join(diffs)}")
-        files.append(InputFile(path, rows, groups, size))
+        files.append(InputFile(path, rows, len(group_rows), size, group_rows))
     if not files:
         raise PreflightError(f"input.path {pattern}: no readable Parquet files (skipped: {skipped})")
     return tuple(files), tuple(skipped), first_schema
 
 
-def _check_output_dir(path: str, overwrite: bool) -> None:
+def _shown(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _check_output_dir(path: str, overwrite: bool) -> Inventory:
+    """What the output directory holds, and whether this run may write there.
+
+    Allowed: an empty or missing directory; one holding only what an unfinished run of this job
+    left (no ``_SUCCESS``; scratch, journal-listed or stamped files: ``transforms.ownership``),
+    which the run removes; and with ``overwrite``, an earlier export of this job, whose files are
+    removed while foreign files stay, unless a foreign file has a name the export uses or a
+    loader reads (then the run is refused: the job neither deletes nor mixes with it).
+    """
     if "://" not in path and os.path.isfile(path):
         raise PreflightError(f"output.path {path} is a file; it must be a directory")
     try:
-        existing = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+        inventory = take_inventory(path)
     except Exception as err:
         raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
-    if existing and not overwrite:
-        shown = ", ".join(os.path.relpath(p, path) if "://" not in p else p for p in sorted(existing)[:5])
+    if inventory.empty:
+        return inventory
+    if inventory.debris_only:
+        _LOG.warning("output.path %s holds only what unfinished run(s) %s of this job left (%d files); "
+                     "this run removes them", path, ", ".join(inventory.runs) or "?", len(inventory.ours))
+        return inventory
+    if not overwrite:
+        names = list(inventory.foreign) + list(inventory.ours)  # the foreign ones are why: first
+        what = "the finished export there" if inventory.finished else "an earlier export"
         raise PreflightError(
-            f"output.path {path} already holds {len(existing)} file(s) ({shown}{', ...' if len(existing) > 5 else ''}); "
-            f"pass --overwrite (or set output.overwrite: true) to replace an earlier export: only its "
-            f"part-* files, {REJECTED_DIR}/, {TEMP_DIR}/, {MANIFEST_NAME} and {SUCCESS_NAME} are removed")
+            f"output.path {path} already holds {len(names)} file(s) ({_shown(names)}); "
+            f"pass --overwrite (or set output.overwrite: true) to replace {what}: only the files this "
+            f"job wrote (those its {MANIFEST_NAME} or publish journal names, and its {TEMP_DIR}/ "
+            f"scratch files) are removed, others are kept")
+    clashing = inventory.foreign_outputs
+    if clashing:
+        raise PreflightError(
+            f"output.path {path} holds {len(clashing)} file(s) that no manifest or journal of this job names "
+            f"but that look like export files ({_shown(clashing)}); the job does not delete or mix with "
+            f"files it did not write: move them away, or choose another output.path")
+    return inventory
 
 
 def _warn_small_row_groups(files: Sequence[InputFile], batch_size: int) -> None:
@@ -414,9 +457,6 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     if placeholders:
         raise PreflightError("the run config still has placeholders to fill in (edit the file or use "
                              "--set section.key=value): " + "; ".join(placeholders))
-    if config.input.format != "parquet":
-        raise PreflightError(f"input.format {config.input.format!r} is not supported by the export job; "
-                             "use parquet")
     config = config.model_copy(update={
         "input": config.input.model_copy(update={"path": absolute_path(config.input.path)}),
         "model": config.model.model_copy(update={"path": absolute_path(config.model.path)}),
@@ -435,9 +475,13 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
         first = outputs[0]
         outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
 
-    files, skipped, read_schema = _scan_inputs(config, inputs)
-    _warn_small_row_groups(files, config.model.batch_size)
-    _check_output_dir(config.output.path, overwrite)
+    if config.input.format == "datarecord":
+        from pipeline.datarecord_input import scan_datarecord_inputs  # it imports this module
+        files, skipped, read_schema = scan_datarecord_inputs(config, inputs)
+    else:
+        files, skipped, read_schema = _scan_inputs(config, inputs)
+        _warn_small_row_groups(files, config.model.batch_size)
+    inventory = _check_output_dir(config.output.path, overwrite)
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)
@@ -448,4 +492,6 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     return ExportPlan(config=config, run_id=run_id, files=files, skipped_files=skipped,
                       read_schema=read_schema, inputs=inputs, outputs=outputs, partition=partition,
-                      layout=layout, embedding_dim=int(dim), overwrite=overwrite, created_at=created)
+                      layout=layout, embedding_dim=int(dim), overwrite=overwrite, created_at=created,
+                      stale_files=tuple(FileSystems.join(config.output.path, name) for name in inventory.ours),
+                      previous_runs=inventory.runs)

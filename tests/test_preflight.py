@@ -44,7 +44,7 @@ def test_plan_resolves_inputs_outputs_rows_and_absolute_paths(users, tmp_path, m
                                                                       ("score", "user.score", ())]
     assert plan.embedding_dim == EMB_DIM
     assert plan.read_schema.names == ["user_id", "dense", "sparse_ids"]  # unread columns stay unread
-    assert plan.rejected_schema.names[-2:] == ["reason", "source_file"]
+    assert plan.rejected_schema.names[-3:] == ["reason", "source_file", "error"]
 
 
 def test_signature_is_read_without_loading_the_model():
@@ -68,7 +68,6 @@ def test_signature_is_read_without_loading_the_model():
     ({"input__key": "country"}, "key column 'country' has type string; it must be an integer type"),
     ({"partition": {"num_shards": 4, "by": "column", "column": "country"}},
      "partition column 'country' has type string; it must be an integer type"),
-    ({"input__format": "datarecord"}, "input.format 'datarecord' is not supported"),
 ])
 def test_mismatches_are_named(users, tmp_path, changes, message):
     with pytest.raises(PreflightError, match=message):

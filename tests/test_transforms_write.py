@@ -60,11 +60,11 @@ def load(path):
         return pickle.load(f)
 
 
-def run_write_shards(lay, slices, buffer_bytes):
+def run_write_shards(lay, slices, buffer_bytes, **kwargs):
     fmt = make_format(lay, OUTPUTS)
     dump = os.path.join(os.path.dirname(lay.path), "results.pkl")
     with BeamTestPipeline(argv=FN_API) as p:
-        collect(p | beam.Create(slices) | WriteShards(fmt, buffer_bytes), dump)
+        collect(p | beam.Create(slices) | WriteShards(fmt, buffer_bytes, **kwargs), dump)
     return sorted(load(dump), key=lambda r: r.shard)
 
 
@@ -86,9 +86,9 @@ def read_records(result, fmt, compression):
                                              ("block", "gzip"), ("parquet", "none")])
 def test_write_shards_every_shard_complete_including_empty(tmp_path, fmt, compression):
     lay = layout(tmp_path, fmt, compression, shards=5)
-    # Shard 4 gets nothing; a 1-byte buffer writes every slice out as its own part.
+    # Shard 4 gets nothing; a 1-byte buffer and one open part file make every slice its own part.
     slices = [(s, batch(range(100 * s + i * 10, 100 * s + i * 10 + 7))) for i in range(3) for s in range(4)]
-    results = run_write_shards(lay, slices, buffer_bytes=1)
+    results = run_write_shards(lay, slices, buffer_bytes=1, max_open_parts=1)
     assert [r.shard for r in results] == list(range(5))
     for r in results:
         want = [expected_record(k) for s, b in slices if s == r.shard for k in b.keys]
@@ -112,6 +112,18 @@ def test_single_part_is_the_shard_file_without_a_copy(tmp_path):
     for r in results:
         assert r.parts == 1
         assert os.path.dirname(r.temp_path) == temp_dir(lay, "parts")
+
+
+@pytest.mark.parametrize("fmt", ["tfrecord", "block", "parquet"])
+def test_spills_append_to_one_part_per_shard_per_bundle(tmp_path, fmt):
+    lay = layout(tmp_path, fmt, shards=3)
+    # A 1-byte budget writes every slice out at once, but into the shard's one open part file.
+    slices = [(s, batch(range(100 * s + i * 10, 100 * s + i * 10 + 7))) for i in range(4) for s in range(3)]
+    results = run_write_shards(lay, slices, buffer_bytes=1)
+    for r in results:
+        want = [expected_record(k) for s, b in slices if s == r.shard for k in b.keys]
+        assert r.parts == 1 and r.records == len(want)
+        assert read_records(r, fmt, "none") == want  # in arrival order within the part
 
 
 def test_decoded_record_holds_key_then_outputs_in_config_order(tmp_path):
@@ -208,15 +220,25 @@ def test_publish_too_many_rejects_publishes_only_the_rejected_rows(tmp_path):
 
 
 def test_publish_overwrite_removes_only_the_old_exports_files(tmp_path):
+    # What publish may remove is decided before launch (transforms.ownership, by manifest, journal
+    # and run-id scratch), never by name: files no manifest names stay, even named part-*.
+    from transforms.ownership import take_inventory
     out = tmp_path / "out"
     out.mkdir()
-    for name in ["part-00000-of-00003.tfrecord", "part-00001-of-00003.tfrecord", "part-00002-of-00003.tfrecord",
-                 "_SUCCESS", "_MANIFEST.json", "README.txt", "part-notes.txt"]:
+    old = [f"part-0000{i}-of-00003.tfrecord" for i in range(3)]
+    for name in old + ["_SUCCESS", "README.txt", "part-notes.txt"]:
         (out / name).write_text("old")
-    (out / "_temporary" / "crashed-run").mkdir(parents=True)
-    (out / "_temporary" / "crashed-run" / "x").write_text("old")
+    (out / "_MANIFEST.json").write_text(json.dumps({"shards": [{"file": name} for name in old]}))
+    (out / "_temporary" / "20240101T000000Z-0123abcd").mkdir(parents=True)
+    (out / "_temporary" / "20240101T000000Z-0123abcd" / "x").write_text("old")
+    (out / "_temporary" / "0").mkdir()
+    (out / "_temporary" / "0" / "spark").write_text("not ours")
+    inventory = take_inventory(str(out))
+    assert inventory.foreign == ("README.txt", "_temporary/0/spark", "part-notes.txt")
     lay, results, rejected = staged(tmp_path, shards=2, run_id="run2")
-    publish(lay, results, 20, rejected, BASE, overwrite=True)
-    assert sorted(os.listdir(out)) == ["README.txt", "_MANIFEST.json", "_SUCCESS", "part-00000-of-00002.tfrecord",
-                                       "part-00001-of-00002.tfrecord", "part-notes.txt"]
+    publish(lay, results, 20, rejected, BASE, stale=[str(out / name) for name in inventory.ours])
+    assert sorted(os.listdir(out)) == ["README.txt", "_MANIFEST.json", "_SUCCESS", "_temporary",
+                                       "part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord",
+                                       "part-notes.txt"]
+    assert os.listdir(out / "_temporary") == ["0"]
     assert (out / "README.txt").read_text() == "old"

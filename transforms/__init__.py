@@ -1,12 +1,19 @@
 """Beam PTransforms and DoFns of the export job (imports twml, never pipeline).
 
 In pipeline order:
+    parquet_input              Parquet files -> (file, Arrow table), one row group per element,
+                               naming the file and row group on a bad read (or skipping it)
+    read_datarecord            DataRecord TFRecord/block files -> the same (file, Arrow table)
     validate.ValidateAndBatch  (file, Arrow table) -> good-row tables of model.batch_size rows,
                                + rejected rows with reasons, + rows read
-    embed.EmbedBatches         tables -> EmbeddedBatch (one SavedModel call per batch)
+    embed.EmbedBatches         tables -> EmbeddedBatch (one SavedModel call per batch; a batch
+                               the model fails on is bisected by isolate.isolate_failures)
     partition.PartitionBatches EmbeddedBatch -> (shard, slice), SPEC section 5
     write.WriteShards          slices -> one complete temporary file per shard (formats.*)
     write.WriteRejected        rejected rows -> temporary Parquet files
+    duplicates                 written keys -> the duplicate-key counts for the manifest
     finalize.FinalizeExport    checks, publishes the files, _MANIFEST.json, then _SUCCESS
-specs.py and elements.py hold the small picklable types passed between them.
+specs.py and elements.py hold the small picklable types passed between them; ownership.py
+decides which files in an output directory are the job's own; pause_points.py lets the
+reliability tests stop a run at a named moment (an environment lookup otherwise).
 """

@@ -52,17 +52,16 @@ def pad_or_truncate(values: np.ndarray, lengths: np.ndarray, length: int, pad,
 
     Returns the [B, length] array and how many rows were longer than ``length`` (truncated).
     """
-    batch = len(lengths)
-    out = np.full((batch, length), pad, dtype=dtype)
-    kept = np.minimum(lengths, length)
-    total = int(kept.sum())
-    if total:
+    out = np.full((len(lengths), length), pad, dtype=dtype)
+    # The kept cells in row-major order are each row's first min(len, length) slots, so when no
+    # row is cut they take the flat values as they are; otherwise gather the kept ones first.
+    kept = np.arange(length) < lengths[:, None]
+    truncated = int(np.count_nonzero(lengths > length))
+    if truncated:
         starts = np.cumsum(lengths) - lengths
-        kept_starts = np.cumsum(kept) - kept
-        rows = np.repeat(np.arange(batch), kept)
-        within = np.arange(total) - np.repeat(kept_starts, kept)
-        out[rows, within] = values[np.repeat(starts, kept) + within]
-    return out, int(np.count_nonzero(lengths > length))
+        values = values[(starts[:, None] + np.arange(length))[kept]]
+    out[kept] = values
+    return out, truncated
 
 
 def column_to_input(column: Union[pa.Array, pa.ChunkedArray], spec: InputSpec) -> Tuple[np.ndarray, int]:

@@ -10,18 +10,22 @@ RunInference read this job too. Rows whose outputs are not finite are rejected, 
 """
 from __future__ import annotations
 
+import collections
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
+from transforms.isolate import ModelFailureIsolation
 from transforms.specs import InputSpec, OutputSpec
 from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
 
@@ -30,6 +34,9 @@ __all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches
 _LOG = logging.getLogger(__name__)
 
 NON_FINITE_EMBEDDING = "non_finite_embedding"
+# Batches whose model calls may be under way or queued while the bundle's thread prepares the
+# next one: enough to keep the model busy through reading the next row group.
+MODEL_CALLS_AHEAD = 2
 
 
 class LoadedModel:
@@ -155,6 +162,14 @@ class InferenceMetrics:
         self.inference_batch_latency_micro_secs.update(latency_micros)
 
 
+def _timed_call(run, feeds: Dict[str, np.ndarray], model: LoadedModel) -> Tuple[Dict[str, np.ndarray], int]:
+    """``run(feeds, model)`` and its latency in microseconds (metrics are reported by the caller:
+    Beam's metrics belong to the thread running the bundle, not to this one)."""
+    start = time.perf_counter()
+    outputs = run(feeds, model)
+    return outputs, int((time.perf_counter() - start) * 1_000_000)
+
+
 def finite_rows(array: np.ndarray) -> np.ndarray:
     """bool [B]: rows of a float output whose values are all finite (non-float outputs: all True)."""
     if array.dtype.kind != "f":
@@ -165,10 +180,13 @@ def finite_rows(array: np.ndarray) -> np.ndarray:
 @beam.typehints.with_input_types(pa.Table)
 @beam.typehints.with_output_types(EmbeddedBatch)
 class _EmbedFn(beam.DoFn):
-    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str]):
+    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str],
+                 max_failed_rows: Optional[int] = None):
         self._handler = handler
         self._key_column = key_column
         self._partition_column = partition_column
+        self._isolation = ModelFailureIsolation(max_failed_rows, f"model {handler.model_path} "
+                                                                 f"(signature {handler.signature!r})")
         self._shared_model = shared.Shared()
         self._metrics = InferenceMetrics(handler.get_metrics_namespace())
         namespace = handler.get_metrics_namespace()
@@ -176,31 +194,66 @@ class _EmbedFn(beam.DoFn):
         self._truncated = {spec.name: Metrics.counter(namespace, f"ids_truncated.{spec.name}")
                            for spec in handler.inputs}
         self._model: Optional[LoadedModel] = None
+        self._calls: Optional[ThreadPoolExecutor] = None
+        self._pending: collections.deque = collections.deque()
 
     def setup(self):
         self._model = self._shared_model.acquire(self._handler.load_model, tag=self._handler.model_tag)
         self._metrics.cache_load_model_metrics(self._model.load_millis, self._model.num_bytes)
+        self._calls = ThreadPoolExecutor(max_workers=int(__import__("os").environ.get("EE_MW", "1")), thread_name_prefix="embed-model")  # EXPERIMENT
+
+    def start_bundle(self):
+        self._pending = collections.deque()
 
     def finish_bundle(self):
+        while self._pending:
+            for out in self._complete(self._pending.popleft()):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
         self._metrics.flush_load_model_metrics()
 
+    def teardown(self):
+        if self._calls is not None:
+            self._calls.shutdown(wait=True, cancel_futures=True)
+            self._calls = None
+
     def process(self, table: pa.Table) -> Iterable[EmbeddedBatch]:
-        rows = table.num_rows
-        if rows == 0:
+        if table.num_rows == 0:
             return
         feeds, truncated = table_to_feeds(table, self._handler.inputs)
         for name, count in truncated.items():
             if count:
                 self._truncated[name].inc(count)
-        start = time.perf_counter()
+        # The model runs on a background thread (TF releases the GIL) while this one goes on
+        # reading, validating and writing; a batch's outputs are emitted MODEL_CALLS_AHEAD
+        # batches later, in input order, and the last ones in finish_bundle.
+        call = self._calls.submit(_timed_call, self._handler.run_inference, feeds, self._model)
+        self._pending.append((table, feeds, call))
+        while len(self._pending) > MODEL_CALLS_AHEAD:
+            yield from self._complete(self._pending.popleft())
+
+    def _complete(self, pending) -> Iterable[EmbeddedBatch]:
+        """The outputs of one submitted batch, once its model call is done (same thread as process)."""
+        table, feeds, call = pending
+        rows = table.num_rows
         try:
-            outputs = self._handler.run_inference(feeds, self._model)
+            outputs, micros = call.result()
         except Exception as err:
+            # Bisect the batch (transforms.isolate): only the rows the model fails on alone are rejected.
+            start = time.perf_counter()
             self._metrics.failed_batches_counter.inc()
-            raise RuntimeError(f"model {self._handler.model_path} (signature {self._handler.signature!r}) "
-                               f"failed on a batch of {rows} rows: {err}") from err
-        self._metrics.update(rows, self._handler.get_num_bytes(feeds),
-                             int((time.perf_counter() - start) * 1_000_000))
+            outputs, feeds, table, failed = self._isolation.split(
+                lambda part: self._handler.run_inference(part, self._model), feeds, table, err)
+            if failed is not None:
+                self._rows_rejected.inc(failed.num_rows)
+                yield beam.pvalue.TaggedOutput(REJECTED, failed)
+            rows = table.num_rows
+            if rows == 0:
+                return
+            micros = int((time.perf_counter() - start) * 1_000_000)
+        self._metrics.update(rows, self._handler.get_num_bytes(feeds), micros)
         arrays = [outputs[spec.name] for spec in self._handler.outputs]
         for spec, array in zip(self._handler.outputs, arrays):
             if array.shape[:1] != (rows,):
@@ -235,15 +288,19 @@ class EmbedBatches(beam.PTransform):
       handler: loads and runs the model.
       key_column: the integer user-key column.
       partition_column: the partition-id column carried to the partition step, or None.
+      max_failed_rows: rows the model may fail on (after bisection) before the job stops early,
+        certain to exceed output.max_reject_fraction; None for no limit.
     """
 
-    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str] = None):
+    def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str] = None,
+                 max_failed_rows: Optional[int] = None):
         super().__init__()
         self._handler = handler
         self._key_column = key_column
         self._partition_column = partition_column
+        self._max_failed_rows = max_failed_rows
 
     def expand(self, tables):
         return tables | "RunModel" >> beam.ParDo(
-            _EmbedFn(self._handler, self._key_column, self._partition_column)).with_outputs(
+            _EmbedFn(self._handler, self._key_column, self._partition_column, self._max_failed_rows)).with_outputs(
                 REJECTED, main="embedded")

@@ -3,25 +3,30 @@
 Runs once, after every shard file and rejected-rows file is complete (they arrive as side
 inputs). Nothing in the output directory changes unless every check passes:
 
-1. every shard 0..N-1 has exactly one complete file; rows_read (counted from the data) equals
-   the rows in the input files' footers and rows_written + rows_rejected; rejected rows are
-   within ``max_reject_fraction``;
-2. ``_SUCCESS`` and ``_MANIFEST.json`` of an earlier export are removed (overwrite only), then
-   its shard and rejected files that this export does not replace;
-3. the temporary files are renamed to their final names (a file whose source is gone and whose
-   destination exists was renamed by an earlier attempt: skipped, so a retry is harmless);
-4. ``_MANIFEST.json`` is written (temporary name, then rename), then ``_SUCCESS``, last;
-5. ``_temporary/<run_id>/`` is deleted (orphan parts of retried bundles go with it).
-
-Only files named as this job names them are ever deleted.
+1. every shard 0..N-1 has exactly one complete file; rows_read (counted from the data) plus the
+   rows of unreadable row groups (``input.on_bad_file: skip``) equals the rows in the input
+   files' footers, and rows_read == rows_written + rows_rejected; rejected rows are within
+   ``max_reject_fraction`` (else only the rejected rows are published, under
+   ``_rejected/<run_id>/``, and the run fails naming the counts and the commonest reasons);
+2. the publish journal ``_temporary/<run_id>/_PUBLISH.json`` is written: every file about to
+   be created (with its size) and every earlier file of this job about to be removed
+   (``transforms.ownership``), so that a run killed from here on leaves files a rerun knows
+   as its own;
+3. the files of an earlier export or an unfinished run that preflight found to be this job's
+   own (``stale``) are removed, ``_SUCCESS`` and ``_MANIFEST.json`` first; nothing else is;
+4. the temporary files are renamed to their final names, in batches (a file whose source is
+   gone and whose destination exists was renamed by an earlier attempt: skipped, so a retry is
+   harmless); every final name holds a complete file from the moment it appears;
+5. ``_MANIFEST.json`` is renamed into place, then ``_SUCCESS`` is, last;
+6. ``_temporary/<run_id>/`` and the scratch files of earlier runs are deleted.
 """
 from __future__ import annotations
 
 import datetime
 import json
-import re
+import os
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -29,33 +34,26 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.elements import RejectedPart, ShardResult
 from transforms.formats import shard_file_name
+from transforms.ownership import is_run_id, journal_bytes, journal_name
+from transforms.pause_points import pause_point
 from transforms.specs import OutputLayout
 
 __all__ = ["ExportError", "FinalizeExport", "publish", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR",
-           "TEMP_DIR", "OUTPUT_NAME_PATTERN", "is_output_name"]
+           "TEMP_DIR", "RENAME_BATCH", "reason_summary"]
 
 MANIFEST_NAME = "_MANIFEST.json"
 SUCCESS_NAME = "_SUCCESS"
 REJECTED_DIR = "_rejected"
 TEMP_DIR = "_temporary"
-# The names this job writes at the top of the output directory (and so may delete on overwrite).
-OUTPUT_NAME_PATTERN = re.compile(r"^part-\d{5,}-of-\d{5,}(\.tfrecord|\.parquet)?(\.gz)?$")
+RENAME_BATCH = 100  # files per FileSystems.rename call (object stores copy a batch at a time)
 
 
 class ExportError(RuntimeError):
     """The export cannot be published (accounting mismatch, too many rejected rows, lost files)."""
 
 
-def is_output_name(name: str) -> bool:
-    return bool(OUTPUT_NAME_PATTERN.match(name)) or name in (MANIFEST_NAME, SUCCESS_NAME)
-
-
 def _join(*parts: str) -> str:
     return FileSystems.join(*parts)
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _matching(pattern: str) -> List[str]:
@@ -78,28 +76,32 @@ def _delete_tree(path: str) -> None:
     _delete(_matching(_join(path, "**")))
 
 
-def _write_file(path: str, data: bytes) -> None:
-    """Write a small file under a temporary name and rename it into place."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+def _write_file(path: str, data: bytes, scratch: str) -> None:
+    """Write a small file under a temporary name in ``scratch`` and rename it to ``path``."""
+    tmp = _join(scratch, f"{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         handle.write(data)
-    FileSystems.rename([tmp], [path])
+    _rename_into_place([(tmp, path)])
 
 
-def _rename_into_place(pairs: Sequence[tuple]) -> None:
-    todo_src, todo_dst = [], []
+def _rename_into_place(pairs: Sequence[Tuple[str, str]], pause: Optional[str] = None) -> None:
+    """Rename (source, destination) pairs in batches of RENAME_BATCH; a pair whose source is
+    gone and whose destination exists was done by an earlier attempt and is skipped."""
+    todo: List[Tuple[str, str]] = []
     for src, dst in pairs:
         if FileSystems.exists(src):
-            todo_src.append(src)
-            todo_dst.append(dst)
+            todo.append((src, dst))
         elif not FileSystems.exists(dst):
             raise ExportError(f"cannot publish {dst}: neither it nor its temporary file {src} exists")
-    if todo_src:
-        # Local and HDFS renames need the destination directory; on object stores mkdirs is a no-op.
-        for parent in sorted({dst.rsplit("/", 1)[0] for dst in todo_dst}):
-            if not FileSystems.exists(parent):
-                FileSystems.mkdirs(parent)
-        FileSystems.rename(todo_src, todo_dst)
+    # Local and HDFS renames need the destination directory; on object stores mkdirs is a no-op.
+    for parent in sorted({dst.rsplit("/", 1)[0] for _, dst in todo}):
+        if not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+    for start in range(0, len(todo), RENAME_BATCH):
+        batch = todo[start:start + RENAME_BATCH]
+        FileSystems.rename([src for src, _ in batch], [dst for _, dst in batch])
+        if pause:
+            pause_point(pause)
 
 
 def _check_shards(shards: Iterable[ShardResult], num_shards: int) -> List[ShardResult]:
@@ -122,9 +124,65 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def reason_summary(by_reason: Dict[str, int], top: int = 5) -> str:
+    """``reason: count, ...`` for the commonest reasons (by_reason sorted commonest first)."""
+    items = list(by_reason.items())
+    text = ", ".join(f"{reason}: {count}" for reason, count in items[:top])
+    return text + (f", and {len(items) - top} more reasons" if len(items) > top else "")
+
+
+def _relative(out: str, path: str) -> str:
+    prefix = out.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _remove_empty_local_dirs(root: str) -> None:
+    """Remove the empty run directories (``<root>/<run id>/...``) and then ``root`` if empty.
+
+    Only local paths: object stores have no directories. Directories of other names are not
+    this job's and stay, even when empty.
+    """
+    if "://" in root or not os.path.isdir(root):
+        return
+    for child in os.listdir(root):
+        path = os.path.join(root, child)
+        if is_run_id(child) and os.path.isdir(path):
+            for dirpath, _, _ in sorted(os.walk(path), key=lambda item: -len(item[0])):
+                if not os.listdir(dirpath):
+                    os.rmdir(dirpath)
+    if not os.listdir(root):
+        os.rmdir(root)
+
+
+def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read: int,
+              rejected: Sequence[Tuple[RejectedPart, str]], by_reason: Dict[str, int], unreadable: Sequence,
+              duplicate_keys: Optional[Dict[str, int]]) -> Dict:
+    """The manifest: what the run wrote and counted, then the static entries of ``base``."""
+    manifest = {key: base[key] for key in ("format", "compression", "num_shards") if key in base}
+    manifest.update({
+        "shards": [{"file": r.final_name, "records": r.records, "bytes": r.bytes, "crc32c": r.crc32c}
+                   for r in results],
+        "rows_read": rows_read,
+        "rows_written": sum(r.records for r in results),
+        "rows_rejected": sum(p.records for p, _ in rejected),
+        "rows_unreadable": sum(u.rows for u in unreadable),
+        "rejected_by_reason": by_reason,
+        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
+        "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
+    })
+    manifest.update({k: v for k, v in base.items() if k not in manifest})
+    if isinstance(manifest.get("input"), dict):
+        manifest["input"] = {**manifest["input"], "unreadable_row_groups": [
+            {"file": u.path, "row_group": u.row_group, "rows": u.rows, "error": u.error} for u in unreadable]}
+    manifest["run_id"] = run_id
+    manifest["finalized_at"] = _utc_now()
+    return manifest
+
+
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             rejected: Iterable[RejectedPart], manifest_base: Dict, expected_rows: Optional[int] = None,
-            max_reject_fraction: float = 1.0, overwrite: bool = False) -> Dict:
+            max_reject_fraction: float = 1.0, stale: Sequence[str] = (), unreadable: Iterable = (),
+            duplicate_keys: Optional[Dict[str, int]] = None) -> Dict:
     """Check, move into place, write the manifest and ``_SUCCESS``; return the manifest.
 
     Args:
@@ -135,22 +193,29 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
       manifest_base: the manifest's static entries (config, model, features, versions, ...).
       expected_rows: rows in the input files by their footers (None: not known).
       max_reject_fraction: fail when rows_rejected > this fraction of rows_read.
-      overwrite: remove an earlier export's files from the directory.
+      stale: absolute paths of files this job wrote earlier (an earlier export being overwritten,
+        debris of an unfinished run) that preflight found; they are removed, nothing else is.
+      unreadable: row groups that could not be read (``input.on_bad_file: skip``): objects with
+        ``path``, ``row_group``, ``rows`` and ``error``.
+      duplicate_keys: {"keys": keys written more than once, "rows": rows beyond each key's first}.
     Raises:
       ExportError: a check failed; the output directory is left as it was, except that on too
-        many rejected rows the rejected rows are published to ``_rejected/`` for inspection.
+        many rejected rows the rejected rows are published to ``_rejected/<run_id>/``.
     """
     results = _check_shards(shards, layout.num_shards)
     rejected = sorted(rejected, key=lambda part: (part.crc32c, part.records, part.path))
+    unreadable = sorted(unreadable, key=lambda u: (u.path, u.row_group))
     rows_written = sum(r.records for r in results)
     rows_rejected = sum(p.records for p in rejected)
+    rows_unreadable = sum(u.rows for u in unreadable)
     by_reason: Dict[str, int] = {}
     for part in rejected:
         for reason, count in part.reasons.items():
             by_reason[reason] = by_reason.get(reason, 0) + count
     by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
-    if expected_rows is not None and rows_read != expected_rows:
-        raise ExportError(f"read {rows_read} rows but the input files' footers hold {expected_rows}: "
+    if expected_rows is not None and rows_read + rows_unreadable != expected_rows:
+        unread = f" + {rows_unreadable} in unreadable row groups" if rows_unreadable else ""
+        raise ExportError(f"read {rows_read} rows{unread} but the input files' footers hold {expected_rows}: "
                           "the input changed during the run or rows were lost while reading")
     if rows_read != rows_written + rows_rejected:
         raise ExportError(f"accounting mismatch: rows_read {rows_read} != rows_written {rows_written} "
@@ -158,94 +223,119 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
 
     out = layout.path
     temp = _join(out, TEMP_DIR, layout.run_id)
-    rejected_names = [_join(REJECTED_DIR, shard_file_name(i, len(rejected), ".parquet"))
-                      for i in range(len(rejected))]
     if rows_rejected > max_reject_fraction * rows_read:
-        _rename_into_place([(p.path, _join(out, name)) for p, name in zip(rejected, rejected_names)])
+        # Only the rejected rows are published, for inspection, under this run's own directory
+        # (so they never replace an earlier export's); their footers carry the run-id stamp.
+        names = [_join(REJECTED_DIR, layout.run_id, shard_file_name(i, len(rejected), ".parquet"))
+                 for i in range(len(rejected))]
+        _rename_into_place([(p.path, _join(out, name)) for p, name in zip(rejected, names)])
         _delete_tree(temp)
-        _remove_empty_local_dir(_join(out, TEMP_DIR))
+        _remove_empty_local_dirs(_join(out, TEMP_DIR))
         raise ExportError(
             f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / max(rows_read, 1):.2%}), "
-            f"more than output.max_reject_fraction {max_reject_fraction:g}; by reason: {by_reason}; "
-            f"the rejected rows are in {_join(out, REJECTED_DIR)}; nothing else was published")
+            f"more than output.max_reject_fraction {max_reject_fraction:g}; commonest reasons: "
+            f"{reason_summary(by_reason)}; the rejected rows are in "
+            f"{_join(out, REJECTED_DIR, layout.run_id)}; nothing else was published")
 
-    keep = {r.final_name for r in results} | set(rejected_names)
-    if overwrite:
-        _delete([_join(out, SUCCESS_NAME), _join(out, MANIFEST_NAME)])
-        stale = [p for p in _matching(_join(out, "part-*")) if OUTPUT_NAME_PATTERN.match(_basename(p))
-                 and _basename(p) not in keep]
-        stale += [p for p in _matching(_join(out, REJECTED_DIR, "part-*"))
-                  if _join(REJECTED_DIR, _basename(p)) not in keep]
-        _delete(stale)
+    pause_point("publish.start")
+    rejected_names = [_join(REJECTED_DIR, shard_file_name(i, len(rejected), ".parquet"))
+                      for i in range(len(rejected))]
+    manifest = _manifest(manifest_base, layout.run_id, results, rows_read, list(zip(rejected, rejected_names)),
+                         by_reason, unreadable, duplicate_keys)
+    manifest_data = json.dumps(manifest, indent=2).encode("utf-8") + b"\n"
+
+    # The journal first: from here on a kill leaves nothing a rerun cannot recognise as its own.
+    creates = {r.final_name: r.bytes for r in results}
+    creates.update({name: p.bytes for p, name in zip(rejected, rejected_names)})
+    creates.update({MANIFEST_NAME: len(manifest_data), SUCCESS_NAME: 0})
+    stale_names = {_relative(out, path): path for path in stale}
+    _write_file(_join(out, journal_name(layout.run_id)),
+                journal_bytes(layout.run_id, creates, stale_names), temp)
+
+    # An earlier export stops being one before any of its files goes; the files this run
+    # creates under the same names are replaced by the renames, not deleted (a retried
+    # finalize must not delete what the first attempt published).
+    markers = [stale_names[n] for n in (SUCCESS_NAME, MANIFEST_NAME) if n in stale_names]
+    _delete(markers)
+    visible = [path for name, path in stale_names.items()
+               if not name.startswith(TEMP_DIR + "/") and name not in creates]
+    _delete(visible)
     _rename_into_place([(r.temp_path, _join(out, r.final_name)) for r in results]
-                       + [(p.path, _join(out, name)) for p, name in zip(rejected, rejected_names)])
-
-    manifest = {key: manifest_base[key] for key in ("format", "compression", "num_shards") if key in manifest_base}
-    manifest.update({
-        "shards": [{"file": r.final_name, "records": r.records, "bytes": r.bytes, "crc32c": r.crc32c}
-                   for r in results],
-        "rows_read": rows_read,
-        "rows_written": rows_written,
-        "rows_rejected": rows_rejected,
-        "rejected_by_reason": by_reason,
-        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes}
-                           for p, name in zip(rejected, rejected_names)],
-    })
-    manifest.update({k: v for k, v in manifest_base.items() if k not in manifest})
-    manifest["run_id"] = layout.run_id
-    manifest["finalized_at"] = _utc_now()
-    _write_file(_join(out, MANIFEST_NAME), json.dumps(manifest, indent=2).encode("utf-8") + b"\n")
-    _write_file(_join(out, SUCCESS_NAME), b"")
+                       + [(p.path, _join(out, name)) for p, name in zip(rejected, rejected_names)],
+                       pause="publish.renamed")
+    _write_file(_join(out, MANIFEST_NAME), manifest_data, temp)
+    pause_point("publish.manifest")
+    _write_file(_join(out, SUCCESS_NAME), b"", temp)
+    pause_point("publish.success")
     _delete_tree(temp)
-    if overwrite:
-        _delete_tree(_join(out, TEMP_DIR))  # scratch files of earlier, failed runs
-    _remove_empty_local_dir(_join(out, TEMP_DIR))
+    _delete([path for name, path in stale_names.items() if name.startswith(TEMP_DIR + "/")])
+    _remove_empty_local_dirs(_join(out, TEMP_DIR))
+    _remove_empty_local_dirs(_join(out, REJECTED_DIR))
     return manifest
-
-
-def _remove_empty_local_dir(path: str) -> None:
-    """Object stores have no directories; a local empty ``_temporary`` is removed."""
-    import os
-    if "://" not in path and os.path.isdir(path) and not os.listdir(path):
-        os.rmdir(path)
 
 
 class _FinalizeFn(beam.DoFn):
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int],
-                 max_reject_fraction: float, overwrite: bool):
+                 max_reject_fraction: float, stale: Tuple[str, ...]):
         self._layout = layout
         self._base = manifest_base
         self._expected = expected_rows
         self._max_reject = max_reject_fraction
-        self._overwrite = overwrite
+        self._stale = stale
 
-    def process(self, _run_id, shards, rows_read, rejected):
+    def process(self, _run_id, shards, rows_read, rejected, unreadable, duplicates):
+        keys, rows = duplicates
         yield publish(self._layout, shards, int(rows_read), rejected, self._base, self._expected,
-                      self._max_reject, self._overwrite)
+                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)})
 
 
 class FinalizeExport(beam.PTransform):
-    """{"shards", "rows_read", "rejected"} PCollections -> the manifest dict, once everything is published.
+    """{"shards", "rows_read", "rejected"[, "unreadable", "duplicates"]} PCollections -> the
+    manifest dict, once everything is published.
 
     Args:
       layout: the output directory, run id and shard count.
       manifest_base: the manifest's static entries.
       expected_rows: rows by the input footers, or None.
       max_reject_fraction: fail above this fraction of rejected rows.
-      overwrite: replace an earlier export in the directory.
+      stale: absolute paths of this job's earlier files to remove (``ExportPlan.stale_files``).
+
+    Inputs "unreadable" (row groups skipped by ``on_bad_file: skip``) and "duplicates" (one
+    (keys, rows) pair per key bucket, ``transforms.duplicates``) are optional.
     """
 
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int] = None,
-                 max_reject_fraction: float = 1.0, overwrite: bool = False):
+                 max_reject_fraction: float = 1.0, stale: Sequence[str] = ()):
         super().__init__()
-        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, overwrite)
+        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, tuple(stale))
 
     def expand(self, inputs):
         layout = self._args[0]
+        p = inputs["shards"].pipeline
         rows_read = inputs["rows_read"] | "SumRowsRead" >> beam.CombineGlobally(sum)
-        return (inputs["shards"].pipeline
+        unreadable = inputs.get("unreadable")
+        if unreadable is None:
+            unreadable = p | "NoUnreadable" >> beam.Create([])
+        # Through a combiner, not straight into AsList: Beam's bundle-based direct runner hands a
+        # side input made from a tagged output the main output's elements instead.
+        unreadable = unreadable | "CollectUnreadable" >> beam.combiners.ToList()
+        duplicates = inputs.get("duplicates")
+        if duplicates is None:
+            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0)])
+        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_pairs)
+        return (p
                 | "Once" >> beam.Create([layout.run_id])
-                | "Publish" >> beam.ParDo(_FinalizeFn(*self._args),
-                                          shards=beam.pvalue.AsList(inputs["shards"]),
-                                          rows_read=beam.pvalue.AsSingleton(rows_read),
-                                          rejected=beam.pvalue.AsList(inputs["rejected"])))
+                | "Publish" >> beam.ParDo(_FinalizeFn(*self._args),  # side inputs in process()'s order
+                                          beam.pvalue.AsList(inputs["shards"]),
+                                          beam.pvalue.AsSingleton(rows_read),
+                                          beam.pvalue.AsList(inputs["rejected"]),
+                                          beam.pvalue.AsSingleton(unreadable),
+                                          beam.pvalue.AsSingleton(duplicates)))
+
+
+def _sum_pairs(pairs: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
+    keys = rows = 0
+    for a, b in pairs:
+        keys += int(a)
+        rows += int(b)
+    return keys, rows

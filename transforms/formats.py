@@ -1,7 +1,8 @@
 """The output formats: how a batch becomes bytes in a part file, and how parts become a shard file.
 
 A format has a small override surface, in the spirit of Beam's ``FileBasedSink``:
-``open_part(fileobj)`` returns a writer that appends batches to a temporary part file, and
+``open_part(sink)`` returns a writer that appends batches to a temporary part (held in a
+``PartSink`` until the writer's caller writes it to the part file), and
 ``assemble(parts, fileobj)`` writes the final shard file from the parts, streaming (memory does
 not grow with the shard). TFRecord frames and elephant-bird blocks are self-delimiting, so their
 parts concatenate byte for byte (gzip is applied while concatenating, giving one gzip member per
@@ -23,16 +24,18 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from twml.encode import EncodedRecords, encode_data_records
+from twml.io.tfrecord import encode_tfrecords
 from transforms.elements import EmbeddedBatch
 from transforms.specs import OutputLayout, OutputSpec
 
-__all__ = ["ChecksummedWriter", "ShardFormat", "TFRecordFormat", "BlockFormat", "ParquetFormat",
+__all__ = ["ChecksummedWriter", "PartSink", "PartWriter", "ShardFormat", "TFRecordFormat", "BlockFormat", "ParquetFormat",
            "make_format", "shard_file_name", "encode_batch", "open_write", "open_read",
            "COPY_CHUNK_BYTES"]
 
 COPY_CHUNK_BYTES = 4 << 20
 GZIP_LEVEL = 6  # zlib's default, what TF and Beam write
 PARQUET_ROW_GROUP_ROWS = 65536
+COALESCE_ROWS = 4096  # rows of one shard a part writer collects before encoding them in one call
 
 
 def shard_file_name(shard: int, num_shards: int, suffix: str) -> str:
@@ -94,15 +97,92 @@ def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequenc
     return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)))
 
 
-class PartWriter:
-    """Appends batches to one open part file; ``close`` finishes the framing (not the file)."""
+class PartSink:
+    """Where a part writer puts its bytes until they go to the part file: chunks held in memory.
 
-    records = 0
+    A write-only file object for writers that write to files (``write`` copies what it is
+    given, as a file would, because the caller may reuse its buffer), plus ``append`` for a numpy
+    array that the caller hands over and will not change: kept as it is, so a framed TFRecord
+    batch goes from the encoder to the file without a copy in between. ``drain_to`` writes the
+    chunks out in order and empties the sink (its ``tell()`` keeps counting).
+    """
+
+    closed = False
+
+    def __init__(self):
+        self._chunks: List = []
+        self.size = 0       # bytes held now
+        self._drained = 0   # bytes already written out
+
+    def write(self, data) -> int:
+        chunk = bytes(data)
+        if chunk:
+            self._chunks.append(chunk)
+            self.size += len(chunk)
+        return len(chunk)
+
+    def append(self, array: np.ndarray) -> None:
+        """Keep a 1-D uint8 array as the next chunk, without copying it."""
+        if array.nbytes:
+            self._chunks.append(array)
+            self.size += array.nbytes
+
+    def drain_to(self, out: BinaryIO) -> None:
+        for chunk in self._chunks:
+            out.write(chunk)
+        self._drained += self.size
+        self._chunks, self.size = [], 0
+
+    def tell(self) -> int:
+        return self._drained + self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+
+class PartWriter:
+    """Appends batches to one part (a PartSink); ``close`` finishes the framing (not the file).
+
+    Slices of a shard are small (a batch split over the shards), and encoding has a fixed cost
+    per call (about 35 us), so ``write`` collects them and encodes ``COALESCE_ROWS`` rows at a
+    time; ``flush`` encodes what is collected into the sink now. ``pending_bytes`` counts the
+    collected arrays, so that callers bound memory by what is held in both forms. Formats
+    implement ``_write`` (one batch into the sink) and ``_finish`` (end of the framing).
+    """
+
+    def __init__(self):
+        self.records = 0
+        self.pending_bytes = 0
+        self._pending: List[EmbeddedBatch] = []
+        self._pending_rows = 0
 
     def write(self, batch: EmbeddedBatch) -> None:
-        raise NotImplementedError
+        if not len(batch):
+            return
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        self.pending_bytes += batch.nbytes
+        self.records += len(batch)
+        if self._pending_rows >= COALESCE_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._pending_rows = self.pending_bytes = 0
+            self._write(EmbeddedBatch.concat(pending))
 
     def close(self) -> None:
+        self.flush()
+        self._finish()
+
+    def _write(self, batch: EmbeddedBatch) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
         pass
 
 
@@ -132,7 +212,7 @@ class ShardFormat:
     def encode(self, batch: EmbeddedBatch) -> EncodedRecords:
         return encode_batch(batch, self.layout.key_feature_id, self.feature_ids)
 
-    def open_part(self, fileobj: BinaryIO) -> PartWriter:
+    def open_part(self, sink: PartSink) -> PartWriter:
         raise NotImplementedError
 
     def parts_concatenate(self) -> bool:
@@ -155,17 +235,13 @@ class ShardFormat:
 
 
 class _TFRecordPart(PartWriter):
-    def __init__(self, fmt: "TFRecordFormat", fileobj: BinaryIO):
-        from twml.io.tfrecord import TFRecordWriter
+    def __init__(self, fmt: "TFRecordFormat", sink: PartSink):
+        super().__init__()
         self._fmt = fmt
-        self._writer = TFRecordWriter(fileobj)
+        self._sink = sink
 
-    def write(self, batch: EmbeddedBatch) -> None:
-        self._writer.write_records(self._fmt.encode(batch))
-        self.records = self._writer.records
-
-    def close(self) -> None:
-        self._writer.close()
+    def _write(self, batch: EmbeddedBatch) -> None:
+        self._sink.append(self._fmt.frame(batch))
 
 
 class TFRecordFormat(ShardFormat):
@@ -174,21 +250,30 @@ class TFRecordFormat(ShardFormat):
     name = "tfrecord"
     extension = ".tfrecord"
 
-    def open_part(self, fileobj: BinaryIO) -> PartWriter:
-        return _TFRecordPart(self, fileobj)
+    def frame(self, batch: EmbeddedBatch) -> np.ndarray:
+        """The batch's records framed as TFRecords, back to back (1-D uint8).
+
+        ``encode_tfrecords`` writes each record straight into its frame; the bytes are those of
+        framing ``encode`` 's records.
+        """
+        return encode_tfrecords(batch.keys, self.layout.key_feature_id,
+                                list(zip(self.feature_ids, batch.outputs)))
+
+    def open_part(self, sink: PartSink) -> PartWriter:
+        return _TFRecordPart(self, sink)
 
 
 class _BlockPart(PartWriter):
-    def __init__(self, fmt: "BlockFormat", fileobj: BinaryIO):
+    def __init__(self, fmt: "BlockFormat", sink: PartSink):
         from twml.io.block import BlockWriter
+        super().__init__()
         self._fmt = fmt
-        self._writer = BlockWriter(fileobj, records_per_block=fmt.layout.records_per_block)
+        self._writer = BlockWriter(sink, records_per_block=fmt.layout.records_per_block)
 
-    def write(self, batch: EmbeddedBatch) -> None:
+    def _write(self, batch: EmbeddedBatch) -> None:
         self._writer.write_records(self._fmt.encode(batch))
-        self.records += len(batch)
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         self._writer.close()
 
 
@@ -202,20 +287,20 @@ class BlockFormat(ShardFormat):
     name = "block"
     extension = ""
 
-    def open_part(self, fileobj: BinaryIO) -> PartWriter:
-        return _BlockPart(self, fileobj)
+    def open_part(self, sink: PartSink) -> PartWriter:
+        return _BlockPart(self, sink)
 
 
 class _ParquetPart(PartWriter):
-    def __init__(self, fmt: "ParquetFormat", fileobj: BinaryIO):
+    def __init__(self, fmt: "ParquetFormat", sink: PartSink):
+        super().__init__()
         self._fmt = fmt
-        self._writer = pa.ipc.new_stream(fileobj, fmt.schema)
+        self._writer = pa.ipc.new_stream(sink, fmt.schema)
 
-    def write(self, batch: EmbeddedBatch) -> None:
+    def _write(self, batch: EmbeddedBatch) -> None:
         self._writer.write_batch(self._fmt.record_batch(batch))
-        self.records += len(batch)
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         self._writer.close()
 
 
@@ -256,8 +341,8 @@ class ParquetFormat(ShardFormat):
         return pa.RecordBatch.from_arrays([pa.array(batch.keys, pa.int64()), embedding, data],
                                           schema=self.schema)
 
-    def open_part(self, fileobj: BinaryIO) -> PartWriter:
-        return _ParquetPart(self, fileobj)
+    def open_part(self, sink: PartSink) -> PartWriter:
+        return _ParquetPart(self, sink)
 
     def assemble(self, parts: Sequence[str], out: BinaryIO) -> None:
         writer = pq.ParquetWriter(out, self.schema)

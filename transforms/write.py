@@ -1,23 +1,29 @@
 """Write the shard files and the rejected rows, invisible until finalize publishes them.
 
-``WriteShards``: each bundle frames its (shard, batch slice) elements into an in-memory buffer
-per shard; when the buffers together pass ``buffer_bytes`` the largest is written out as a
-temporary part file (``_temporary/<run_id>/parts/``), and at the end of the bundle all of them
-are. Each part written emits small ``(shard, PartInfo)`` metadata. Only that metadata goes
-through a GroupByKey on the shard id (a Python int), together with one marker per shard so that
-every shard appears, even an empty one. One step per shard then assembles its parts, in crc32c
-order, into a complete shard file under ``_temporary/<run_id>/shards/`` and emits a
-``ShardResult``. A bundle that fails and is retried leaves orphan parts that no metadata names;
-finalize removes them with the temporary directory. A worker's memory is bounded by one batch
-plus ``buffer_bytes``, whatever the number of rows or shards.
+``WriteShards``: each bundle writes one temporary part file per shard it gets records for
+(``_temporary/<run_id>/parts/``). Records are framed into memory first (a ``PartSink`` per
+shard); when this bundle's framed bytes pass ``buffer_bytes`` the largest shard's bytes are
+appended to its part file, opened on first use and kept open until the bundle ends, so writes
+are megabytes each and a bundle makes one part per shard, not one per spill. At most
+``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
+each): past that, the least recently written one is closed as a complete part, and that shard
+starts a new part if more of its records come. Each completed part emits small
+``(shard, PartInfo)`` metadata. Only that metadata goes through a GroupByKey on the shard id (a
+Python int), together with one marker per shard so that every shard appears, even an empty one.
+One step per shard then assembles its parts, in crc32c order, into a complete shard file under
+``_temporary/<run_id>/shards/`` (a single part of a concatenating format already is the shard
+file, and is not copied) and emits a ``ShardResult``. A bundle that fails and is retried
+leaves orphan parts that no metadata names; finalize removes them with the temporary directory.
+A worker's memory is bounded by one batch plus ``buffer_bytes`` plus the open files' buffers,
+whatever the number of rows or shards.
 
 ``WriteRejected``: one Parquet file of rejected rows per bundle, under ``_temporary/<run_id>/rejected/``.
 """
 from __future__ import annotations
 
-import io
 import uuid
-from typing import Dict, Iterable, Optional, Tuple
+from collections import OrderedDict
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -29,13 +35,14 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.elements import EmbeddedBatch, PartInfo, RejectedPart, ShardResult
 from transforms.finalize import TEMP_DIR
-from transforms.formats import ChecksummedWriter, ShardFormat, open_write
+from transforms.formats import ChecksummedWriter, PartSink, ShardFormat, open_write
 from transforms.specs import OutputLayout
 from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, conform
 
-__all__ = ["WriteShards", "WriteRejected", "temp_dir", "DEFAULT_BUFFER_BYTES"]
+__all__ = ["WriteShards", "WriteRejected", "temp_dir", "DEFAULT_BUFFER_BYTES", "DEFAULT_MAX_OPEN_PARTS"]
 
 DEFAULT_BUFFER_BYTES = 32 << 20
+DEFAULT_MAX_OPEN_PARTS = 64
 
 
 def temp_dir(layout: OutputLayout, *sub: str) -> str:
@@ -43,72 +50,107 @@ def temp_dir(layout: OutputLayout, *sub: str) -> str:
     return FileSystems.join(layout.path, TEMP_DIR, layout.run_id, *sub)
 
 
-class _ShardBuffer:
-    """This bundle's records of one shard not yet in a part file, framed in memory."""
+class _OpenPart:
+    """One part file of one shard that a bundle is writing: framed records held in memory until
+    ``flush`` appends them to the file (created on the first flush).
 
-    def __init__(self, fmt: ShardFormat):
-        self._buffer = io.BytesIO()
-        self.writer = fmt.open_part(self._buffer)
+    Args:
+      fmt: the output format.
+      path: where the part file goes.
+    """
+
+    def __init__(self, fmt: ShardFormat, path: str):
+        self.path = path
+        self._sink = PartSink()
+        self.writer = fmt.open_part(self._sink)
+        self._file: Optional[ChecksummedWriter] = None
 
     @property
-    def size(self) -> int:
-        return self._buffer.tell()
+    def held(self) -> int:
+        """Bytes in memory, not yet in the file: framed, and collected for encoding."""
+        return self._sink.size + self.writer.pending_bytes
 
-    def spill(self, path: str) -> PartInfo:
-        """Finish the framing and write everything to a new part file at ``path`` in one go."""
+    @property
+    def file_open(self) -> bool:
+        return self._file is not None
+
+    def flush(self) -> None:
+        self.writer.flush()
+        if self._sink.size:
+            if self._file is None:
+                self._file = ChecksummedWriter(open_write(self.path))
+            self._sink.drain_to(self._file)
+
+    def close(self) -> PartInfo:
+        """Finish the framing, write what is left and close the file: the part is complete."""
         self.writer.close()
-        handle = ChecksummedWriter(open_write(path))
+        if self._file is None:
+            self._file = ChecksummedWriter(open_write(self.path))
         try:
-            handle.write(self._buffer.getbuffer())
+            self._sink.drain_to(self._file)
         finally:
-            handle.close()
-        self._buffer = io.BytesIO()
-        return PartInfo(path, int(self.writer.records), handle.bytes, handle.crc32c)
+            self._file.close()
+        return PartInfo(self.path, int(self.writer.records), self._file.bytes, self._file.crc32c)
 
 
 @beam.typehints.with_input_types(Tuple[int, EmbeddedBatch])
 @beam.typehints.with_output_types(Tuple[int, PartInfo])
 class _WritePartsFn(beam.DoFn):
-    def __init__(self, fmt: ShardFormat, buffer_bytes: int):
+    def __init__(self, fmt: ShardFormat, buffer_bytes: int, max_open_parts: int):
         self._fmt = fmt
         self._budget = buffer_bytes
+        self._max_open = max_open_parts
         self._parts_dir = temp_dir(fmt.layout, "parts")
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_written")
         self._part_files = Metrics.counter(METRICS_NAMESPACE, "part_files")
-        self._buffers: Dict[int, _ShardBuffer] = {}
-        self._buffered = 0
+        self._parts: "OrderedDict[int, _OpenPart]" = OrderedDict()  # least recently written first
+        self._held = 0
+        self._open_files = 0
 
     def start_bundle(self):
-        self._buffers = {}
-        self._buffered = 0
+        self._parts = OrderedDict()
+        self._held = 0
+        self._open_files = 0
 
-    def _spill(self, shard: int) -> Tuple[int, PartInfo]:
-        buffer = self._buffers.pop(shard)
-        self._buffered -= buffer.size
+    def _flush(self, part: _OpenPart) -> None:
+        self._held -= part.held
+        if not part.file_open:
+            self._open_files += 1
+        part.flush()
+
+    def _close(self, shard: int) -> Tuple[int, PartInfo]:
+        part = self._parts.pop(shard)
+        self._held -= part.held
+        if part.file_open:
+            self._open_files -= 1
         self._part_files.inc()
-        path = FileSystems.join(self._parts_dir, f"s{shard:05d}-{uuid.uuid4().hex}.part")
-        return shard, buffer.spill(path)
+        return shard, part.close()
 
-    def process(self, element: Tuple[int, EmbeddedBatch]) -> Iterable[Tuple[int, PartInfo]]:
+    def process(self, element: Tuple[int, EmbeddedBatch]) -> Iterator[Tuple[int, PartInfo]]:
         shard, batch = element
         shard = int(shard)
-        buffer = self._buffers.get(shard)
-        if buffer is None:
-            buffer = self._buffers[shard] = _ShardBuffer(self._fmt)
-        before = buffer.size
-        buffer.writer.write(batch)
-        self._buffered += buffer.size - before
+        part = self._parts.get(shard)
+        if part is None:
+            path = FileSystems.join(self._parts_dir, f"s{shard:05d}-{uuid.uuid4().hex}.part")
+            part = self._parts[shard] = _OpenPart(self._fmt, path)
+        else:
+            self._parts.move_to_end(shard)
+        before = part.held
+        part.writer.write(batch)
+        self._held += part.held - before
         self._rows.inc(len(batch))
-        # Bounded memory whatever the shard count and file system: past the budget, the largest
-        # buffer becomes a part file (object-store writers would each hold a 16 MB upload buffer).
-        while self._buffered > self._budget and self._buffers:
-            largest = max(self._buffers, key=lambda s: self._buffers[s].size)
-            yield self._spill(largest)
+        # Bounded memory whatever the shard count: past the budget, the shard holding the most
+        # bytes appends them to its part file.
+        while self._held > self._budget:
+            self._flush(max(self._parts.values(), key=lambda p: p.held))
+        # Bounded open files: the least recently written part with an open file is completed.
+        while self._open_files > self._max_open:
+            yield self._close(next(s for s, p in self._parts.items() if p.file_open))
 
     def finish_bundle(self):
-        for shard in sorted(self._buffers):
-            yield GlobalWindows.windowed_value(self._spill(shard))
-        self._buffered = 0
+        for shard in sorted(self._parts):
+            yield GlobalWindows.windowed_value(self._close(shard))
+        self._held = 0
 
 
 @beam.typehints.with_input_types(Tuple[int, Iterable[Optional[PartInfo]]])
@@ -144,18 +186,25 @@ class WriteShards(beam.PTransform):
 
     Args:
       fmt: the output format (it holds the layout: directory, run id, shard count).
-      buffer_bytes: framed bytes a bundle holds in memory, over all shards, before it writes
-        the largest shard's buffer out as a part file.
+      buffer_bytes: framed bytes a bundle holds in memory, over all shards, before it appends
+        the largest shard's bytes to that shard's part file.
+      max_open_parts: part files a bundle keeps open at once; past that the least recently
+        written is completed (1 makes every switch between shards start a new part).
     """
 
-    def __init__(self, fmt: ShardFormat, buffer_bytes: int = DEFAULT_BUFFER_BYTES):
+    def __init__(self, fmt: ShardFormat, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 max_open_parts: int = DEFAULT_MAX_OPEN_PARTS):
         super().__init__()
+        if max_open_parts < 1:
+            raise ValueError(f"max_open_parts must be >= 1, got {max_open_parts}")
         self._fmt = fmt
         self._buffer_bytes = buffer_bytes
+        self._max_open_parts = max_open_parts
 
     def expand(self, slices):
         num_shards = self._fmt.layout.num_shards
-        parts = slices | "WriteParts" >> beam.ParDo(_WritePartsFn(self._fmt, self._buffer_bytes))
+        parts = slices | "WriteParts" >> beam.ParDo(
+            _WritePartsFn(self._fmt, self._buffer_bytes, self._max_open_parts))
         every_shard = (slices.pipeline
                        | "EveryShard" >> beam.Create([(s, None) for s in range(num_shards)])
                        .with_output_types(Tuple[int, Optional[PartInfo]]))

@@ -1,0 +1,206 @@
+"""Guarantees 1 and 3: every row read is written or rejected, checked before _SUCCESS; bad input
+fails naming the file (and column, or row group), or with ``on_bad_file: skip`` is recorded in the
+manifest; an empty input is a valid empty export; duplicate keys are exported and counted."""
+import dataclasses
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main as cli_main
+from pipeline.job import run_export
+from pipeline.preflight import PreflightError, preflight
+from pipeline.verify import verify_export
+from pipeline_fixtures import tiny_config, tiny_model, user_table
+from rel_support import FIGURES, assert_accounted, tree, write_config
+from transforms.finalize import ExportError, publish
+from twml.decode import decode_embeddings
+from twml.feature_ids import feature_id
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY_ID = feature_id("meta.user_id")
+EMB_ID = feature_id("output")
+ROWS_CHECKED = FIGURES.setdefault("rows checked end to end (bad input)", [])
+
+
+def users_file(path, keys, seed=0, row_group_size=200):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(user_table(np.asarray(keys, np.int64), seed), path, row_group_size=row_group_size)
+    return path
+
+
+def damage_page_header(path, row_group, column=1):
+    """Overwrite the page header of one column chunk; the footer stays intact and readable."""
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(row_group).column(column)
+    offset = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(open(path, "rb").read())
+    data[offset:offset + 24] = bytes(b ^ 0x5A for b in data[offset:offset + 24])
+    open(path, "wb").write(bytes(data))
+    return meta.row_group(row_group).num_rows
+
+
+def config(pattern, out, **extra):
+    raw = tiny_config(pattern, tiny_model(), str(out), num_shards=4).model_dump(mode="json")
+    for dotted, value in extra.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    from pipeline.config import parse_config
+    return parse_config(raw)
+
+
+# -- missing and mistyped columns: refused before launch, naming the file and the column ----------
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t.drop_columns(["sparse_ids"]),
+     r"b.parquet: column 'sparse_ids' \(model.inputs.sparse_ids.column\) does not exist"),
+    (lambda t: t.set_column(1, "dense", pa.array([["x"] * 8] * t.num_rows, pa.list_(pa.string()))),
+     r"b.parquet: column 'dense' \(feeds float32 input 'dense'\) has type list<element: string>"),
+    (lambda t: t.set_column(0, "user_id", pa.array([str(k) for k in t.column("user_id").to_pylist()])),
+     r"b.parquet: key column 'user_id' has type string"),
+])
+def test_missing_or_mistyped_column_fails_before_launch(tmp_path, capsys, change, message):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(100))
+    pq.write_table(change(user_table(np.arange(100, 200), 1)), str(tmp_path / "in" / "b.parquet"))
+    out = tmp_path / "out"
+    cfg = write_config(config(str(tmp_path / "in" / "*.parquet"), out), str(tmp_path / "cfg.yaml"))
+    assert cli_main(["run", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not out.exists()                                      # nothing ran, nothing written
+
+
+# -- truncated and corrupt files ------------------------------------------------------------------
+
+def test_truncated_file_fails_naming_it_or_is_skipped_and_recorded(tmp_path):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(300))
+    bad = users_file(str(tmp_path / "in" / "b.parquet"), range(300, 600))
+    data = open(bad, "rb").read()
+    open(bad, "wb").write(data[: len(data) * 2 // 3])              # the footer is gone
+    pattern = str(tmp_path / "in" / "*.parquet")
+    with pytest.raises(PreflightError, match=r"b.parquet: not a readable Parquet file .*on_bad_file: skip"):
+        run_export(config(pattern, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    manifest = run_export(config(pattern, tmp_path / "out", input__on_bad_file="skip"))
+    assert manifest["input"]["skipped_files"] == [
+        {"file": bad, "rows": None, "error": manifest["input"]["skipped_files"][0]["error"]}]
+    assert "Parquet" in manifest["input"]["skipped_files"][0]["error"]
+    assert manifest["rows_read"] == manifest["rows_written"] == 300
+    assert_accounted(str(tmp_path / "out"), manifest)
+
+
+def test_corrupt_row_group_fails_naming_file_and_row_group(tmp_path):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(600))
+    bad = users_file(str(tmp_path / "in" / "b.parquet"), range(600, 1200), seed=1)
+    damage_page_header(bad, row_group=1)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"b.parquet: row group 1 \(200 rows\) cannot be read: OSError: .*"
+                                          r"set input.on_bad_file: skip"):
+        run_export(config(str(tmp_path / "in" / "*.parquet"), out))
+    assert not out.exists() or not [n for n in tree(str(out)) if not n.startswith("_temporary/")]
+    assert not (out / "_temporary").exists()                       # the failed run's scratch is gone
+
+
+def test_corrupt_row_group_skipped_is_counted_as_unreadable(tmp_path):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(600))
+    bad = users_file(str(tmp_path / "in" / "b.parquet"), range(600, 1200), seed=1)
+    lost = damage_page_header(bad, row_group=1)
+    out = tmp_path / "out"
+    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out, input__on_bad_file="skip"))
+    assert manifest["rows_unreadable"] == lost == 200
+    (entry,) = manifest["input"]["unreadable_row_groups"]
+    assert entry["file"] == bad and entry["row_group"] == 1 and entry["rows"] == 200 and entry["error"]
+    assert manifest["rows_read"] + manifest["rows_unreadable"] == 1200 == manifest["input"]["rows"]
+    records = assert_accounted(str(out), manifest)
+    keys = set()
+    for recs in records.values():
+        keys.update(decode_embeddings(recs, KEY_ID, EMB_ID)[0].tolist())
+    assert keys == set(range(0, 800)) | set(range(1000, 1200))     # exactly row group 1 of b is missing
+    ROWS_CHECKED.append(f"corrupt row group skipped: {len(keys)} keys checked, 200 unreadable")
+
+
+def test_file_truncated_after_launch_fails_naming_it(tmp_path):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(400))
+    bad = users_file(str(tmp_path / "in" / "b.parquet"), range(400, 800), seed=1)
+    cfg = config(str(tmp_path / "in" / "*.parquet"), tmp_path / "out")
+    plan = preflight(cfg)                                          # footers read: all fine ...
+    data = open(bad, "rb").read()
+    open(bad, "wb").write(data[:100])                              # ... then the file is cut short
+    with pytest.raises(ExportError, match=r"b.parquet: row group 0 \(200 rows\) cannot be read"):
+        run_export(cfg, plan=plan)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_file_rewritten_after_launch_fails_naming_it(tmp_path):
+    users_file(str(tmp_path / "in" / "a.parquet"), range(400))
+    cfg = config(str(tmp_path / "in" / "*.parquet"), tmp_path / "out")
+    plan = preflight(cfg)
+    users_file(str(tmp_path / "in" / "a.parquet"), range(300), row_group_size=150)   # fewer rows now
+    with pytest.raises(ExportError, match=r"a.parquet: row group 0 \(200 rows\) cannot be read: ValueError: it "
+                                          r"holds 150 rows, its footer said 200 at launch"):
+        run_export(cfg, plan=plan)
+
+
+# -- accounting ------------------------------------------------------------------------------------
+
+def test_the_job_checks_the_accounting_before_success(tmp_path):
+    """A real run whose read rows do not add up to the launch-time count (rows lost between the
+    footers and the data) is refused by finalize: nothing is published."""
+    users_file(str(tmp_path / "in" / "a.parquet"), range(400))
+    cfg = config(str(tmp_path / "in" / "*.parquet"), tmp_path / "out")
+    plan = preflight(cfg)
+    short = dataclasses.replace(plan, files=(dataclasses.replace(plan.files[0], rows=401),))
+    with pytest.raises(ExportError, match=r"read 400 rows but the input files' footers hold 401"):
+        run_export(cfg, plan=short)
+    assert not (tmp_path / "out").exists() or tree(str(tmp_path / "out")) == []
+
+
+def test_publish_refuses_a_mismatch_and_changes_nothing(tmp_path):
+    from transforms.elements import ShardResult
+    from transforms.specs import OutputLayout
+    layout = OutputLayout(str(tmp_path / "out"), "20250101T000000Z-00000000", "tfrecord", "none", 1, KEY_ID)
+    os.makedirs(tmp_path / "out" / "_temporary" / layout.run_id)
+    temp = tmp_path / "out" / "_temporary" / layout.run_id / "s0"
+    temp.write_bytes(b"x")
+    shard = ShardResult(0, str(temp), "part-00000-of-00001.tfrecord", 3, 1, 0)
+    before = tree(str(tmp_path / "out"))
+    with pytest.raises(ExportError, match=r"accounting mismatch: rows_read 4 != rows_written 3 \+ rows_rejected 0"):
+        publish(layout, [shard], 4, [], {"format": "tfrecord"})
+    assert tree(str(tmp_path / "out")) == before                    # no journal, no rename, no _SUCCESS
+
+
+# -- empty input and duplicate keys ----------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["tfrecord", "block", "parquet"])
+def test_empty_input_is_a_valid_empty_export(tmp_path, fmt):
+    os.makedirs(tmp_path / "in")
+    pq.write_table(user_table(np.arange(0), 0), str(tmp_path / "in" / "empty.parquet"))
+    out = tmp_path / "out"
+    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out, output__format=fmt))
+    assert manifest["rows_read"] == manifest["rows_written"] == manifest["rows_rejected"] == 0
+    assert manifest["duplicate_keys"] == {"keys": 0, "rows": 0}
+    assert [s["records"] for s in manifest["shards"]] == [0, 0, 0, 0]
+    assert_accounted(str(out), manifest)
+
+
+def test_duplicate_keys_are_exported_as_they_come_and_counted(tmp_path):
+    keys = np.arange(1000, 1600, dtype=np.int64)
+    users_file(str(tmp_path / "in" / "a.parquet"), keys)
+    # key 1000 three times more, 1001 and 1500 once more: 3 duplicated keys, 5 rows beyond their first
+    users_file(str(tmp_path / "in" / "b.parquet"), [1000, 1000, 1000, 1001, 1500], seed=7)
+    out = tmp_path / "out"
+    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out))
+    assert manifest["rows_written"] == 605
+    assert manifest["duplicate_keys"] == {"keys": 3, "rows": 5}
+    records = assert_accounted(str(out), manifest)
+    written = []
+    for recs in records.values():
+        written += decode_embeddings(recs, KEY_ID, EMB_ID)[0].tolist()
+    assert sorted(written) == sorted(keys.tolist() + [1000, 1000, 1000, 1001, 1500])
+    report = verify_export(str(out))
+    assert report.ok and any("duplicate key" in w for w in report.warnings)
+    ROWS_CHECKED.append(f"duplicate keys: {len(written)} records decoded")

@@ -1,0 +1,196 @@
+"""Which files in an output directory this job wrote: the only files it will ever delete or replace.
+
+Beam's file sinks delete whatever matches their output glob; this job does not guess from names.
+A file counts as the job's own only on evidence the job itself left:
+
+1. scratch: anything under ``_temporary/<run id>/`` (a run id is ``YYYYMMDDTHHMMSSZ-xxxxxxxx``,
+   so another tool's ``_temporary/0/`` is not taken for ours);
+2. a finished or half-finished export: ``_MANIFEST.json`` when it parses as this job's manifest,
+   the ``_SUCCESS`` beside it, and the shard and rejected-rows files that manifest lists;
+3. a publish journal ``_temporary/<run id>/_PUBLISH.json``, written by finalize before it puts
+   anything in place: the files it creates (with their sizes: a file of another size under that
+   name is not ours) and the files of an earlier export it removes. It survives a kill at any
+   moment of the publish, so a rerun knows every file the killed run had already moved;
+4. rejected-rows Parquet files under ``_rejected/`` whose footer carries this job's run-id stamp
+   (``embedding_export.run_id``): the rows a failed run published for inspection.
+
+Everything else is foreign. ``take_inventory`` lists the directory and classifies it (the pure
+part is ``classify``); preflight decides from the inventory whether a run may start and which
+files the run's finalize removes.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+__all__ = ["RUN_ID_PATTERN", "JOURNAL_NAME", "RUN_ID_METADATA_KEY", "Inventory", "classify", "take_inventory",
+           "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id"]
+
+RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+JOURNAL_NAME = "_PUBLISH.json"
+RUN_ID_METADATA_KEY = b"embedding_export.run_id"
+
+_TEMP_DIR = "_temporary"          # the same names as transforms.finalize (which imports this module)
+_REJECTED_DIR = "_rejected"
+_MANIFEST = "_MANIFEST.json"
+_SUCCESS = "_SUCCESS"
+_PART = re.compile(r"^part-.*")
+
+
+def is_run_id(text: str) -> bool:
+    return bool(RUN_ID_PATTERN.match(text))
+
+
+def journal_name(run_id: str) -> str:
+    """The journal's path relative to the output directory."""
+    return f"{_TEMP_DIR}/{run_id}/{JOURNAL_NAME}"
+
+
+def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str]) -> bytes:
+    """The journal: {"run_id", "creates": [{"file", "bytes"}], "removes": [file]} (relative names)."""
+    body = {"run_id": run_id,
+            "creates": [{"file": name, "bytes": size} for name, size in creates.items()],
+            "removes": sorted(removes)}
+    return json.dumps(body, indent=1).encode("utf-8") + b"\n"
+
+
+def scratch_run_id(name: str) -> Optional[str]:
+    """The run id of a relative name under ``_temporary/<run id>/``, else None."""
+    parts = name.split("/")
+    if len(parts) >= 3 and parts[0] == _TEMP_DIR and is_run_id(parts[1]):
+        return parts[1]
+    return None
+
+
+def looks_like_output(name: str) -> bool:
+    """Whether a relative name is one a loader of exports would read (or that the job writes):
+    ``part-*`` at the top or anywhere under ``_rejected/``, ``_MANIFEST.json``, ``_SUCCESS``."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        return name in (_MANIFEST, _SUCCESS) or bool(_PART.match(name))
+    return parts[0] == _REJECTED_DIR
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """An output directory, classified.
+
+    Args:
+      finished: ``_SUCCESS`` is there (a finished export, or at least its marker).
+      ours: relative names of the files this job wrote (see the module docstring).
+      foreign: relative names of every other file.
+      runs: run ids of unfinished runs whose scratch, journal or stamped files are there.
+    """
+    finished: bool
+    ours: Tuple[str, ...]
+    foreign: Tuple[str, ...]
+    runs: Tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.ours and not self.foreign
+
+    @property
+    def debris_only(self) -> bool:
+        """Only files an unfinished run of this job left (a rerun may go ahead without overwrite)."""
+        return not self.finished and not self.foreign and bool(self.ours)
+
+    @property
+    def foreign_outputs(self) -> Tuple[str, ...]:
+        """Foreign files with names this job's export uses or a loader would read."""
+        return tuple(name for name in self.foreign if looks_like_output(name))
+
+
+def _manifest_files(manifest: object) -> Optional[List[str]]:
+    """The relative names a manifest of this job lists, or None if it is not one."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return None
+    names = []
+    for key in ("shards", "rejected_files"):
+        for entry in manifest.get(key) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                names.append(posixpath.normpath(entry["file"]))
+    return names
+
+
+def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
+             rejected_stamp: Callable[[str], Optional[str]]) -> Inventory:
+    """Classify the files of an output directory (pure: I/O goes through the callables).
+
+    Args:
+      sizes: {relative name ("a/b" separators): size in bytes} of every file.
+      read_json: parsed JSON of a relative name (None if unreadable).
+      rejected_stamp: the run-id stamp in the footer of a Parquet file under ``_rejected/``, or None.
+    """
+    ours: Dict[str, None] = {}
+    runs: Dict[str, None] = {}
+    for name in sizes:
+        run_id = scratch_run_id(name)
+        if run_id is not None:
+            ours[name] = None
+            runs[run_id] = None
+    if _MANIFEST in sizes:
+        listed = _manifest_files(read_json(_MANIFEST))
+        if listed is not None:
+            for name in [_MANIFEST, _SUCCESS] + listed:
+                if name in sizes:
+                    ours[name] = None
+    for name in sizes:
+        if not (name.endswith("/" + JOURNAL_NAME) and scratch_run_id(name)):
+            continue
+        journal = read_json(name)
+        if not isinstance(journal, dict):
+            continue
+        for entry in journal.get("creates") or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                continue
+            target = posixpath.normpath(entry["file"])
+            size = entry.get("bytes")
+            if target in sizes and (size is None or size == sizes[target]):
+                ours[target] = None
+        for target in journal.get("removes") or []:
+            if isinstance(target, str) and posixpath.normpath(target) in sizes:
+                ours[posixpath.normpath(target)] = None
+    for name in sizes:
+        if name not in ours and name.startswith(_REJECTED_DIR + "/") and name.endswith(".parquet"):
+            stamp = rejected_stamp(name)
+            if stamp is not None and is_run_id(stamp):
+                ours[name] = None
+                if name.split("/")[1] == stamp:
+                    runs[stamp] = None
+    foreign = tuple(sorted(name for name in sizes if name not in ours))
+    return Inventory(_SUCCESS in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
+
+
+def take_inventory(out: str) -> Inventory:
+    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    prefix = out.rstrip("/") + "/"
+    matched = FileSystems.match([FileSystems.join(out, "**")])[0].metadata_list
+    sizes = {m.path[len(prefix):].replace("\\", "/"): int(m.size_in_bytes) for m in matched
+             if m.path.startswith(prefix)}
+
+    def read_json(name: str) -> object:
+        try:
+            with FileSystems.open(prefix + name, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return json.loads(handle.read(1 << 26).decode("utf-8"))
+        except Exception:  # unreadable or not JSON: no evidence, the files stay foreign
+            return None
+
+    def rejected_stamp(name: str) -> Optional[str]:
+        import pyarrow.parquet as pq
+        try:
+            with FileSystems.open(prefix + name, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                metadata = pq.ParquetFile(handle).metadata.metadata or {}
+        except Exception:
+            return None
+        stamp = metadata.get(RUN_ID_METADATA_KEY)
+        return stamp.decode("utf-8", "replace") if stamp is not None else None
+
+    return classify(sizes, read_json, rejected_stamp)
+

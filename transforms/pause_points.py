@@ -1,0 +1,37 @@
+"""Named moments of a run where a test can stop the real process and kill it from outside.
+
+The crash tests (tests/reliability) run the real command line in a subprocess with
+``EMBEDDING_EXPORT_PAUSE_AT=<name>`` and ``EMBEDDING_EXPORT_PAUSE_DIR=<dir>`` set. When the run
+reaches ``pause_point(name)`` it creates ``<dir>/<name>`` and sleeps; the test sees the file and
+sends SIGKILL, so the kill lands at exactly that moment rather than at a guessed time. Without
+the variable a pause point is one environment lookup. The points:
+
+    read.row_group      a row group was read (reading and embedding under way, nothing written)
+    publish.start       every shard file is complete under _temporary/, nothing published yet
+    publish.renamed     a batch of files was renamed into place, more to go
+    publish.manifest    _MANIFEST.json is in place, _SUCCESS is not
+    publish.success     _SUCCESS is written, the run's scratch files are not yet removed
+"""
+from __future__ import annotations
+
+import os
+import time
+
+__all__ = ["pause_point", "PAUSE_AT_ENV", "PAUSE_DIR_ENV", "MAX_PAUSE_SECONDS"]
+
+PAUSE_AT_ENV = "EMBEDDING_EXPORT_PAUSE_AT"
+PAUSE_DIR_ENV = "EMBEDDING_EXPORT_PAUSE_DIR"
+MAX_PAUSE_SECONDS = 120.0  # a test that never kills does not hang a worker forever
+
+
+def pause_point(name: str) -> None:
+    """Pause here if the environment asks for ``name`` (see the module docstring)."""
+    if os.environ.get(PAUSE_AT_ENV) != name:
+        return
+    marker_dir = os.environ.get(PAUSE_DIR_ENV) or "."
+    with open(os.path.join(marker_dir, name), "w") as marker:
+        marker.write(str(os.getpid()))
+    deadline = time.monotonic() + MAX_PAUSE_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise RuntimeError(f"paused at {name} for {MAX_PAUSE_SECONDS:g} s and nobody killed the process")
