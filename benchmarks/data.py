@@ -18,25 +18,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.demo import demo_config, user_ids, write_user_files
-from pipeline.models import ensure_embedding_model, reference_model_kwargs
+from pipeline.models import demo_model_kwargs, ensure_embedding_model, reference_model_kwargs
 
-__all__ = ["model_kwargs", "prepare_model", "prepare_inputs", "export_config", "load_arrays",
-           "batches", "padded_ids"]
+__all__ = ["MODELS", "model_kwargs", "prepare_model", "prepare_inputs", "export_config", "load_arrays",
+           "batches", "padded_ids", "INTRA_OP_THREADS"]
 
 ROWS_PER_FILE = 50_000
+# The benchmark runs the export with model.intra_op_threads: 1, i.e. one thread per model call
+# and one call per core at once (transforms.embed.concurrent_model_calls): on a small machine
+# that beats one call spread over all cores, whose ops wait for the core that the bundle's own
+# thread (reading, writing) is using. benchmarks/limit.py measures the model both ways.
+INTRA_OP_THREADS = 1
+
+MODELS = ("reference", "demo", "small")
+"""Benchmark models: SPEC section 7's reference model, the built-in demo model, and a tiny one of
+the same architecture for smoke tests."""
 
 
-def model_kwargs(small: bool) -> Dict:
-    """The reference model of SPEC section 7, or with ``small`` a tiny one of the same architecture."""
-    if small:
+def model_kwargs(model: str) -> Dict:
+    """Builder arguments of a benchmark model (one of MODELS)."""
+    if model == "small":
         return dict(dense_dim=16, sparse_length=8, vocab=1000, embed_dim=8, hidden=(32,), output_dim=16)
-    return reference_model_kwargs()
+    if model == "demo":
+        return demo_model_kwargs()
+    if model == "reference":
+        return reference_model_kwargs()
+    raise ValueError(f"unknown benchmark model {model!r}; expected one of {MODELS}")
 
 
-def prepare_model(workdir: str, small: bool) -> str:
+def prepare_model(workdir: str, model: str) -> str:
     """Build (or reuse) the benchmark model in ``workdir``; returns its path."""
-    path = os.path.join(workdir, "model-small" if small else "model-reference")
-    ensure_embedding_model(path, **model_kwargs(small))
+    path = os.path.join(workdir, f"model-{model}")
+    ensure_embedding_model(path, **model_kwargs(model))
     return path
 
 
@@ -54,18 +67,18 @@ def _segments(sizes: Iterable[int], rows_per_file: int) -> List[int]:
     return counts
 
 
-def prepare_inputs(workdir: str, sizes: Iterable[int], small: bool, seed: int = 0,
+def prepare_inputs(workdir: str, sizes: Iterable[int], model: str, seed: int = 0,
                    rows_per_file: int = ROWS_PER_FILE) -> Dict[int, str]:
     """Write max(sizes) generated users once; return {size: file pattern of exactly that many rows}.
 
     Args:
       workdir: the benchmark's scratch directory (``data/`` is replaced).
       sizes: the row counts the runs need (e.g. N and 2N).
-      small: the tiny model's shapes instead of the reference model's.
+      model: the benchmark model (MODELS) whose input shapes the users get.
       seed: data seed.
       rows_per_file: the largest Parquet file, in rows.
     """
-    shape = model_kwargs(small)
+    shape = model_kwargs(model)
     counts = _segments(sizes, rows_per_file)
     root = Path(workdir) / "data"
     if root.exists():
@@ -94,15 +107,16 @@ def prepare_inputs(workdir: str, sizes: Iterable[int], small: bool, seed: int = 
     return patterns
 
 
-def export_config(input_pattern: str, model_path: str, output_dir: str, small: bool,
+def export_config(input_pattern: str, model_path: str, output_dir: str, model: str,
                   batch_size: int = 4096, num_shards: int = 16) -> Dict:
     """The raw run config of a benchmark export: the demo's (``run_configs/local.yaml``'s runner and
-    layout) pointed at the benchmark's data, model and output."""
+    layout) pointed at the benchmark's data, model and output, with INTRA_OP_THREADS."""
     raw = demo_config(os.path.dirname(os.path.abspath(output_dir)))
     raw["input"]["path"] = input_pattern
     raw["model"]["path"] = model_path
     raw["model"]["batch_size"] = batch_size
-    raw["model"]["inputs"]["sparse_ids"]["length"] = model_kwargs(small)["sparse_length"]
+    raw["model"]["intra_op_threads"] = INTRA_OP_THREADS
+    raw["model"]["inputs"]["sparse_ids"]["length"] = model_kwargs(model)["sparse_length"]
     raw["partition"]["num_shards"] = num_shards
     raw["output"]["path"] = output_dir
     return raw

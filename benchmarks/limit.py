@@ -1,13 +1,18 @@
 """The physical limit: the bare model called in a plain loop on preloaded batches.
 
     python -m benchmarks.limit --model PATH --input PATTERN --rows N --rows 2N --batch-size B \
-        --dense-dim D --sparse-length L --result FILE
+        --dense-dim D --sparse-length L [--intra-op-threads T] --result FILE
 
 Reads the rows of PATTERN once (files in name order), cuts the first N and the first 2N rows into
 batches of B (the export's batch size), and times ``signature(dense=..., sparse_ids=...)`` over
 each set of batches. No Beam, no reading, no encoding, no writing: whatever the export does beyond
 this is its overhead. Each set is timed ``--repeats`` times and the fastest kept, so a burst of
 other work on a shared machine does not count as model time.
+
+Without ``--intra-op-threads`` (or with 0) this is one loop with TF's default thread pools (each
+op spread over all cores). With T > 0 it is the model as the export runs it with
+``model.intra_op_threads: T``: TF's intra-op pool set to T threads and cores // T loops side by
+side, taking the batches in turn (``transforms.embed.concurrent_model_calls``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -25,38 +31,53 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
 __all__ = ["time_model_loop", "measure_limit", "main"]
 
 
-def time_model_loop(call, batches: Sequence) -> float:
-    """Seconds to call ``call(dense=, sparse_ids=)`` once per batch and fetch every result."""
-    start = time.perf_counter()
-    for dense, sparse in batches:
+def time_model_loop(call, batches: Sequence, loops: int = 1) -> float:
+    """Seconds to call ``call(dense=, sparse_ids=)`` once per batch and fetch every result, from
+    ``loops`` threads side by side (TF releases the GIL while it computes)."""
+    def run(batch) -> None:
+        dense, sparse = batch
         call(dense=dense, sparse_ids=sparse)["embedding"].numpy()
+
+    start = time.perf_counter()
+    if loops <= 1:
+        for batch in batches:
+            run(batch)
+    else:
+        with ThreadPoolExecutor(max_workers=loops) as pool:
+            for _ in pool.map(run, batches):
+                pass
     return time.perf_counter() - start
 
 
 def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batch_size: int,
                   dense_dim: int, sparse_length: int, signature: str = "serving_default",
-                  repeats: int = 2) -> Dict:
+                  repeats: int = 2, intra_op_threads: int = 0) -> Dict:
     """Time the bare model over the first r rows of ``pattern`` for each r in ``row_counts``.
 
-    Returns {"seconds": {r: fastest seconds}, "batch_size": ..., "threads": TF's intra-op threads}.
+    Returns {"seconds": {r: fastest seconds}, "batch_size", "tf_intra_op_threads", "loops"}.
     """
     import tensorflow as tf
 
     from benchmarks.data import batches, load_arrays
+    from transforms.embed import concurrent_model_calls
 
+    loops = concurrent_model_calls(intra_op_threads)
+    if intra_op_threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
     model = tf.saved_model.load(model_path)
     call = model.signatures[signature]
     dense, sparse = load_arrays(pattern, dense_dim, sparse_length)
     if max(row_counts) > len(dense):
         raise ValueError(f"{pattern} holds {len(dense)} rows, fewer than {max(row_counts)}")
-    time_model_loop(call, batches(dense, sparse, min(len(dense), 2 * batch_size), batch_size))  # warm-up
+    warm_up = batches(dense, sparse, min(len(dense), 2 * loops * batch_size), batch_size)
+    time_model_loop(call, warm_up, loops)
     seconds: Dict[int, float] = {}
     for _ in range(repeats):
         for rows in row_counts:
-            took = time_model_loop(call, batches(dense, sparse, rows, batch_size))
+            took = time_model_loop(call, batches(dense, sparse, rows, batch_size), loops)
             seconds[rows] = min(took, seconds.get(rows, float("inf")))
     return {"seconds": {str(r): s for r, s in seconds.items()}, "batch_size": batch_size,
-            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(), "loops": loops}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -69,10 +90,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dense-dim", type=int, required=True)
     parser.add_argument("--sparse-length", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="0: one loop, TF's default threads; T > 0: cores // T loops of T threads each")
     parser.add_argument("--result", required=True, help="write the JSON result here")
     args = parser.parse_args(argv)
     result = measure_limit(args.model, args.input, args.rows, args.batch_size, args.dense_dim,
-                           args.sparse_length, args.signature, args.repeats)
+                           args.sparse_length, args.signature, args.repeats, args.intra_op_threads)
     Path(args.result).write_text(json.dumps(result))
     return 0
 

@@ -1,6 +1,6 @@
 """The real export job in a child process: its time and peak RSS, and how both scale with rows.
 
-    python benchmarks/scaling.py --rows N [--small] [--json FILE] [--set section.key=value ...]
+    python benchmarks/scaling.py --rows N [--model reference|demo|small] [--json FILE] [--set section.key=value ...]
 
 runs ``pipeline.job.run_export`` on N, 2N and 4N generated rows (one fresh process each, so the
 peak RSS of each run is its own) and prints rows/s, marginal rows/s between the steps, peak RSS
@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -157,7 +158,7 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-def scaling_study(rows: int, small: bool, workdir: str, overrides: Sequence[str] = (),
+def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] = (),
                   steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print) -> Dict[str, Any]:
     """Run the real job at rows x each step; rows/s, marginal rows/s and peak RSS at each size.
 
@@ -167,16 +168,18 @@ def scaling_study(rows: int, small: bool, workdir: str, overrides: Sequence[str]
     from pipeline.config import apply_overrides, parse_config
 
     sizes = [rows * s for s in steps]
-    log(f"generating {max(sizes):,} rows and the {'small' if small else 'reference'} model in {workdir}")
-    patterns = data.prepare_inputs(workdir, sizes, small)
-    model_path = data.prepare_model(workdir, small)
+    log(f"generating {max(sizes):,} rows and the {model} model in {workdir}")
+    patterns = data.prepare_inputs(workdir, sizes, model)
+    model_path = data.prepare_model(workdir, model)
     points: List[Dict[str, Any]] = []
     for size in sizes:
-        raw = apply_overrides(data.export_config(patterns[size], model_path,
-                                                 os.path.join(workdir, "out", f"pipeline-{size}"), small),
-                              overrides)
+        out_dir = os.path.join(workdir, "out", f"pipeline-{size}")
+        raw = apply_overrides(data.export_config(patterns[size], model_path, out_dir, model), overrides)
         parse_config(raw, "benchmark config")  # fail here, not in the child, on a bad --set
-        runs = [run_export_child(raw, workdir, f"scaling-{size}") for _ in range(repeats)]
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(out_dir, ignore_errors=True)  # not timed: deleting an earlier run's output
+            runs.append(run_export_child(raw, workdir, f"scaling-{size}"))
         seconds = min(run.result["seconds"] for run in runs)
         peak = max(run.peak_rss_mb for run in runs)
         points.append({"rows": size, "seconds": round(seconds, 3), "rows_per_s": round(size / seconds, 1),
@@ -186,7 +189,7 @@ def scaling_study(rows: int, small: bool, workdir: str, overrides: Sequence[str]
         rate = marginal_rate(prev["rows"], prev["seconds"], point["rows"], point["seconds"])
         point["marginal_rows_per_s"] = round(rate, 1) if rate else None
     first, last = points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"]
-    return {"rows": rows, "small": small, "repeats": repeats, "points": points,
+    return {"rows": rows, "model": model, "repeats": repeats, "points": points,
             "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
             "rss_growth": round(last / first - 1.0, 4) if first else None,
             "machine": machine_info()}
@@ -195,7 +198,9 @@ def scaling_study(rows: int, small: bool, workdir: str, overrides: Sequence[str]
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="N: runs at N, 2N and 4N rows")
-    parser.add_argument("--small", action="store_true", help="a tiny model instead of the reference one")
+    parser.add_argument("--model", choices=("reference", "demo", "small"), default="reference",
+                        help="the benchmark model (default: SPEC section 7's reference model)")
+    parser.add_argument("--small", dest="model", action="store_const", const="small", help="= --model small")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--workdir", help="keep data, model and outputs here (default: a temp dir, removed)")
@@ -209,13 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.rows <= 0 or args.repeats <= 0:
         parser.error("--rows and --repeats must be > 0")
-    import shutil
     import tempfile
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="embedding-export-scaling-")
     os.makedirs(workdir, exist_ok=True)
     try:
-        result = scaling_study(args.rows, args.small, workdir, args.overrides, repeats=args.repeats,
+        result = scaling_study(args.rows, args.model, workdir, args.overrides, repeats=args.repeats,
                                log=lambda msg: print(msg, file=sys.stderr))
     finally:
         if not args.workdir:

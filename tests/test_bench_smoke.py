@@ -52,7 +52,7 @@ def test_segments_make_every_size_a_prefix():
 
 
 def test_prepare_inputs_nests_the_runs(tmp_path):
-    patterns = data.prepare_inputs(str(tmp_path), [1000, 2500], small=True, rows_per_file=600)
+    patterns = data.prepare_inputs(str(tmp_path), [1000, 2500], "small", rows_per_file=600)
     small = pq.read_table(glob.glob(patterns[1000]))
     big = pq.read_table(sorted(glob.glob(patterns[2500])))
     assert small.num_rows == 1000 and big.num_rows == 2500
@@ -60,7 +60,7 @@ def test_prepare_inputs_nests_the_runs(tmp_path):
     first = pq.read_table(sorted(glob.glob(patterns[2500]))[:len(glob.glob(patterns[1000]))])
     assert sorted(first.column("user_id").to_pylist()) == sorted(small.column("user_id").to_pylist())
     assert len(set(big.column("user_id").to_pylist())) == 2500
-    shape = data.model_kwargs(True)
+    shape = data.model_kwargs("small")
     lengths = pc.list_value_length(big.column("dense")).to_numpy()
     assert (lengths == shape["dense_dim"]).all()
 
@@ -80,8 +80,8 @@ def test_marginal_rate():
 @pytest.fixture(scope="module")
 def small_setup(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("bench"))
-    patterns = data.prepare_inputs(work, [1500, 3000], small=True)
-    return work, patterns, data.prepare_model(work, small=True)
+    patterns = data.prepare_inputs(work, [1500, 3000], "small")
+    return work, patterns, data.prepare_model(work, "small")
 
 
 def test_naive_job_writes_the_models_embeddings_in_the_exports_record_bytes(small_setup):
@@ -91,7 +91,7 @@ def test_naive_job_writes_the_models_embeddings_in_the_exports_record_bytes(smal
     from twml.feature_ids import feature_id
 
     work, patterns, model = small_setup
-    shape = data.model_kwargs(True)
+    shape = data.model_kwargs("small")
     run = run_child("naive", ["--input", patterns[3000], "--model", model, "--output",
                               os.path.join(work, "naive", "part"), "--batch-size", "512",
                               "--sparse-length", str(shape["sparse_length"]), "--num-shards", "3",
@@ -116,16 +116,33 @@ def test_naive_job_writes_the_models_embeddings_in_the_exports_record_bytes(smal
     assert all(encoded[i] in all_raw for i in range(5))
 
 
-def test_limit_child_times_both_sizes(small_setup):
+@pytest.mark.parametrize("intra", [0, 1])
+def test_limit_child_times_both_sizes(small_setup, intra):
+    from transforms.embed import concurrent_model_calls
+
     work, patterns, model = small_setup
-    shape = data.model_kwargs(True)
+    shape = data.model_kwargs("small")
     run = run_child("limit", ["--model", model, "--input", patterns[3000], "--rows", "1500", "--rows", "3000",
                               "--batch-size", "256", "--dense-dim", str(shape["dense_dim"]),
-                              "--sparse-length", str(shape["sparse_length"]), "--repeats", "1"],
-                    os.path.join(work, "limit.log"))
+                              "--sparse-length", str(shape["sparse_length"]), "--repeats", "1",
+                              "--intra-op-threads", str(intra)],
+                    os.path.join(work, f"limit-{intra}.log"))
     assert set(run.result["seconds"]) == {"1500", "3000"}
     assert all(s > 0 for s in run.result["seconds"].values())
     assert run.result["batch_size"] == 256
+    # 0: one loop on TF's default pools; 1: one single-threaded loop per core, as the export runs.
+    assert run.result["loops"] == concurrent_model_calls(intra) == (1 if intra == 0 else len(os.sched_getaffinity(0)))
+    if intra:
+        assert run.result["tf_intra_op_threads"] == intra
+
+
+def test_encode_benchmark_small():
+    from benchmarks.encode_bench import run_encode_benchmark
+
+    result = run_encode_benchmark(3000, batch=512, dim=8, sample=300, rounds=2)
+    assert result["same_bytes"] and result["framed_same_bytes"]
+    assert result["rounds"] == 2 and result["thriftpy2_sample_rows"] == 300
+    assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
 
 
 def test_child_failure_shows_the_log(tmp_path):
@@ -158,16 +175,25 @@ def test_harness_end_to_end_small(tmp_path):
     assert result["rows"] == 2000 and result["naive_rows"] == 2000
     assert result["batch_size"] == 256 and result["num_shards"] == 4 and result["repeats"] == 1
     assert result["model"]["kind"] == "small"
+    # The limit is the faster of the two ways to run the bare model (benchmarks/limit.py).
+    assert result["intra_op_threads"] == data.INTRA_OP_THREADS
+    assert set(result["limit_modes"]) == {"tf_default", "job_threads"}
+    assert result["limit_mode"] == max(result["limit_modes"],
+                                       key=lambda m: result["limit_modes"][m]["rows_per_s"] or 0)
+    assert result["seconds"]["limit"] == result["seconds"]["limit_modes"][result["limit_mode"]]
     assert 50 < result["peak_rss_mb"] < 8000
     for name in ("limit", "pipeline", "naive"):
         assert set(result["seconds"][name]) == {"2000", "4000"}
         assert all(s > 0 for s in result["seconds"][name].values())
     # Marginal rates can be null only when noise made the 2N run no slower than the N run.
-    for name in ("limit", "pipeline", "naive"):
+    t = result["seconds"]["limit"]
+    # The bare loop starts nothing inside its timing: its rate is rows / seconds (the faster size).
+    assert result["limit_rows_per_s"] == pytest.approx(max(2000 / t["2000"], 4000 / t["4000"]), rel=1e-3)
+    for name in ("pipeline", "naive"):
         rate = result[f"{name}_rows_per_s"]
         t = result["seconds"][name]
-        assert (rate is None) == (t["4000"] <= t["2000"])
-        assert rate is None or rate > 0
+        # (the seconds are rounded to ms, so a tiny difference may round to none)
+        assert t["4000"] <= t["2000"] if rate is None else (t["4000"] >= t["2000"] and rate > 0)
     if result["pipeline_rows_per_s"] and result["limit_rows_per_s"]:
         assert result["pipeline_vs_limit"] == pytest.approx(
             result["pipeline_rows_per_s"] / result["limit_rows_per_s"], rel=1e-3)
@@ -190,7 +216,7 @@ def test_harness_end_to_end_small(tmp_path):
 def test_scaling_study_small(tmp_path):
     from benchmarks.scaling import scaling_study
 
-    result = scaling_study(600, small=True, workdir=str(tmp_path), steps=(1, 2), log=lambda msg: None,
+    result = scaling_study(600, "small", workdir=str(tmp_path), steps=(1, 2), log=lambda msg: None,
                            overrides=["partition.num_shards=2"])
     assert [p["rows"] for p in result["points"]] == [600, 1200]
     for point in result["points"]:

@@ -126,6 +126,36 @@ def test_spills_append_to_one_part_per_shard_per_bundle(tmp_path, fmt):
         assert read_records(r, fmt, "none") == want  # in arrival order within the part
 
 
+@pytest.mark.parametrize("fmt", ["tfrecord", "block", "parquet"])
+def test_part_writer_coalesces_slices_without_changing_the_bytes(tmp_path, monkeypatch, fmt):
+    import transforms.formats as formats
+
+    monkeypatch.setattr(formats, "COALESCE_ROWS", 10)
+    lay = layout(tmp_path, fmt, shards=1)
+    slices = [batch(range(start, start + size)) for start, size in ((0, 3), (3, 4), (7, 5), (12, 1), (13, 12))]
+    sink = formats.PartSink()
+    writer = make_format(lay, OUTPUTS).open_part(sink)
+    held = []
+    for piece in slices:
+        writer.write(piece)
+        held.append((writer.pending_bytes, sink.size))
+    # 3 + 4 + 5 = 12 rows reach the threshold and are encoded in one go; the rest waits for close.
+    assert held[1][1] == 0 and held[1][0] > 0 and held[2] == (0, held[2][1]) and held[2][1] > 0
+    writer.close()
+    assert writer.records == 25 and writer.pending_bytes == 0
+    part = tmp_path / "part"
+    out = ChecksummedWriter(open_write(str(part)))
+    sink.drain_to(out)
+    out.close()
+    result = ShardResult(0, str(part), "x", 25, part.stat().st_size, 0)
+    want = [expected_record(k) for k in range(25)]
+    if fmt == "parquet":
+        import pyarrow.ipc as ipc
+        assert ipc.open_stream(part.read_bytes()).read_all().column("data_record").to_pylist() == want
+    else:
+        assert read_records(result, fmt, "none") == want
+
+
 def test_decoded_record_holds_key_then_outputs_in_config_order(tmp_path):
     record = decode_data_record(expected_record(42))
     assert record.discreteFeatures == {KEY_ID: 42}

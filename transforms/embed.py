@@ -1,5 +1,10 @@
 """Run the TF SavedModel on each batch: one signature call per batch, one model per process.
 
+The calls run on a small thread pool of the DoFn (TF releases the GIL), so the model computes
+while the bundle's own thread reads, validates, encodes and writes the batches around it; the
+DoFn emits each batch's results a few batches later, in input order (``MODEL_CALLS_QUEUED``,
+``SavedModelHandler.concurrent_calls``), and the last ones from ``finish_bundle``.
+
 ``SavedModelHandler`` follows the shape of Beam's ``ModelHandler`` (``load_model``,
 ``run_inference``, ``get_num_bytes``, ``get_metrics_namespace``) but calls a SavedModel
 signature on a dict of numpy columns, which Beam's TF handler cannot (it needs tensorflow-hub
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, Optional, Sequence, Tuple
@@ -29,14 +35,15 @@ from transforms.isolate import ModelFailureIsolation
 from transforms.specs import InputSpec, OutputSpec
 from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
 
-__all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING"]
+__all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING",
+           "concurrent_model_calls"]
 
 _LOG = logging.getLogger(__name__)
 
 NON_FINITE_EMBEDDING = "non_finite_embedding"
-# Batches whose model calls may be under way or queued while the bundle's thread prepares the
-# next one: enough to keep the model busy through reading the next row group.
-MODEL_CALLS_AHEAD = 2
+# Batches queued for the model beyond those it is working on, while the bundle's thread
+# prepares the next one: enough to keep the model busy through reading the next row group.
+MODEL_CALLS_QUEUED = 2
 
 
 class LoadedModel:
@@ -65,8 +72,13 @@ class SavedModelHandler:
       inputs: the signature inputs and the columns that feed them.
       outputs: the signature outputs exported, in config order (the first is the embedding).
       intra_op_threads / inter_op_threads: TF thread pools of a worker process (0 = TF's
-        default, all cores). With several worker processes on one machine, 1 each avoids
-        oversubscription. Only effective before TF has run anything in the process.
+        default, all cores). Only effective before TF has run anything in the process.
+        ``intra_op_threads`` also sets how many batches the model works on at once
+        (``concurrent_calls``): with 0 one call at a time, each op spread over all cores;
+        with n > 0, cores // n calls at once, each op on n threads. On a small machine 1 is
+        fastest: an op spread over all cores waits for its slowest share whenever the
+        bundle's own thread (reading, writing) holds one of those cores, while single-threaded
+        calls side by side just take turns.
       namespace: the metrics namespace.
     """
 
@@ -84,6 +96,11 @@ class SavedModelHandler:
     @property
     def model_tag(self) -> str:
         return f"{self.model_path}#{self.signature}"
+
+    @property
+    def concurrent_calls(self) -> int:
+        """Model calls a DoFn instance runs at once (see ``intra_op_threads``)."""
+        return concurrent_model_calls(self.intra_op_threads)
 
     def get_metrics_namespace(self) -> str:
         return self._namespace
@@ -112,6 +129,18 @@ class SavedModelHandler:
 
     def get_num_bytes(self, batch: Dict[str, np.ndarray]) -> int:
         return int(sum(array.nbytes for array in batch.values()))
+
+
+def concurrent_model_calls(intra_op_threads: int) -> int:
+    """Model calls to run at once for TF intra-op pools of ``intra_op_threads`` (0 = TF default):
+    1 when each op already spreads over all cores, else one call per ``intra_op_threads`` cores."""
+    if intra_op_threads <= 0:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // intra_op_threads)
 
 
 def _set_threads(tf, intra: int, inter: int) -> None:
@@ -195,12 +224,15 @@ class _EmbedFn(beam.DoFn):
                            for spec in handler.inputs}
         self._model: Optional[LoadedModel] = None
         self._calls: Optional[ThreadPoolExecutor] = None
+        self._ahead = 1
         self._pending: collections.deque = collections.deque()
 
     def setup(self):
         self._model = self._shared_model.acquire(self._handler.load_model, tag=self._handler.model_tag)
         self._metrics.cache_load_model_metrics(self._model.load_millis, self._model.num_bytes)
-        self._calls = ThreadPoolExecutor(max_workers=int(__import__("os").environ.get("EE_MW", "1")), thread_name_prefix="embed-model")  # EXPERIMENT
+        workers = self._handler.concurrent_calls
+        self._calls = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-model")
+        self._ahead = workers + MODEL_CALLS_QUEUED
 
     def start_bundle(self):
         self._pending = collections.deque()
@@ -226,12 +258,12 @@ class _EmbedFn(beam.DoFn):
         for name, count in truncated.items():
             if count:
                 self._truncated[name].inc(count)
-        # The model runs on a background thread (TF releases the GIL) while this one goes on
-        # reading, validating and writing; a batch's outputs are emitted MODEL_CALLS_AHEAD
-        # batches later, in input order, and the last ones in finish_bundle.
+        # The model runs on background threads (TF releases the GIL) while this one goes on
+        # reading, validating and writing; a batch's outputs are emitted a few batches later,
+        # in input order, and the last ones in finish_bundle.
         call = self._calls.submit(_timed_call, self._handler.run_inference, feeds, self._model)
         self._pending.append((table, feeds, call))
-        while len(self._pending) > MODEL_CALLS_AHEAD:
+        while len(self._pending) > self._ahead:
             yield from self._complete(self._pending.popleft())
 
     def _complete(self, pending) -> Iterable[EmbeddedBatch]:

@@ -1,10 +1,11 @@
 """Write the shard files and the rejected rows, invisible until finalize publishes them.
 
 ``WriteShards``: each bundle writes one temporary part file per shard it gets records for
-(``_temporary/<run_id>/parts/``). Records are framed into memory first (a ``PartSink`` per
-shard); when this bundle's framed bytes pass ``buffer_bytes`` the largest shard's bytes are
-appended to its part file, opened on first use and kept open until the bundle ends, so writes
-are megabytes each and a bundle makes one part per shard, not one per spill. At most
+(``_temporary/<run_id>/parts/``). A shard's slices are collected and encoded a few thousand
+rows at a time into memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when
+this bundle's bytes in memory pass ``buffer_bytes`` the largest shard's are appended to its
+part file, opened on first use and kept open until the bundle ends, so writes are megabytes
+each and a bundle makes one part per shard, not one per spill. At most
 ``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
 each): past that, the least recently written one is closed as a complete part, and that shard
 starts a new part if more of its records come. Each completed part emits small
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -61,9 +62,9 @@ class _OpenPart:
 
     def __init__(self, fmt: ShardFormat, path: str):
         self.path = path
-        self._sink = PartSink()
+        self._sink = PartSink()  # also counts the part's bytes and crc32c
         self.writer = fmt.open_part(self._sink)
-        self._file: Optional[ChecksummedWriter] = None
+        self._file: Optional[BinaryIO] = None
 
     @property
     def held(self) -> int:
@@ -78,19 +79,19 @@ class _OpenPart:
         self.writer.flush()
         if self._sink.size:
             if self._file is None:
-                self._file = ChecksummedWriter(open_write(self.path))
+                self._file = open_write(self.path)
             self._sink.drain_to(self._file)
 
     def close(self) -> PartInfo:
         """Finish the framing, write what is left and close the file: the part is complete."""
         self.writer.close()
         if self._file is None:
-            self._file = ChecksummedWriter(open_write(self.path))
+            self._file = open_write(self.path)
         try:
             self._sink.drain_to(self._file)
         finally:
             self._file.close()
-        return PartInfo(self.path, int(self.writer.records), self._file.bytes, self._file.crc32c)
+        return PartInfo(self.path, int(self.writer.records), self._sink.tell(), self._sink.crc32c)
 
 
 @beam.typehints.with_input_types(Tuple[int, EmbeddedBatch])
