@@ -11,12 +11,10 @@ wrong ``input.container``, a compressed or foreign file, or a file of something 
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig
 from transforms.read_datarecord import (CONTINUOUS, DISCRETE, DataRecordSource, FeatureColumn, iter_file_records,
@@ -80,7 +78,8 @@ def scan_datarecord_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
 
     Raises PreflightError naming the key, file or column that does not fit.
     """
-    from pipeline.preflight import InputFile, PreflightError, _check_schema  # preflight imports this module
+    from pipeline.preflight import (InputFile, PreflightError, _check_schema,  # preflight imports this module
+                                    match_input_files)
 
     source = datarecord_source(config)
     features = sorted(config.input.features or {})
@@ -94,14 +93,7 @@ def scan_datarecord_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
     _check_schema("input.features", schema, config, inputs)
 
     pattern = config.input.path
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as err:
-        raise PreflightError(f"input.path {pattern}: cannot list files: {err}") from None
-    paths = sorted({m.path: m.size_in_bytes for m in matched}.items())
-    paths = [(p, size) for p, size in paths if not os.path.basename(p).startswith((".", "_"))]
-    if not paths:
-        raise PreflightError(f"input.path {pattern} matches no files")
+    paths = match_input_files(pattern)
     container = source.container
     with ThreadPoolExecutor(max_workers=min(_PROBE_THREADS, len(paths))) as pool:
         problems = list(pool.map(lambda item: probe_file(item[0], container), paths))

@@ -339,8 +339,8 @@ def _read_columns(config: ExportConfig, inputs: Sequence[InputSpec]) -> List[str
     return list(dict.fromkeys(names))
 
 
-def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
-    pattern = config.input.path
+def match_input_files(pattern: str) -> List[Tuple[str, int]]:
+    """(path, size) of the input files ``pattern`` matches, sorted; hidden and ``_`` files left out."""
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as err:
@@ -349,6 +349,12 @@ def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
     paths = [(p, size) for p, size in paths if not os.path.basename(p).startswith((".", "_"))]
     if not paths:
         raise PreflightError(f"input.path {pattern} matches no files")
+    return paths
+
+
+def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
+    pattern = config.input.path
+    paths = match_input_files(pattern)
 
     def footer(item):
         path, _ = item
