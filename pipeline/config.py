@@ -107,7 +107,7 @@ class ModelConfig(_Strict):
     inputs: Dict[str, ModelInput] = Field(..., min_length=1)
     outputs: Dict[str, ModelOutput] = Field(..., min_length=1,
                                             description="the first is the embedding (float32 [B, D])")
-    intra_op_threads: int = Field(0, ge=0, description="TF intra-op threads per worker process; 0 = TF default")
+    intra_op_threads: int = Field(0, ge=0, description="TF intra-op threads per model call; the embed step then runs cores // n calls at once (1 is fastest on small machines); 0 = TF default, one call at a time")
     inter_op_threads: int = Field(0, ge=0, description="TF inter-op threads per worker process; 0 = TF default")
 
     @property
