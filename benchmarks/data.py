@@ -7,11 +7,12 @@ plus N more, and ``time(2N) - time(N)`` is the cost of those N rows alone.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -156,3 +157,12 @@ def batches(dense: np.ndarray, sparse: np.ndarray, rows: int, batch_size: int
     """The first ``rows`` rows cut into (dense, sparse_ids) batches of ``batch_size`` (views, no copy)."""
     return [(dense[i:min(i + batch_size, rows)], sparse[i:min(i + batch_size, rows)])
             for i in range(0, rows, batch_size)]
+
+
+def print_result(result: dict, json_path: Optional[str] = None) -> None:
+    """Print a benchmark's JSON result and, when asked, write it to ``json_path`` too."""
+    text = json.dumps(result, indent=2)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")
+    print(text)

@@ -224,11 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    from benchmarks.data import print_result
+    print_result(result, args.json)
     return 0
 
 

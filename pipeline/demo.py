@@ -11,9 +11,7 @@ The data generator is also what the benchmarks use (with the reference model's s
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -23,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.models import demo_model_kwargs, ensure_embedding_model
+from pipeline.staging import staged_directory
 
 __all__ = ["user_table", "user_ids", "write_user_files", "generate_users", "demo_config", "run_demo"]
 
@@ -126,19 +125,9 @@ def generate_users(out_dir: str, users: int, files: int = 4, seed: int = 0, dens
     if files <= 0:
         raise ValueError(f"files must be > 0, got {files}")
     target = Path(out_dir) / "users"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the old data and swap, so a failed run never leaves a mix of old and new files.
-    staging = Path(tempfile.mkdtemp(prefix=".users.writing-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with staged_directory(target, prefix=".users.writing-") as staging:
         written = write_user_files(str(staging), user_ids(users, seed), files, seed, dense_dim,
                                    max_sparse, row_group_rows)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return sorted(str(target / os.path.basename(p)) for p in written)
 
 

@@ -16,13 +16,12 @@ Next to the SavedModel files the builder writes ``embedding_model.json`` (the bu
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+from pipeline.staging import staged_directory
 
 __all__ = ["PARAMS_FILE", "SIGNATURE", "build_embedding_model", "ensure_embedding_model",
            "saved_model_params", "demo_model_kwargs", "reference_model_kwargs"]
@@ -137,20 +136,11 @@ def build_embedding_model(path: str, *, dense_dim: int = 32, sparse_length: int 
 
     params = _normalise_params(dense_dim, sparse_length, vocab, embed_dim, hidden, output_dim, seed)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with staged_directory(target, prefix=f".{target.name}.building-") as staging:
         module = _make_module(params)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
         (staging / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         del module
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return str(path)
 
 
