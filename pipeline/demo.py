@@ -147,6 +147,7 @@ def demo_config(out_dir: str) -> Dict[str, Any]:
             "inputs": {"dense": {"column": "dense"},
                        "sparse_ids": {"column": "sparse_ids", "length": model["sparse_length"], "pad": 0}},
             "outputs": {"embedding": {"feature": "output"}},
+            "intra_op_threads": 1,
         },
         "partition": {"num_shards": 16, "by": "hash"},
         "output": {"path": os.path.join(root, "export"), "format": "tfrecord", "compression": "none",
