@@ -211,6 +211,7 @@ def test_publish_moves_files_writes_manifest_then_success_and_is_idempotent(tmp_
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected", "part-00000-of-00002.tfrecord",
                                        "part-00001-of-00002.tfrecord"]
+    assert os.listdir(tmp_path) == ["out"]   # no staging or moved-aside directory left beside it
     assert os.listdir(out / "_rejected") == ["part-00000-of-00001.parquet"]
     on_disk = json.loads((out / "_MANIFEST.json").read_text())
     assert on_disk == manifest
@@ -272,3 +273,197 @@ def test_publish_overwrite_removes_only_the_old_exports_files(tmp_path):
                                        "part-notes.txt"]
     assert os.listdir(out / "_temporary") == ["0"]
     assert (out / "README.txt").read_text() == "old"
+
+
+# ------------------------------------------------------------------------------------------------
+# publish() on a local directory: staged in a hidden sibling, then swapped in.
+
+RUN = "20250102T030405Z-0a1b2c3d"       # run ids of killed runs (real ones: their siblings are found)
+OTHER_RUN = "20250102T030406Z-0a1b2c3e"
+
+
+def watch_pauses(monkeypatch, at=None):
+    """Record the pause points publish passes; call ``at(name)`` at each (to look at the disk)."""
+    import transforms.finalize as finalize
+    seen = []
+
+    def record(name):
+        seen.append(name)
+        if at is not None:
+            at(name)
+
+    monkeypatch.setattr(finalize, "pause_point", record)
+    return seen
+
+
+def write_earlier_export(out, shards=3, run_id=RUN):
+    """A finished export of this job (manifest, shards, _SUCCESS) plus a killed run's scratch."""
+    names = [f"part-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names + ["_SUCCESS"]:
+        (out / name).write_text("old")
+    (out / "_MANIFEST.json").write_text(json.dumps({"shards": [{"file": name} for name in names]}))
+    (out / "_temporary" / run_id / "parts").mkdir(parents=True)
+    (out / "_temporary" / run_id / "parts" / "p.part").write_text("old scratch")
+    return names + ["_SUCCESS", "_MANIFEST.json", f"_temporary/{run_id}/parts/p.part"]
+
+
+def test_publish_stages_beside_the_output_then_swaps_the_directory_in(tmp_path, monkeypatch):
+    from transforms.ownership import take_inventory
+    out = tmp_path / "out"
+    earlier = write_earlier_export(out)
+    stale = [str(out / name) for name in take_inventory(str(out)).ours]
+    assert len(stale) == len(earlier)
+    os.chmod(out, 0o750)
+    old_inode = os.stat(out).st_ino
+    lay, results, rejected = staged(tmp_path, run_id="run2", rejected_rows=1)
+    staging = tmp_path / ".out.run2.publishing"
+    looked = {}
+
+    def look(name):
+        if name == "publish.staged":   # everything staged; the output directory as it was
+            looked["out"] = sorted(os.listdir(out))
+            looked["staging"] = sorted(os.listdir(staging))
+            looked["mode"] = oct(os.stat(staging).st_mode & 0o777)
+            looked["journal"] = json.loads((out / "_temporary" / "run2" / "_PUBLISH.json").read_text())
+            looked["copy"] = json.loads((staging / "_temporary" / "run2" / "_PUBLISH.json").read_text())
+        if name == "publish.swapped_out":
+            looked["gap"] = (out.exists(), sorted(os.listdir(tmp_path)))
+
+    seen = watch_pauses(monkeypatch, look)
+    manifest = publish(lay, results, 21, rejected, BASE, expected_rows=21, stale=stale)
+    assert seen == ["publish.start", "publish.renamed", "publish.manifest", "publish.staged",
+                    "publish.swapped_out", "publish.success"]
+    assert looked["out"] == sorted(set(name.split("/")[0] for name in earlier))   # the earlier export, whole
+    assert looked["staging"] == ["_MANIFEST.json", "_SUCCESS", "_rejected", "_temporary",
+                                 "part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+    assert looked["mode"] == "0o750"
+    assert looked["journal"]["mode"] == "directory" and looked["journal"]["staging"] == str(staging)
+    assert looked["copy"] == looked["journal"]
+    assert looked["gap"] == (False, [".out.run2.previous", ".out.run2.publishing"])
+    # Afterwards: the new export alone, the same files a file-by-file publish leaves, nothing beside it.
+    assert sorted(os.listdir(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected", "part-00000-of-00002.tfrecord",
+                                       "part-00001-of-00002.tfrecord"]
+    assert os.listdir(out / "_rejected") == ["part-00000-of-00001.parquet"]
+    assert json.loads((out / "_MANIFEST.json").read_text()) == manifest
+    assert (out / "part-00001-of-00002.tfrecord").read_bytes() == b"shard 1 of run2"
+    assert os.listdir(tmp_path) == ["out"]
+    assert os.stat(out).st_ino != old_inode and oct(os.stat(out).st_mode & 0o777) == "0o750"
+
+
+def test_publish_into_a_directory_holding_a_foreign_file_goes_file_by_file(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".keep").write_text("a hidden file the job did not write")
+    lay, results, rejected = staged(tmp_path)
+    journals = []
+    watch_pauses(monkeypatch, lambda name: name == "publish.renamed" and journals.append(
+        json.loads((out / "_temporary" / "run1" / "_PUBLISH.json").read_text())))
+    publish(lay, results, 20, rejected, BASE)
+    assert journals[0]["mode"] == "files" and journals[0]["staging"] is None
+    assert sorted(os.listdir(out)) == [".keep", "_MANIFEST.json", "_SUCCESS", "part-00000-of-00002.tfrecord",
+                                       "part-00001-of-00002.tfrecord"]
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_publish_into_a_directory_holding_an_empty_foreign_directory_goes_file_by_file(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    lay, results, rejected = staged(tmp_path)
+    seen = watch_pauses(monkeypatch)
+    publish(lay, results, 20, rejected, BASE)
+    assert "publish.staged" not in seen and (out / "logs").is_dir()
+
+
+def test_publish_goes_file_by_file_when_the_output_cannot_be_moved_aside(tmp_path, monkeypatch):
+    """A rename the checks did not foresee fails (a bind mount, say): the staged files are
+    published into the output directory one by one, and the staging directory goes."""
+    out = tmp_path / "out"
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if str(src) == str(out):
+            raise OSError(16, "Device or resource busy", str(src))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    lay, results, rejected = staged(tmp_path, rejected_rows=1)
+    seen = watch_pauses(monkeypatch)
+    publish(lay, results, 21, rejected, BASE)
+    assert seen[:4] == ["publish.start", "publish.renamed", "publish.manifest", "publish.staged"]
+    assert seen[4:] == ["publish.renamed", "publish.manifest", "publish.success"]
+    assert sorted(os.listdir(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected", "part-00000-of-00002.tfrecord",
+                                       "part-00001-of-00002.tfrecord"]
+    assert (out / "part-00000-of-00002.tfrecord").read_bytes() == b"shard 0 of run1"
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_publish_through_a_symlinked_output_keeps_the_link(tmp_path):
+    real = tmp_path / "data" / "export"
+    real.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(real, target_is_directory=True)
+    lay, results, rejected = staged(tmp_path)
+    publish(lay, results, 20, rejected, BASE)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert sorted(os.listdir(real)) == ["_MANIFEST.json", "_SUCCESS", "part-00000-of-00002.tfrecord",
+                                        "part-00001-of-00002.tfrecord"]
+    assert os.listdir(tmp_path / "data") == ["export"]
+
+
+def test_publish_clears_only_the_jobs_files_from_killed_runs_siblings(tmp_path):
+    """What killed directory publishes left beside the output: only files take_inventory proves
+    are the job's go; a foreign file keeps its directory; siblings of another output, or named
+    without a run id, are not looked at."""
+    from transforms.ownership import journal_bytes, journal_name, publish_siblings
+    previous = tmp_path / f".out.{RUN}.previous"              # an earlier export, moved aside, + a foreign file
+    write_earlier_export(previous)
+    (previous / "notes.txt").write_text("appeared during the run")
+    staging = tmp_path / f".out.{OTHER_RUN}.publishing"       # a killed run's staging directory
+    (staging / "_temporary" / OTHER_RUN).mkdir(parents=True)
+    (staging / journal_name(OTHER_RUN)).write_bytes(journal_bytes(
+        OTHER_RUN, {"part-00000-of-00002.tfrecord": 5, "part-00001-of-00002.tfrecord": 5, "_SUCCESS": 0}, []))
+    (staging / "part-00000-of-00002.tfrecord").write_bytes(b"12345")
+    (staging / "part-00001-of-00002.tfrecord").write_bytes(b"123")   # not the journal's size: not ours
+    untouched = {}
+    for name in (f".other.{RUN}.previous", ".out.previous", f".out.v2.{RUN}.publishing", f".out.{RUN}.elsewhere"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "_SUCCESS").write_text("")
+        untouched[name] = os.stat(tmp_path / name / "_SUCCESS").st_mtime_ns
+    assert [kind for _, _, kind in publish_siblings(str(tmp_path / "out"))] == ["previous", "publishing"]
+    notes = os.stat(previous / "notes.txt").st_mtime_ns
+
+    lay, results, rejected = staged(tmp_path)
+    publish(lay, results, 20, rejected, BASE)
+    assert sorted(tree_of(previous)) == ["notes.txt"] and os.stat(previous / "notes.txt").st_mtime_ns == notes
+    assert sorted(tree_of(staging)) == ["part-00001-of-00002.tfrecord"]
+    for name, mtime in untouched.items():
+        assert os.stat(tmp_path / name / "_SUCCESS").st_mtime_ns == mtime
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", previous.name, staging.name, *untouched])
+
+
+def tree_of(root):
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files]
+
+
+@pytest.mark.parametrize("fail_at", ["publish.renamed", "publish.staged", "publish.swapped_out"])
+def test_a_retried_directory_publish_finishes_what_the_failed_attempt_began(tmp_path, monkeypatch, fail_at):
+    """Finalize failed (an exception, not a kill) while staging, before the swap, or between the
+    swap's renames (no output directory); the runner's retry publishes the complete export."""
+    lay, results, rejected = staged(tmp_path, run_id=RUN, rejected_rows=1)
+
+    def fail(name):
+        if name == fail_at:
+            raise RuntimeError(f"failed at {name}")
+
+    watch_pauses(monkeypatch, fail)
+    with pytest.raises(RuntimeError, match=fail_at):
+        publish(lay, results, 21, rejected, BASE)
+    assert (tmp_path / "out").exists() == (fail_at != "publish.swapped_out")
+    watch_pauses(monkeypatch)
+    publish(lay, results, 21, rejected, BASE)
+    out = tmp_path / "out"
+    assert sorted(tree_of(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected/part-00000-of-00001.parquet",
+                                    "part-00000-of-00002.tfrecord", "part-00001-of-00002.tfrecord"]
+    assert (out / "part-00001-of-00002.tfrecord").read_bytes() == f"shard 1 of {RUN}".encode()
+    assert os.listdir(tmp_path) == ["out"]

@@ -8,25 +8,52 @@ inputs). Nothing in the output directory changes unless every check passes:
    files' footers, and rows_read == rows_written + rows_rejected; rejected rows are within
    ``max_reject_fraction`` (else only the rejected rows are published, under
    ``_rejected/<run_id>/``, and the run fails naming the counts and the commonest reasons);
-2. the publish journal ``_temporary/<run_id>/_PUBLISH.json`` is written: every file about to
-   be created (with its size) and every earlier file of this job about to be removed
-   (``transforms.ownership``), so that a run killed from here on leaves files a rerun knows
-   as its own;
-3. the files of an earlier export or an unfinished run that preflight found to be this job's
+2. the mode is chosen: a **directory publish** when the output is a local directory that holds
+   nothing but this run's scratch and the files preflight found to be the job's own (``stale``;
+   listed again now), on one device with a writable parent; else **file by file** (object
+   stores, HDFS, a directory holding foreign files);
+3. the publish journal ``_temporary/<run_id>/_PUBLISH.json`` is written: every file about to
+   be created (with its size), every earlier file of this job about to be removed
+   (``transforms.ownership``), the mode and the staging directory, so that a run killed from
+   here on leaves files a rerun knows as its own.
+
+Directory publish (``os.path.realpath`` of the output, so a symlink to it stays one):
+
+4. a hidden sibling ``<parent>/.<name>.<run_id>.publishing`` is made with the output's permission
+   bits; a copy of the journal goes in first (its files are then the job's own for
+   ``take_inventory``), then the temporary files are renamed into it under their final names,
+   in batches, then ``_MANIFEST.json``, then ``_SUCCESS``;
+5. the swap: the output directory is renamed to ``.<name>.<run_id>.previous``, the staging
+   directory to the output's name. Until then the output directory is as it was (an earlier
+   export stays whole); between the two renames there is no output directory at all (a rerun
+   then starts from nothing); after them, the complete export;
+6. the journal copy goes from the new output directory, and from ``.previous`` the files that are
+   the job's own (``stale`` and this run's scratch); it is removed when nothing else is left in
+   it (a file that appeared there during the run stays, with a warning).
+
+File by file (and when the output directory cannot be renamed after all):
+
+4. the files of an earlier export or an unfinished run that preflight found to be this job's
    own (``stale``) are removed, ``_SUCCESS`` and ``_MANIFEST.json`` first; nothing else is;
-4. the temporary files are renamed to their final names, in batches (a file whose source is
+5. the temporary files are renamed to their final names, in batches (a file whose source is
    gone and whose destination exists was renamed by an earlier attempt: skipped, so a retry is
-   harmless); every final name holds a complete file from the moment it appears;
-5. ``_MANIFEST.json`` is renamed into place, then ``_SUCCESS`` is, last;
-6. ``_temporary/<run_id>/`` and the scratch files of earlier runs are deleted.
+   harmless); every final name holds a complete file from the moment it appears, but a kill
+   between two batches leaves complete files under final names without ``_SUCCESS``;
+6. ``_MANIFEST.json`` is renamed into place, then ``_SUCCESS`` is, last; then
+   ``_temporary/<run_id>/`` and the scratch files of earlier runs are deleted.
+
+Last, in both modes, the ``.publishing`` and ``.previous`` siblings that killed runs left beside a
+local output lose the files ``take_inventory`` proves are the job's own, and go when empty.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import stat
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -34,7 +61,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.elements import RejectedPart, ShardResult
 from transforms.formats import shard_file_name
-from transforms.ownership import is_run_id, journal_bytes, journal_name
+from transforms.ownership import (is_run_id, journal_bytes, journal_name, publish_siblings, sibling_dir,
+                                  take_inventory)
 from transforms.pause_points import pause_point
 from transforms.specs import OutputLayout
 
@@ -46,6 +74,10 @@ SUCCESS_NAME = "_SUCCESS"
 REJECTED_DIR = "_rejected"
 TEMP_DIR = "_temporary"
 RENAME_BATCH = 100  # files per FileSystems.rename call (object stores copy a batch at a time)
+MODE_DIRECTORY = "directory"  # the journal's "mode": assembled in a sibling directory, then swapped in
+MODE_FILES = "files"          # renamed into the output directory file by file
+
+_LOG = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -183,7 +215,8 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             rejected: Iterable[RejectedPart], manifest_base: Dict, expected_rows: Optional[int] = None,
             max_reject_fraction: float = 1.0, stale: Sequence[str] = (), unreadable: Iterable = (),
             duplicate_keys: Optional[Dict[str, int]] = None) -> Dict:
-    """Check, move into place, write the manifest and ``_SUCCESS``; return the manifest.
+    """Check, move into place (by swapping directories, or file by file: see the module
+    docstring), write the manifest and ``_SUCCESS``; return the manifest.
 
     Args:
       layout: the output directory, run id and shard count.
@@ -194,7 +227,8 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
       expected_rows: rows in the input files by their footers (None: not known).
       max_reject_fraction: fail when rows_rejected > this fraction of rows_read.
       stale: absolute paths of files this job wrote earlier (an earlier export being overwritten,
-        debris of an unfinished run) that preflight found; they are removed, nothing else is.
+        debris of an unfinished run) that preflight found; they are removed, nothing else in
+        the output directory is.
       unreadable: row groups that could not be read (``input.on_bad_file: skip``): objects with
         ``path``, ``row_group``, ``rows`` and ``error``.
       duplicate_keys: {"keys": keys written more than once, "rows": rows beyond each key's first}.
@@ -244,14 +278,43 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
                          by_reason, unreadable, duplicate_keys)
     manifest_data = json.dumps(manifest, indent=2).encode("utf-8") + b"\n"
 
-    # The journal first: from here on a kill leaves nothing a rerun cannot recognise as its own.
     creates = {r.final_name: r.bytes for r in results}
     creates.update({name: p.bytes for p, name in zip(rejected, rejected_names)})
     creates.update({MANIFEST_NAME: len(manifest_data), SUCCESS_NAME: 0})
     stale_names = {_relative(out, path): path for path in stale}
-    _write_file(_join(out, journal_name(layout.run_id)),
-                journal_bytes(layout.run_id, creates, stale_names), temp)
+    moves = ([(r.temp_path, r.final_name) for r in results]
+             + [(p.path, name) for p, name in zip(rejected, rejected_names)])
+    why_not = _directory_publish_blocker(out, layout.run_id, stale_names)
+    staging = sibling_dir(os.path.realpath(out), layout.run_id, "publishing") if "://" not in out else None
+    if why_not is not None:
+        _LOG.info("publishing %s file by file: %s", out, why_not)
+        if staging is not None and os.path.isdir(staging):  # a failed attempt of this run staged files
+            moves = [(src if FileSystems.exists(src) else _join(staging, name), name) for src, name in moves]
+        else:
+            staging = None
+    # The journal first: from here on a kill leaves nothing a rerun cannot recognise as its own.
+    mode = MODE_FILES if why_not else MODE_DIRECTORY
+    journal = journal_bytes(layout.run_id, creates, stale_names, {"mode": mode, "staging": staging})
+    _write_file(_join(out, journal_name(layout.run_id)), journal, temp)
+    swapped = mode == MODE_DIRECTORY and _publish_directory(out, staging, layout.run_id, journal, moves,
+                                                            manifest_data, stale_names)
+    if not swapped:
+        if mode == MODE_DIRECTORY:  # the staging directory is complete but could not be swapped in
+            moves = [(_join(staging, name), name) for _, name in moves]
+        _publish_files(out, layout.run_id, moves, stale_names, creates, manifest_data)
+        if staging is not None:
+            _clear_own(staging, set(creates), layout.run_id)
+    _clear_leftover_siblings(out, layout.run_id, swapped)
+    return manifest
 
+
+def _publish_files(out: str, run_id: str, moves: Sequence[Tuple[str, str]], stale_names: Dict[str, str],
+                   creates: Dict[str, Optional[int]], manifest_data: bytes) -> None:
+    """Publish file by file into ``out`` (object stores, HDFS, a directory holding foreign files):
+    the earlier export's files go, each new file is renamed to its final name, then the manifest,
+    then ``_SUCCESS``. A kill between two rename batches leaves complete files under final names
+    and no ``_SUCCESS``."""
+    temp = _join(out, TEMP_DIR, run_id)
     # An earlier export stops being one before any of its files goes; the files this run
     # creates under the same names are replaced by the renames, not deleted (a retried
     # finalize must not delete what the first attempt published).
@@ -260,9 +323,7 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
     visible = [path for name, path in stale_names.items()
                if not name.startswith(TEMP_DIR + "/") and name not in creates]
     _delete(visible)
-    _rename_into_place([(r.temp_path, _join(out, r.final_name)) for r in results]
-                       + [(p.path, _join(out, name)) for p, name in zip(rejected, rejected_names)],
-                       pause="publish.renamed")
+    _rename_into_place([(src, _join(out, name)) for src, name in moves], pause="publish.renamed")
     _write_file(_join(out, MANIFEST_NAME), manifest_data, temp)
     pause_point("publish.manifest")
     _write_file(_join(out, SUCCESS_NAME), b"", temp)
@@ -271,7 +332,167 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
     _delete([path for name, path in stale_names.items() if name.startswith(TEMP_DIR + "/")])
     _remove_empty_local_dirs(_join(out, TEMP_DIR))
     _remove_empty_local_dirs(_join(out, REJECTED_DIR))
-    return manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# Directory publish (local output): assemble the export in a hidden sibling, then swap it in.
+
+def _own_dir(rel: str, holding: Set[str], run_id: str) -> bool:
+    """Whether a directory (relative name) is the job's: it held the job's files, or it is
+    ``_temporary``, ``_rejected`` or a run's scratch or rejected-rows directory."""
+    parts = rel.split("/")
+    if rel in holding or rel in (TEMP_DIR, REJECTED_DIR):
+        return True
+    if parts[0] == TEMP_DIR and len(parts) > 1 and (is_run_id(parts[1]) or parts[1] == run_id):
+        return True
+    return parts[0] == REJECTED_DIR and len(parts) == 2 and is_run_id(parts[1])
+
+
+def _walk(root: str) -> Tuple[List[str], List[str]]:
+    """(files, directories) under a local ``root``, relative names, deepest directories first.
+    Symlinks are not followed; a symlink to a directory is listed as a file."""
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        if prefix:
+            dirs.append(rel)
+        files += [prefix + name for name in filenames]
+        files += [prefix + name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+    return sorted(files), sorted(dirs, key=lambda d: (-d.count("/"), d))
+
+
+def _ancestors(names: Iterable[str]) -> Set[str]:
+    found: Set[str] = set()
+    for name in names:
+        parts = name.split("/")[:-1]
+        found.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return found
+
+
+def _directory_publish_blocker(out: str, run_id: str, stale_names: Dict[str, str]) -> Optional[str]:
+    """Why ``out`` cannot be published by swapping directories, or None when it can: a local
+    directory holding only this run's scratch and the files preflight found to be the job's own
+    (listed again now, hidden files and empty directories included), whose parent is writable
+    and on the same device as it and its scratch."""
+    if "://" in out:
+        return "not a local path"
+    real = os.path.realpath(out)
+    parent = os.path.dirname(real)
+    temp = os.path.join(real, TEMP_DIR, run_id)
+    if not os.path.isdir(temp):
+        return f"{temp} is not a directory"
+    if os.path.ismount(real):
+        return f"{real} is a mount point"
+    if len({os.stat(path).st_dev for path in (parent, real, temp)}) != 1:
+        return f"{real}, its scratch directory and its parent are not all on one device"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its parent directory {parent} is not writable"
+    parent_stat = os.stat(parent)
+    if parent_stat.st_mode & stat.S_ISVTX and hasattr(os, "geteuid") and \
+            os.geteuid() not in (0, parent_stat.st_uid, os.stat(real).st_uid):
+        return f"its parent directory {parent} is sticky and neither it nor {real} is this user's"
+    scratch = f"{TEMP_DIR}/{run_id}/"
+    files, dirs = _walk(real)
+    foreign = [name for name in files if name not in stale_names and not name.startswith(scratch)]
+    holding = _ancestors(name for name in files if name not in foreign)
+    foreign += [d + "/" for d in dirs if not _own_dir(d, holding, run_id)]
+    if foreign:
+        return f"it holds {len(foreign)} entries this job did not write ({', '.join(sorted(foreign)[:5])})"
+    return None
+
+
+def _clear_own(root: str, own: Set[str], run_id: Optional[str]) -> List[str]:
+    """In a local directory, delete the files named in ``own`` (relative names) and those under
+    ``_temporary/<run_id>/``, then the job's directories left empty, then ``root`` if empty.
+    Returns the relative names of what is left (files the job cannot prove are its own)."""
+    if not os.path.isdir(root):
+        return []
+    scratch = f"{TEMP_DIR}/{run_id}/" if run_id else None
+    files, dirs = _walk(root)
+    doomed = [name for name in files if name in own or (scratch and name.startswith(scratch))]
+    for name in doomed:
+        os.remove(os.path.join(root, name))
+    holding = _ancestors(doomed)
+    for rel in dirs:  # deepest first
+        path = os.path.join(root, rel)
+        if _own_dir(rel, holding, run_id or "") and not os.path.islink(path) and not os.listdir(path):
+            os.rmdir(path)
+    left = sorted(set(files) - set(doomed))
+    if not os.listdir(root):
+        os.rmdir(root)
+    return left
+
+
+def _clear_sibling(path: str) -> List[str]:
+    """Remove the job's files (by ``take_inventory``) from a sibling left by a killed directory
+    publish, and the sibling itself when nothing else is in it; warn about what stays."""
+    left = _clear_own(path, set(take_inventory(path).ours), None)
+    if left:
+        _LOG.warning("left %s in place: it holds %d file(s) this job did not write (%s)", path, len(left),
+                     ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""))
+    return left
+
+
+def _clear_leftover_siblings(out: str, run_id: str, swapped: bool) -> None:
+    """Clear the staging and moved-aside directories that killed runs (or a failed attempt of
+    this run) left beside ``out``; this run's own were handled already when it swapped."""
+    if "://" in out:
+        return
+    for path, sibling_run, kind in publish_siblings(os.path.realpath(out)):
+        if sibling_run != run_id or (kind == "previous" and not swapped):
+            _LOG.info("removing the files of run %s from its %s directory %s", sibling_run, kind, path)
+            _clear_sibling(path)
+
+
+def _swap_in(real: str, staging: str, previous: str) -> bool:
+    """Rename ``real`` aside to ``previous`` and ``staging`` to ``real``; False (nothing changed)
+    when ``real`` cannot be moved aside. A kill between the two renames leaves no ``real``."""
+    if os.path.lexists(previous):  # an earlier attempt of this run moved the output aside, then failed
+        _clear_sibling(previous)
+    try:
+        os.rename(real, previous)
+    except OSError as err:
+        _LOG.warning("cannot move %s aside to %s (%s); publishing file by file instead", real, previous, err)
+        return False
+    pause_point("publish.swapped_out")
+    try:
+        os.rename(staging, real)
+    except OSError as err:
+        raise ExportError(f"moved the output directory {real} aside to {previous} but cannot rename the "
+                          f"complete export {staging} into its place: {err}") from err
+    return True
+
+
+def _publish_directory(out: str, staging: str, run_id: str, journal: bytes, moves: Sequence[Tuple[str, str]],
+                       manifest_data: bytes, stale_names: Dict[str, str]) -> bool:
+    """Assemble the export in ``staging`` (a hidden sibling of the output directory), then swap it
+    in; False when the output directory cannot be moved aside (``staging`` is then complete, and
+    the caller publishes its files one by one). Afterwards the old directory's files that are
+    the job's own go (``stale_names`` and this run's scratch); a file that appeared in it during
+    the run stays, with a warning naming the directory."""
+    real = os.path.realpath(out)
+    os.makedirs(staging, exist_ok=True)  # exists when a failed attempt of this run made it
+    os.chmod(staging, stat.S_IMODE(os.stat(real).st_mode))
+    scratch = _join(staging, TEMP_DIR, run_id)
+    # The journal's copy makes the staging directory's files the job's own for take_inventory.
+    _write_file(_join(staging, journal_name(run_id)), journal, scratch)
+    _rename_into_place([(src, _join(staging, name)) for src, name in moves], pause="publish.renamed")
+    _write_file(_join(staging, MANIFEST_NAME), manifest_data, scratch)
+    pause_point("publish.manifest")
+    _write_file(_join(staging, SUCCESS_NAME), b"", scratch)
+    pause_point("publish.staged")
+    previous = sibling_dir(real, run_id, "previous")
+    if not _swap_in(real, staging, previous):
+        return False
+    pause_point("publish.success")
+    _delete_tree(_join(real, TEMP_DIR, run_id))
+    _remove_empty_local_dirs(_join(real, TEMP_DIR))
+    left = _clear_own(previous, set(stale_names), run_id)
+    if left:
+        _LOG.warning("left %s in place: %d file(s) appeared in %s during the run and are not this job's (%s)",
+                     previous, len(left), out, ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""))
+    return True
 
 
 class _FinalizeFn(beam.DoFn):

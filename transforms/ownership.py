@@ -14,6 +14,12 @@ A file counts as the job's own only on evidence the job itself left:
 4. rejected-rows Parquet files under ``_rejected/`` whose footer carries this job's run-id stamp
    (``embedding_export.run_id``): the rows a failed run published for inspection.
 
+A local export is published by swapping directories (``transforms.finalize``): the new export is
+assembled in a hidden sibling ``.<name>.<run id>.publishing`` and the old directory is moved aside
+to ``.<name>.<run id>.previous``. A run killed meanwhile leaves these siblings; ``publish_siblings``
+finds them by that exact name, and their files count as ours only by the evidence above
+(``take_inventory`` on each: the staging directory holds a copy of the journal).
+
 Everything else is foreign. ``take_inventory`` lists the directory and classifies it (the pure
 part is ``classify``); preflight decides from the inventory whether a run may start and which
 files the run's finalize removes.
@@ -21,15 +27,18 @@ files the run's finalize removes.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 __all__ = ["RUN_ID_PATTERN", "JOURNAL_NAME", "RUN_ID_METADATA_KEY", "Inventory", "classify", "take_inventory",
-           "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id"]
+           "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
+           "SIBLING_KINDS", "sibling_dir", "publish_siblings"]
 
-RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
+RUN_ID_PATTERN = re.compile(f"^{_RUN_ID}$")
 JOURNAL_NAME = "_PUBLISH.json"
 RUN_ID_METADATA_KEY = b"embedding_export.run_id"
 
@@ -38,6 +47,7 @@ _REJECTED_DIR = "_rejected"
 _MANIFEST = "_MANIFEST.json"
 _SUCCESS = "_SUCCESS"
 _PART = re.compile(r"^part-.*")
+SIBLING_KINDS = ("publishing", "previous")  # the staging directory, the output directory moved aside
 
 
 def is_run_id(text: str) -> bool:
@@ -49,12 +59,45 @@ def journal_name(run_id: str) -> str:
     return f"{_TEMP_DIR}/{run_id}/{JOURNAL_NAME}"
 
 
-def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str]) -> bytes:
-    """The journal: {"run_id", "creates": [{"file", "bytes"}], "removes": [file]} (relative names)."""
-    body = {"run_id": run_id,
-            "creates": [{"file": name, "bytes": size} for name, size in creates.items()],
-            "removes": sorted(removes)}
+def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str],
+                  extra: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The journal: {"run_id", "creates": [{"file", "bytes"}], "removes": [file]} (relative names),
+    then the ``extra`` entries (how finalize publishes: ``mode``, ``staging``), which ``classify``
+    does not read."""
+    body: Dict[str, Any] = {"run_id": run_id,
+                            "creates": [{"file": name, "bytes": size} for name, size in creates.items()],
+                            "removes": sorted(removes)}
+    body.update({key: value for key, value in (extra or {}).items() if key not in body})
     return json.dumps(body, indent=1).encode("utf-8") + b"\n"
+
+
+def sibling_dir(real_out: str, run_id: str, kind: str) -> str:
+    """``<parent>/.<name>.<run id>.<kind>``: the staging directory (``publishing``) or the old
+    output directory moved aside (``previous``) of a directory publish of ``real_out`` (local)."""
+    if kind not in SIBLING_KINDS:
+        raise ValueError(f"sibling kind {kind!r} is not one of {SIBLING_KINDS}")
+    parent, name = os.path.split(real_out.rstrip(os.sep))
+    return os.path.join(parent, f".{name}.{run_id}.{kind}")
+
+
+def publish_siblings(real_out: str) -> List[Tuple[str, str, str]]:
+    """(path, run id, kind) of every directory beside ``real_out`` named as ``sibling_dir`` names
+    them with a real run id, sorted. Siblings of other names, without a run id, or that are
+    symlinks are not listed."""
+    parent, name = os.path.split(real_out.rstrip(os.sep))
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.(?P<run>" + _RUN_ID + r")\.(?P<kind>"
+                         + "|".join(SIBLING_KINDS) + r")$")
+    try:
+        names = os.listdir(parent or ".")
+    except OSError:
+        return []
+    found = []
+    for entry in sorted(names):
+        match = pattern.match(entry)
+        path = os.path.join(parent, entry)
+        if match and os.path.isdir(path) and not os.path.islink(path):
+            found.append((path, match.group("run"), match.group("kind")))
+    return found
 
 
 def scratch_run_id(name: str) -> Optional[str]:

@@ -8,9 +8,15 @@ the variable a pause point is one environment lookup. The points:
 
     read.row_group      a row group was read (reading and embedding under way, nothing written)
     publish.start       every shard file is complete under _temporary/, nothing published yet
-    publish.renamed     a batch of files was renamed into place, more to go
-    publish.manifest    _MANIFEST.json is in place, _SUCCESS is not
-    publish.success     _SUCCESS is written, the run's scratch files are not yet removed
+    publish.renamed     a batch of files was renamed into place (a directory publish: into the
+                        hidden staging directory beside the output), more to go
+    publish.manifest    _MANIFEST.json is in place (or staged), _SUCCESS is not
+    publish.staged      directory publish: the staging directory holds the whole export and
+                        _SUCCESS; the output directory is as it was
+    publish.swapped_out directory publish: the output directory was renamed aside, the staging
+                        directory not yet renamed into its place (there is no output directory)
+    publish.success     _SUCCESS is in the output directory, the run's leftovers (scratch, the
+                        directory moved aside) are not yet removed
 """
 from __future__ import annotations
 

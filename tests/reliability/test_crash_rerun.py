@@ -1,6 +1,8 @@
 """Guarantee 4: a run killed with SIGKILL at any point leaves no _SUCCESS and no partial file under a
-final name; the same command run again (without --overwrite) gives the complete, correct export,
-byte for byte the export of an uninterrupted run, and nothing of the killed run reaches it.
+final name; on a local output directory (published by swapping in a staged directory) it leaves
+no file under a final name at all. The same command run again (without --overwrite) gives the
+complete, correct export, byte for byte the export of an uninterrupted run, and nothing of the
+killed run reaches it, nor stays beside it.
 
 The killed run is the real command line (``python -m pipeline.cli run``) in a subprocess. Kill
 points are exact (the run pauses at a named ``transforms.pause_points`` moment, the test sends
@@ -8,6 +10,7 @@ SIGKILL from outside), observed (SIGKILL as soon as the first temporary part fil
 timed (SIGKILL after a fixed delay). 150 shards, so that the publish renames take two batches and
 a kill can land between them.
 """
+import json
 import os
 
 import pyarrow as pa
@@ -20,15 +23,19 @@ from pipeline.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import (FIGURES, assert_accounted, final_looking, read_bytes, sigkill, start_cli, tree,
                          wait_for, write_config)
+from transforms.ownership import publish_siblings
 from transforms.pause_points import PAUSE_AT_ENV, PAUSE_DIR_ENV
 
 pytestmark = pytest.mark.timeout(300)
 
 SHARDS = 150
 USERS = 1500
-PAUSE_POINTS = ["read.row_group", "publish.start", "publish.renamed", "publish.manifest"]
+PAUSE_POINTS = ["read.row_group", "publish.start", "publish.renamed", "publish.manifest", "publish.staged",
+                "publish.swapped_out"]
 TIMED_KILLS = [0.01, 0.04, 0.1]  # seconds after the run's first file appears (it ends ~0.2 s later)
-KILLS = FIGURES.setdefault("kill points tried (point: final-looking files left)", [])
+KILLS = FIGURES.setdefault("kill points tried (point, final-looking files left in the output directory, "
+                           "complete files in the hidden staging directory)", [])
+MARKERS = ("_MANIFEST.json", "_SUCCESS")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +82,25 @@ def check_killed_state(out, reference_files):
     return names
 
 
+def aside(out):
+    """{kind: path} of the hidden directories a directory publish keeps beside ``out``."""
+    found = {kind: path for path, _, kind in publish_siblings(os.path.realpath(out))}
+    assert len(found) == len(publish_siblings(os.path.realpath(out)))   # one run's, at most
+    return found
+
+
+def check_staged(out, reference_files):
+    """The staging directory beside ``out`` (if any) holds the journal's copy and only complete
+    files of the export; returns the export's names in it."""
+    staging = aside(out).get("publishing")
+    if staging is None:
+        return []
+    assert any(name.endswith("/_PUBLISH.json") for name in tree(staging))  # what makes its files ours
+    names = final_looking(staging)
+    same_files(staging, reference_files, [name for name in names if name not in MARKERS])
+    return names
+
+
 def check_rerun(config_path, out, reference_manifest, reference_files, capsys):
     """The same command again, without --overwrite: a complete export, byte-identical to the reference."""
     assert cli_main(["run", "--config", config_path]) == 0, capsys.readouterr().err
@@ -84,6 +110,7 @@ def check_rerun(config_path, out, reference_manifest, reference_files, capsys):
     same_files(out, reference_files)
     assert sorted(os.listdir(out)) == sorted(set(f.split("/")[0] for f in reference_files)
                                              | {"_MANIFEST.json", "_SUCCESS"})
+    assert aside(out) == {}                     # the killed run's staging / moved-aside directories are gone
     return manifest
 
 
@@ -105,14 +132,20 @@ def test_kill_at_a_named_moment_then_rerun(reference, tmp_path, point, capsys):
     assert reached, proc.communicate()[1].decode()[-3000:]
     sigkill(proc)
     left = check_killed_state(str(out), ref_files)
-    KILLS.append((point, len(left)))
+    staged = check_staged(str(out), ref_files)
+    KILLS.append((point, len(left), len(staged)))
+    assert left == []                          # a local output directory never shows a final name early
     if point in ("read.row_group", "publish.start"):
-        assert left == []                      # nothing published before the publish renames
-    if point == "publish.renamed":
-        assert 0 < len(left) < len(ref_files)  # a kill between two rename batches
+        assert aside(str(out)) == {}           # nothing staged before the publish renames
+    if point == "publish.renamed":             # a kill between two rename batches into the staging directory
+        assert 0 < len(staged) < len(ref_files) and not set(staged) & set(MARKERS)
     if point == "publish.manifest":
-        assert set(left) == set(ref_files) | {"_MANIFEST.json"}
-    if point != "read.row_group":  # (while reading, nothing is written yet)
+        assert set(staged) == set(ref_files) | {"_MANIFEST.json"}
+    if point in ("publish.staged", "publish.swapped_out"):
+        assert set(staged) == set(ref_files) | set(MARKERS)   # complete, but not where a loader looks
+    if point == "publish.swapped_out":         # between the swap's two renames: no output directory at all
+        assert not out.exists() and set(aside(str(out))) == {"publishing", "previous"}
+    elif point != "read.row_group":            # (while reading, nothing is written yet)
         assert any(name.startswith("_temporary/") for name in tree(str(out)))  # debris the rerun clears
     manifest = check_rerun(config_path, str(out), ref_manifest, ref_files, capsys)
     assert manifest["run_id"] != ref_manifest["run_id"]
@@ -131,7 +164,8 @@ def test_kill_while_parts_are_written_then_rerun(reference, tmp_path, capsys):
     assert wait_for(parts_appeared, proc), proc.communicate()[1].decode()[-3000:]
     sigkill(proc)
     left = check_killed_state(str(out), ref_files)
-    KILLS.append(("parts written (observed)", len(left)))
+    KILLS.append(("parts written (observed)", len(left), len(check_staged(str(out), ref_files))))
+    assert left == []
     check_rerun(config_path, str(out), ref_manifest, ref_files, capsys)
 
 
@@ -150,13 +184,14 @@ def test_kill_after_a_delay_then_rerun(reference, tmp_path, delay, capsys):
     sigkill(proc)
     if finished or (out / "_SUCCESS").exists():
         # Too late to interrupt: the export is complete, and a rerun is refused without --overwrite.
-        KILLS.append((f"{delay:g} s after the first file (run had finished)", None))
+        KILLS.append((f"{delay:g} s after the first file (run had finished)", None, None))
         verify_and_load(str(out))
         assert cli_main(["run", "--config", config_path]) == 2
         assert "pass --overwrite" in capsys.readouterr().err
         return
     left = check_killed_state(str(out), ref_files)
-    KILLS.append((f"{delay:g} s after the first file", len(left)))
+    KILLS.append((f"{delay:g} s after the first file", len(left), len(check_staged(str(out), ref_files))))
+    assert left == []
     check_rerun(config_path, str(out), ref_manifest, ref_files, capsys)
 
 
@@ -165,36 +200,104 @@ def test_kill_after_success_leaves_a_finished_export(reference, tmp_path, capsys
     out = tmp_path / "out"
     config_path = config_for(root, out)
     proc = start_cli(config_path, **{PAUSE_AT_ENV: "publish.success", PAUSE_DIR_ENV: str(tmp_path)})
-    assert wait_for(lambda: (tmp_path / "publish.success").exists(), proc)
+    assert wait_for(lambda: (tmp_path / "publish.success").exists(), proc), proc.communicate()[1].decode()[-3000:]
     sigkill(proc)
-    KILLS.append(("publish.success", len(final_looking(str(out)))))
+    KILLS.append(("publish.success", len(final_looking(str(out))), len(check_staged(str(out), ref_files))))
     assert verify_export(str(out)).ok           # complete; only its scratch directory is left over
     same_files(str(out), ref_files)
+    assert set(aside(str(out))) == {"previous"}  # and the old directory, moved aside
     assert cli_main(["run", "--config", config_path]) == 2   # a finished export: --overwrite needed
     assert "pass --overwrite" in capsys.readouterr().err
     assert cli_main(["run", "--config", config_path, "--overwrite"]) == 0
-    assert not (out / "_temporary").exists()
+    assert not (out / "_temporary").exists() and aside(str(out)) == {}
     same_files(str(out), ref_files)
 
 
-def test_kill_while_overwriting_an_earlier_export_then_rerun(reference, tmp_path, capsys):
-    """An --overwrite run killed between rename batches: the earlier export's _SUCCESS went
-    first, its other files are named in the journal's removes, so the rerun knows them all."""
+@pytest.mark.parametrize("point", ["publish.renamed", "publish.swapped_out"])
+def test_kill_while_overwriting_an_earlier_export_then_rerun(reference, tmp_path, point, capsys):
+    """An --overwrite run killed while staging leaves the earlier export whole in the output
+    directory (a finished export: rerunning needs --overwrite, as the killed command had);
+    killed between the swap's renames it leaves no output directory (the earlier export is
+    whole in the moved-aside directory), and a rerun needs no --overwrite. Either way the
+    rerun's export is the reference's and nothing of the earlier export stays, beside it either."""
     root, ref_manifest, ref_files = reference
     out = tmp_path / "out"
     earlier = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(out), num_shards=3)
-    run_export(earlier)
+    earlier_manifest = run_export(earlier)
+    earlier_names = ([s["file"] for s in earlier_manifest["shards"]]
+                     + [e["file"] for e in earlier_manifest["rejected_files"]] + list(MARKERS))
+    earlier_files = read_bytes(str(out), earlier_names)
     config_path = config_for(root, out)
-    proc = start_cli(config_path, "--overwrite", **{PAUSE_AT_ENV: "publish.renamed", PAUSE_DIR_ENV: str(tmp_path)})
-    assert wait_for(lambda: (tmp_path / "publish.renamed").exists(), proc)
+    proc = start_cli(config_path, "--overwrite", **{PAUSE_AT_ENV: point, PAUSE_DIR_ENV: str(tmp_path)})
+    assert wait_for(lambda: (tmp_path / point).exists(), proc), proc.communicate()[1].decode()[-3000:]
     sigkill(proc)
-    left = check_killed_state(str(out), ref_files)
-    KILLS.append(("publish.renamed, overwriting", len(left)))
-    assert not any(name.endswith("-of-00003.tfrecord") for name in left)   # the earlier export is gone
-    # Everything left is known as the job's (scratch, journal), so even without --overwrite:
-    assert cli_main(["run", "--config", config_path]) == 0, capsys.readouterr().err
+    staged = check_staged(str(out), ref_files)
+    if point == "publish.renamed":
+        assert read_bytes(str(out), earlier_names) == earlier_files      # the earlier export, whole
+        assert final_looking(str(out)) == sorted(earlier_names) and verify_export(str(out)).ok
+        KILLS.append((point + ", overwriting (earlier export left whole)", 0, len(staged)))
+        assert cli_main(["run", "--config", config_path]) == 2
+        assert "pass --overwrite" in capsys.readouterr().err
+        assert cli_main(["run", "--config", config_path, "--overwrite"]) == 0, capsys.readouterr().err
+    else:
+        assert not out.exists()
+        assert read_bytes(aside(str(out))["previous"], earlier_names) == earlier_files
+        KILLS.append((point + ", overwriting", 0, len(staged)))
+        assert cli_main(["run", "--config", config_path]) == 0, capsys.readouterr().err
     same_files(str(out), ref_files)
     verify_and_load(str(out))
+    assert sorted(tree(str(out))) == sorted(set(ref_files) | set(MARKERS)) and aside(str(out)) == {}
+
+
+def test_kill_at_the_swap_of_a_symlinked_output_then_rerun(reference, tmp_path, capsys):
+    """The output path is a symlink: publishing replaces the directory it points to, and the
+    link stays. Killed between the swap's renames the link dangles; the rerun makes its target
+    again and publishes through the link."""
+    root, ref_manifest, ref_files = reference
+    real = tmp_path / "real"
+    real.mkdir()
+    out = tmp_path / "out"
+    out.symlink_to(real, target_is_directory=True)
+    config_path = config_for(root, out)
+    proc = start_cli(config_path, **{PAUSE_AT_ENV: "publish.swapped_out", PAUSE_DIR_ENV: str(tmp_path)})
+    assert wait_for(lambda: (tmp_path / "publish.swapped_out").exists(), proc), proc.communicate()[1].decode()[-3000:]
+    sigkill(proc)
+    assert out.is_symlink() and not out.exists() and set(aside(str(out))) == {"publishing", "previous"}
+    KILLS.append(("publish.swapped_out, symlinked output", 0, len(check_staged(str(out), ref_files))))
+    check_rerun(config_path, str(out), ref_manifest, ref_files, capsys)
+    assert out.is_symlink() and os.readlink(out) == str(real)
+    assert sorted(os.listdir(tmp_path / "real")) == sorted(os.listdir(out))
+
+
+def test_a_foreign_file_makes_publish_go_file_by_file(reference, tmp_path, capsys):
+    """A file the job did not write keeps the output directory in place (it is never moved
+    aside): the files are renamed into it one batch at a time, so a kill between batches leaves
+    complete shards under final names (no _SUCCESS); the foreign file is never touched."""
+    root, ref_manifest, ref_files = reference
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("someone else's")
+    before = snapshot(str(out / "notes.txt"))
+    config_path = config_for(root, out)
+    proc = start_cli(config_path, "--overwrite", **{PAUSE_AT_ENV: "publish.renamed", PAUSE_DIR_ENV: str(tmp_path)})
+    assert wait_for(lambda: (tmp_path / "publish.renamed").exists(), proc), proc.communicate()[1].decode()[-3000:]
+    sigkill(proc)
+    left = check_killed_state(str(out), ref_files)
+    KILLS.append(("publish.renamed, foreign file present (file by file)", len(left), 0))
+    assert 0 < len(left) < len(ref_files) and aside(str(out)) == {}
+    (journal,) = [name for name in tree(str(out)) if name.endswith("/_PUBLISH.json")]
+    assert json.loads((out / journal).read_text())["mode"] == "files"
+    assert snapshot(str(out / "notes.txt")) == before
+    assert cli_main(["run", "--config", config_path, "--overwrite"]) == 0, capsys.readouterr().err
+    same_files(str(out), ref_files)
+    verify_and_load(str(out))
+    assert sorted(tree(str(out))) == sorted(set(ref_files) | set(MARKERS) | {"notes.txt"})
+    assert snapshot(str(out / "notes.txt")) == before and aside(str(out)) == {}
+
+
+def snapshot(path):
+    with open(path, "rb") as handle:
+        return handle.read(), os.stat(path).st_mtime_ns
 
 
 def test_debris_plus_a_foreign_file_needs_overwrite(reference, tmp_path, capsys):
@@ -202,7 +305,7 @@ def test_debris_plus_a_foreign_file_needs_overwrite(reference, tmp_path, capsys)
     out = tmp_path / "out"
     config_path = config_for(root, out)
     proc = start_cli(config_path, **{PAUSE_AT_ENV: "publish.start", PAUSE_DIR_ENV: str(tmp_path)})
-    assert wait_for(lambda: (tmp_path / "publish.start").exists(), proc)
+    assert wait_for(lambda: (tmp_path / "publish.start").exists(), proc), proc.communicate()[1].decode()[-3000:]
     sigkill(proc)
     (out / "mine.txt").write_text("someone else's")
     assert cli_main(["run", "--config", config_path]) == 2
