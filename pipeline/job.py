@@ -6,6 +6,7 @@
       --EmbedBatches------> EmbeddedBatch                          (+ rows with non-finite outputs)
       --PartitionBatches--> (shard, slice of the batch)
       --WriteShards-------> one complete temporary file per shard
+    rejected rows --RestoreInputColumns (Parquet: the columns not read, for these rows only)--> WriteRejected
       --FinalizeExport----> shard files, _rejected/, _MANIFEST.json, then _SUCCESS
 
 ``run_export`` checks everything it can before launching (``pipeline.preflight``), runs the
@@ -37,6 +38,7 @@ from transforms.ownership import JOURNAL_NAME
 from transforms.parquet_input import ReadParquetRowGroups
 from transforms.partition import PartitionBatches
 from transforms.read_datarecord import ReadDataRecords
+from transforms.rejected_columns import RestoreInputColumns
 from transforms.validate import ValidateAndBatch
 from transforms.write import DEFAULT_BUFFER_BYTES, WriteRejected, WriteShards
 
@@ -87,8 +89,11 @@ def build_pipeline(p: beam.Pipeline, plan: Union[ExportPlan, ExportConfig],
         _ = rows_read | "Progress" >> ReportRowsRead(progress_dir)
     rejected = ((validated.rejected, embedded.rejected, *read_rejected)
                 | "AllRejected" >> beam.Flatten()
-                | "WithErrorColumn" >> beam.Map(with_error_column)
-                | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema))
+                | "WithErrorColumn" >> beam.Map(with_error_column))
+    if len(plan.unread_columns):  # Parquet input with columns the job does not read
+        rejected = rejected | "RestoreInputColumns" >> RestoreInputColumns(
+            plan.unread_columns, cfg.input.key, {f.path: f.row_group_rows for f in plan.files})
+    rejected = rejected | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema)
     duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
     finalize_inputs = {"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates}
     if unreadable is not None:

@@ -29,10 +29,12 @@ from pipeline.config import ExportConfig
 from transforms.arrow_columns import is_list_type
 from transforms.finalize import MANIFEST_NAME, TEMP_DIR
 from transforms.isolate import ERROR_COLUMN
-from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, take_inventory
+from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, publish_siblings, take_inventory
+from transforms.rejected_columns import rejected_layout, union_schema, unread_columns
 from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, OutputLayout, OutputSpec,
                               PartitionSpec)
-from transforms.validate import REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG, ValidationRules
+from transforms.validate import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_ROW_TAG, SOURCE_TAG,
+                                 ValidationRules)
 from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
@@ -75,6 +77,9 @@ class ExportPlan:
       files: the input files, sorted, with their footer row counts.
       skipped_files: (path, why) of unreadable files skipped by ``input.on_bad_file: skip``.
       read_schema: the columns read and their types.
+      input_schema: every column of the Parquet input files (their union, in order of first
+        appearance, each with the type of the first file that has it), for the rejected rows;
+        None for DataRecord input.
       inputs / outputs: the signature inputs (with their columns) and exported outputs.
       partition: shard count and optional partition-id column.
       layout: the output directory, format and names.
@@ -99,6 +104,7 @@ class ExportPlan:
     created_at: str = field(default="")
     stale_files: Tuple[str, ...] = ()
     previous_runs: Tuple[str, ...] = ()
+    input_schema: Optional[pa.Schema] = None
 
     @property
     def total_rows(self) -> Optional[int]:
@@ -112,13 +118,17 @@ class ExportPlan:
         return ValidationRules(self.config.input.key, self.inputs, self.partition, self.read_schema)
 
     @property
+    def unread_columns(self) -> pa.Schema:
+        """Input columns the job does not read: restored for the rejected rows only."""
+        return unread_columns(self.read_schema, self.input_schema)
+
+    @property
     def rejected_schema(self) -> pa.Schema:
-        """Input columns, ``reason``, ``source_file``, ``error``; the schema metadata carries the
-        run-id stamp that marks the rejected-rows files as this job's (``transforms.ownership``)."""
-        return (self.read_schema.remove_metadata()
-                .append(pa.field(REASON_COLUMN, pa.string()))
-                .append(pa.field(SOURCE_COLUMN, pa.string()))
-                .append(pa.field(ERROR_COLUMN, pa.string()))
+        """Every input column (in the input files' order), ``reason``, ``source_file``,
+        ``source_row``, ``error`` (``transforms.rejected_columns.rejected_layout``); the schema
+        metadata carries the run-id stamp that marks the rejected-rows files as this job's
+        (``transforms.ownership``)."""
+        return (rejected_layout(self.read_schema, self.input_schema)
                 .with_metadata({RUN_ID_METADATA_KEY: self.run_id.encode("utf-8")}))
 
 
@@ -325,7 +335,7 @@ def _check_schema(path: str, schema: pa.Schema, config: ExportConfig, inputs: Se
             if not is_list_type(ctype) or not _value_type_accepts(ctype.value_type, spec.dtype):
                 raise PreflightError(f"{path}: {role} has type {ctype}; expected a list column of values "
                                      f"convertible to {spec.dtype}")
-    for reserved in (REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG):
+    for reserved in (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, ERROR_COLUMN, SOURCE_TAG, SOURCE_ROW_TAG):
         if reserved in _read_columns(config, inputs):
             raise PreflightError(f"input column {reserved!r} clashes with a column of the rejected-rows output")
 
@@ -368,6 +378,7 @@ def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
     files, skipped = [], []
     first_schema, first_path = None, None
     columns = _read_columns(config, inputs)
+    distinct: List[Tuple[str, pa.Schema]] = []  # (file, schema) where the schema changes
     for (path, size), (result, error) in zip(paths, footers):
         if error is not None:
             if config.input.on_bad_file == "skip":
@@ -385,13 +396,56 @@ def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
                      for c in columns if first_schema.field(c).type != read.field(c).type]
             raise PreflightError(f"{path}: column types differ from {first_path}: {'; '.join(diffs)}")
         files.append(InputFile(path, rows, len(group_rows), size, group_rows))
+        if not distinct or not schema.equals(distinct[-1][1], check_metadata=False):
+            distinct.append((path, schema))
     if not files:
         raise PreflightError(f"input.path {pattern}: no readable Parquet files (skipped: {skipped})")
-    return tuple(files), tuple(skipped), first_schema
+    return tuple(files), tuple(skipped), first_schema, _input_schema(distinct, first_schema)
+
+
+def _input_schema(schemas: Sequence[Tuple[str, pa.Schema]], read_schema: pa.Schema) -> pa.Schema:
+    """The union of the input files' columns (``union_schema``), warning about what the rejected
+    rows cannot keep as is: unread columns with other types in some files (cast to the first
+    type, null where a value does not cast) and unread columns named like the added columns."""
+    union, conflicts = union_schema(schemas)
+    unread = unread_columns(read_schema, union).names
+    for name, where in conflicts.items():
+        if name in unread:
+            path, other = where[0]
+            _LOG.warning("input column %r is %s in the first file that has it but %s in %s%s: the rejected "
+                         "rows of those files get it cast to %s (null, with a note in error, where it does not "
+                         "cast)", name, union.field(name).type, other, path,
+                         f" and {len(where) - 1} more files" if len(where) > 1 else "", union.field(name).type)
+    taken = [name for name in union.names if name not in read_schema.names and name not in unread]
+    if taken:
+        _LOG.warning("input columns %s are not kept in the rejected rows: the rejected-rows output uses "
+                     "these names", taken)
+    return union
 
 
 def _shown(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _note_killed_publish(path: str) -> None:
+    """Name the staging and moved-aside directories a killed directory publish left beside a
+    local output path (the run's finalize removes the job's files in them; nothing else). When
+    a kill between the publish's two renames left the output path a symlink to a missing
+    directory, make that directory again, empty, so that the run can write through the link."""
+    if "://" in path:
+        return
+    real = os.path.realpath(path)
+    siblings = publish_siblings(real)
+    if not siblings:
+        return
+    _LOG.warning("beside output.path %s: %s, left by killed run(s) %s; once this run has published, it "
+                 "removes the files in them that are this job's own", path,
+                 ", ".join(os.path.basename(sibling) for sibling, _, _ in siblings),
+                 ", ".join(sorted({run for _, run, _ in siblings})))
+    if os.path.islink(path) and not os.path.exists(path):
+        os.makedirs(real)
+        _LOG.warning("output.path %s is a symlink to %s, which a killed run had moved aside: made it again",
+                     path, real)
 
 
 def _check_output_dir(path: str, overwrite: bool) -> Inventory:
@@ -403,6 +457,7 @@ def _check_output_dir(path: str, overwrite: bool) -> Inventory:
     removed while foreign files stay, unless a foreign file has a name the export uses or a
     loader reads (then the run is refused: the job neither deletes nor mixes with it).
     """
+    _note_killed_publish(path)
     if "://" not in path and os.path.isfile(path):
         raise PreflightError(f"output.path {path} is a file; it must be a directory")
     try:
@@ -484,8 +539,9 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     if config.input.format == "datarecord":
         from pipeline.datarecord_input import scan_datarecord_inputs  # it imports this module
         files, skipped, read_schema = scan_datarecord_inputs(config, inputs)
+        input_schema = None
     else:
-        files, skipped, read_schema = _scan_inputs(config, inputs)
+        files, skipped, read_schema, input_schema = _scan_inputs(config, inputs)
         _warn_small_row_groups(files, config.model.batch_size)
     inventory = _check_output_dir(config.output.path, overwrite)
     run_id = run_id or new_run_id()
@@ -500,4 +556,4 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
                       read_schema=read_schema, inputs=inputs, outputs=outputs, partition=partition,
                       layout=layout, embedding_dim=int(dim), overwrite=overwrite, created_at=created,
                       stale_files=tuple(FileSystems.join(config.output.path, name) for name in inventory.ours),
-                      previous_runs=inventory.runs)
+                      previous_runs=inventory.runs, input_schema=input_schema)

@@ -216,7 +216,9 @@ def test_export_from_tfrecord_datarecords_end_to_end(inputs, expected, tfrecord_
             seen.add(key)
     assert seen == set(expected)
     rejected = pq.read_table(os.path.join(out, "_rejected"))
-    assert rejected.column_names == [KEY, "dense", "ids", "record_index", "reason", "source_file", "error"]
+    assert rejected.column_names == [KEY, "dense", "ids", "record_index", "reason", "source_file", "source_row",
+                                     "error"]
+    assert rejected.column("source_row").to_pylist() == rejected.column("record_index").to_pylist()
     found = sorted(zip(rejected.column("record_index").to_pylist(), rejected.column("reason").to_pylist(),
                        [os.path.basename(p) for p in rejected.column("source_file").to_pylist()]))
     assert found == sorted((i, reason, "thrift.tfrecord") for i, reason in bad.items())

@@ -44,7 +44,9 @@ def test_plan_resolves_inputs_outputs_rows_and_absolute_paths(users, tmp_path, m
                                                                       ("score", "user.score", ())]
     assert plan.embedding_dim == EMB_DIM
     assert plan.read_schema.names == ["user_id", "dense", "sparse_ids"]  # unread columns stay unread
-    assert plan.rejected_schema.names[-3:] == ["reason", "source_file", "error"]
+    assert plan.unread_columns.names == ["country"]                       # restored for rejected rows only
+    assert plan.rejected_schema.names == ["user_id", "dense", "sparse_ids", "country", "reason", "source_file",
+                                          "source_row", "error"]
 
 
 def test_signature_is_read_without_loading_the_model():

@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import DENSE_DIM, IDS_LEN, model_outputs, padded_ids, tiny_model, user_table
 from transforms.embed import NON_FINITE_EMBEDDING, EmbedBatches, SavedModelHandler, finite_rows
 from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
-from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, SOURCE_COLUMN, tag_source
+from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, tag_source
 from twml.feature_ids import feature_id
 
 FN_API = ["--runner=FnApiRunner"]
@@ -52,15 +52,15 @@ def test_finite_rows():
 
 def test_embed_batches_in_a_pipeline_with_metrics():
     t1 = tag_source(pa.concat_tables([user_table(np.arange(0, 30), 1).slice(0, 12), zero_row(999),
-                                      user_table(np.arange(12, 30), 1).slice(0, 18)]), "a.parquet")
-    t2 = tag_source(user_table(np.arange(100, 110), 2), "b.parquet")
+                                      user_table(np.arange(12, 30), 1).slice(0, 18)]), "a.parquet", 50)
+    t2 = tag_source(user_table(np.arange(100, 110), 2), "b.parquet", 0)
     p = BeamTestPipeline(argv=FN_API, blocking=False)
     out = (p | beam.Create([t1, t2]) | EmbedBatches(handler(), "user_id"))
     rows = out.embedded | "Rows" >> beam.FlatMap(
         lambda b: [(int(k), e.tolist(), float(s)) for k, e, s in zip(b.keys, b.outputs[0], b.outputs[1])])
     rejected = out.rejected | "Rejected" >> beam.FlatMap(
         lambda t: zip(t.column("user_id").to_pylist(), t.column(REASON_COLUMN).to_pylist(),
-                      t.column(SOURCE_COLUMN).to_pylist()))
+                      t.column(SOURCE_COLUMN).to_pylist(), t.column(SOURCE_ROW_COLUMN).to_pylist()))
     expected = []
     for table in (t1, t2):
         keys = table.column("user_id").to_pylist()
@@ -70,7 +70,7 @@ def test_embed_batches_in_a_pipeline_with_metrics():
             if k != 999:
                 expected.append((k, got["embedding"][i].tolist(), float(got["score"][i])))
     assert_that(rows, equal_to(expected), label="embedded rows")
-    assert_that(rejected, equal_to([(999, NON_FINITE_EMBEDDING, "a.parquet")]), label="rejected")
+    assert_that(rejected, equal_to([(999, NON_FINITE_EMBEDDING, "a.parquet", 62)]), label="rejected")  # 50 + 12
     result = p.run()
     result.wait_until_finish()
     metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))

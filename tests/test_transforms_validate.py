@@ -9,8 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import BAD_ROW_REASONS, DENSE_DIM, IDS_LEN, bad_rows, padded_ids, user_table
 from transforms.arrow_columns import column_to_input, pad_or_truncate, table_to_feeds
 from transforms.specs import KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, PartitionSpec
-from transforms.validate import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG, ValidateAndBatch, ValidationRules,
-                                 row_problems)
+from transforms.validate import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_ROW_TAG, SOURCE_TAG,
+                                 ValidateAndBatch, ValidationRules, row_problems, tag_rows)
 
 FN_API = ["--runner=FnApiRunner"]
 INPUTS = (InputSpec("dense", "dense", "float32", KIND_FIXED, DENSE_DIM),
@@ -92,23 +92,47 @@ def test_table_to_feeds_counts_truncations():
 
 
 def test_validate_and_batch_in_a_pipeline():
-    t1 = pa.concat_tables([user_table(np.arange(0, 25), 0), bad_rows(1000)])
-    t2 = user_table(np.arange(25, 32), 1)
+    # a.parquet's table is a row group starting at row 400 of its file; b.parquet's at row 0
+    t1 = tag_rows(pa.concat_tables([user_table(np.arange(0, 25), 0), bad_rows(1000)]), 400)
+    t2 = tag_rows(user_table(np.arange(25, 32), 1), 0)
     with BeamTestPipeline(argv=FN_API) as p:
         out = (p | beam.Create([("a.parquet", t1), ("b.parquet", t2)])
                | ValidateAndBatch(rules(), batch_size=10))
         sizes = out.batches | "Sizes" >> beam.Map(lambda t: (t.num_rows, t.column(SOURCE_TAG).cast(pa.string())[0].as_py()))
         keys = out.batches | "Keys" >> beam.FlatMap(lambda t: t.column("user_id").to_pylist())
+        # good rows keep their index in the file: key k < 25 of a.parquet is row 400 + k, 1007 is row 432
+        places = out.batches | "Places" >> beam.FlatMap(lambda t: zip(
+            t.column("user_id").to_pylist(), t.column(SOURCE_ROW_TAG).to_pylist()))
         rejected = out.rejected | "Reasons" >> beam.FlatMap(
-            lambda t: zip(t.column(REASON_COLUMN).to_pylist(), t.column(SOURCE_COLUMN).to_pylist()))
+            lambda t: zip(t.column(REASON_COLUMN).to_pylist(), t.column(SOURCE_COLUMN).to_pylist(),
+                          t.column(SOURCE_ROW_COLUMN).to_pylist()))
+        columns = out.rejected | "Columns" >> beam.Map(lambda t: t.column_names)
         read = out.rows_read | beam.CombineGlobally(sum)
         # batches never span input tables: 26 good rows of a.parquet -> 10, 10, 6; 7 of b.parquet -> 7
         assert_that(sizes, equal_to([(10, "a.parquet"), (10, "a.parquet"), (6, "a.parquet"), (7, "b.parquet")]),
                     label="batch sizes")
         assert_that(keys, equal_to(list(range(32)) + [1007]), label="good keys")
-        assert_that(rejected, equal_to([(r, "a.parquet") for n, r in BAD_ROW_REASONS.items() if n != "zero_row"]),
-                    label="rejected")
+        assert_that(places, equal_to([(k, 400 + k) for k in range(25)] + [(1007, 432)]
+                                     + [(k, k - 25) for k in range(25, 32)]), label="good rows' places")
+        assert_that(rejected, equal_to([(r, "a.parquet", 425 + i) for i, (n, r) in enumerate(BAD_ROW_REASONS.items())
+                                        if n != "zero_row"]), label="rejected")
+        assert_that(columns, equal_to([["user_id", "dense", "sparse_ids", REASON_COLUMN, SOURCE_COLUMN,
+                                        SOURCE_ROW_COLUMN]]), label="rejected columns")
         assert_that(read, equal_to([25 + len(BAD_ROW_REASONS) + 7]), label="rows read")
+
+
+def test_validation_refuses_a_table_without_row_indices():
+    with pytest.raises(ValueError, match=r"a.parquet: the table read has no __source_row__ column"):
+        with BeamTestPipeline(argv=FN_API) as p:
+            _ = p | beam.Create([("a.parquet", user_table(np.arange(3), 0))]) | ValidateAndBatch(rules(), 10)
+
+
+def test_tag_rows_from_a_first_row_or_indices():
+    table = user_table(np.arange(4), 0)
+    assert tag_rows(table, 7).column(SOURCE_ROW_TAG).to_pylist() == [7, 8, 9, 10]
+    assert tag_rows(table, np.array([3, 5, 6, 9], np.int32)).column(SOURCE_ROW_TAG).type == pa.int64()
+    with pytest.raises(ValueError, match="3 row indices for a table of 4 rows"):
+        tag_rows(table, np.arange(3))
 
 
 def test_rules_checks_are_deduplicated_for_a_column_feeding_two_inputs():

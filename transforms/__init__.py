@@ -10,6 +10,7 @@ In pipeline order:
                                the model fails on is bisected by isolate.isolate_failures)
     partition.PartitionBatches EmbeddedBatch -> (shard, slice), SPEC section 5
     write.WriteShards          slices -> one complete temporary file per shard (formats.*)
+    rejected_columns           rejected rows + the input columns the job did not read, read back
     write.WriteRejected        rejected rows -> temporary Parquet files
     duplicates                 written keys -> the duplicate-key counts for the manifest
     finalize.FinalizeExport    checks, publishes the files, _MANIFEST.json, then _SUCCESS

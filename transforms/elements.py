@@ -113,7 +113,8 @@ class ShardResult:
 
 @dataclass(frozen=True)
 class RejectedPart:
-    """A temporary Parquet file of rejected rows (input columns + ``reason`` + ``source_file``).
+    """A temporary Parquet file of rejected rows (input columns, ``reason``, ``source_file``,
+    ``source_row``, ``error``).
 
     Args:
       path: where it is (under ``_temporary/<run_id>/rejected/``).

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.finalize import ExportError
-from transforms.validate import REASON_COLUMN, SOURCE_COLUMN, SOURCE_TAG
+from transforms.validate import tagged_rejected_rows
 
 __all__ = ["ERROR_COLUMN", "MODEL_ERROR", "MAX_ERROR_CHARS", "Failure", "TooManyFailures", "Isolated", "isolate_failures",
            "describe_error", "commonest_errors", "model_error_rows", "with_error_column", "ModelFailureIsolation"]
@@ -132,13 +132,11 @@ def isolate_failures(run: Callable[[int, int], Outputs], size: int, first_error:
 
 
 def model_error_rows(table: pa.Table, failures: List[Failure]) -> pa.Table:
-    """The failed rows of a SOURCE_TAG-carrying batch as rejected rows: columns, reason
-    (``model_error:<exception type>``), source_file, error (the exception text)."""
+    """The failed rows of a tagged batch (``transforms.validate.tag_source``) as rejected rows:
+    columns, reason (``model_error:<exception type>``), source_file, source_row, error (the
+    exception text)."""
     rows = table.take(pa.array([f.row for f in failures], pa.int64()))
-    source = rows.column(SOURCE_TAG).cast(pa.string())
-    rows = rows.drop_columns([SOURCE_TAG])
-    rows = rows.append_column(REASON_COLUMN, pa.array([f"{MODEL_ERROR}:{f.kind}" for f in failures], pa.string()))
-    rows = rows.append_column(SOURCE_COLUMN, source)
+    rows = tagged_rejected_rows(rows, pa.array([f"{MODEL_ERROR}:{f.kind}" for f in failures], pa.string()))
     return rows.append_column(ERROR_COLUMN, pa.array([f.error for f in failures], pa.string()))
 
 

@@ -4,16 +4,17 @@ Beam's ``ReadAllFromParquetBatched`` fails on a damaged page with pyarrow's bare
 ("Couldn't deserialize thrift ...") and no file name. Here each element is one row group
 ``(file, index, rows by the footer read at launch)``, spread over workers by a Reshuffle, read
 with ``ParquetFile.read_row_group`` as Beam does (so a table is still exactly one row group,
-whatever the runner). A row group that cannot be read, or no longer holds the rows its footer
-promised at launch, is tried once more (a transient read error is not corruption) and then
-either fails the job with the file, row group and error (``on_bad_file: fail``), or goes to the
-``unreadable`` output (``on_bad_file: skip``): the manifest lists it and counts its rows as
-unreadable, so nothing is dropped silently.
+whatever the runner), each row tagged with its index in the file (``validate.tag_rows``: the
+row group's first row is the sum of the rows of the groups before it). A row group that cannot
+be read, or no longer holds the rows its footer promised at launch, is tried once more (a
+transient read error is not corruption) and then either fails the job with the file, row group
+and error (``on_bad_file: fail``), or goes to the ``unreadable`` output (``on_bad_file: skip``):
+the manifest lists it and counts its rows as unreadable, so nothing is dropped silently.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -24,7 +25,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.finalize import ExportError
 from transforms.pause_points import pause_point
-from transforms.validate import METRICS_NAMESPACE
+from transforms.validate import METRICS_NAMESPACE, tag_rows
 
 __all__ = ["RowGroup", "UnreadableRowGroup", "ReadParquetRowGroups", "UNREADABLE", "read_row_group"]
 
@@ -34,10 +35,12 @@ _ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class RowGroup:
-    """One row group to read: the file, its index, and its rows by the footer read at launch."""
+    """One row group to read: the file, its index, its rows by the footer read at launch, and
+    the index in the file of its first row."""
     path: str
     index: int
     rows: int
+    first_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,16 @@ def read_row_group(parquet: pq.ParquetFile, group: RowGroup, columns: Sequence[s
         raise ValueError(f"it holds {table.num_rows} rows, its footer said {group.rows} at launch "
                          "(the file changed during the run)")
     return table
+
+
+def _row_groups(path: str, group_rows: Sequence[int]) -> List[RowGroup]:
+    """The row groups of ``path`` with their rows and first rows, from its footer's row counts."""
+    first = 0
+    groups = []
+    for i, rows in enumerate(group_rows):
+        groups.append(RowGroup(path, i, rows, first))
+        first += rows
+    return groups
 
 
 def _one_line(text: str) -> str:
@@ -101,7 +114,7 @@ class _ReadRowGroupFn(beam.DoFn):
                 self._close()
                 continue
             pause_point("read.row_group")
-            yield group.path, table
+            yield group.path, tag_rows(table, group.first_row)
             return
         message = _one_line(f"{type(error).__name__}: {error}")
         if self._skip:
@@ -120,8 +133,8 @@ class _ReadRowGroupFn(beam.DoFn):
 
 
 class ReadParquetRowGroups(beam.PTransform):
-    """Input file paths -> (file, Arrow table of one row group); tagged output ``unreadable``
-    (UnreadableRowGroup) for row groups skipped by ``on_bad_file: skip``.
+    """Input file paths -> (file, Arrow table of one row group, plus SOURCE_ROW_TAG); tagged
+    output ``unreadable`` (UnreadableRowGroup) for row groups skipped by ``on_bad_file: skip``.
 
     Args:
       row_groups: {file path: rows of each of its row groups, by the footer read at launch}.
@@ -139,8 +152,7 @@ class ReadParquetRowGroups(beam.PTransform):
         row_groups = self._row_groups
         return (paths
                 | "RowGroups" >> beam.FlatMap(
-                    lambda path: [RowGroup(path, i, rows) for i, rows in enumerate(row_groups[path])]
-                ).with_output_types(RowGroup)
+                    lambda path: _row_groups(path, row_groups[path])).with_output_types(RowGroup)
                 | "Spread" >> beam.Reshuffle()
                 | "ReadRowGroup" >> beam.ParDo(_ReadRowGroupFn(self._columns, self._on_bad_file)).with_outputs(
                     UNREADABLE, main="tables"))

@@ -19,8 +19,10 @@ become which column:
 - the key is the discrete feature ``key_feature_id``; a record without it has a null key (rejected).
 
 Every row also carries ``record_index``, the record's index in its file, so that any rejected
-row can be found in the input. Records whose framing is intact but whose bytes are not a valid
-DataRecord go to the ``rejected`` output (reason ``undecodable_record``, with the file, record
+row can be found in the input; the emitted tables carry it a second time as the hidden
+SOURCE_ROW_TAG, from which rejected rows get ``source_row`` as Parquet rows do (for a DataRecord
+input ``source_row == record_index``). Records whose framing is intact but whose bytes are not a
+valid DataRecord go to the ``rejected`` output (reason ``undecodable_record``, with the file, record
 index and the decoder's error) and are counted in ``rows_read``; nothing is dropped silently. A broken frame (truncated
 file, crc mismatch, missing block marker) makes the rest of the file unreadable, so the record
 count itself is unknown: that fails the run with the file and byte offset.
@@ -41,7 +43,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.finalize import ExportError
 from transforms.isolate import ERROR_COLUMN
-from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, REJECTED, ROWS_READ, SOURCE_COLUMN
+from transforms.validate import (METRICS_NAMESPACE, REASON_COLUMN, REJECTED, ROWS_READ, SOURCE_COLUMN,
+                                 SOURCE_ROW_COLUMN, tag_rows)
 from twml.decode import decode_data_record
 from twml.errors import RecordFormatError
 from twml.io.block import iter_block_records
@@ -232,13 +235,14 @@ def records_to_table(records: Sequence[bytes], source: DataRecordSource, path: O
 
 def undecodable_table(bad: Sequence[Tuple[int, str]], schema: pa.Schema, source_file: str) -> pa.Table:
     """Rejected rows for undecodable records, from their (record index, error): null feature
-    columns, ``record_index``, reason ``undecodable_record``, the file and the decoder's error."""
+    columns, ``record_index``, reason ``undecodable_record``, the file, ``source_row`` (the record
+    index again) and the decoder's error."""
     n = len(bad)
-    indices = np.asarray([i for i, _ in bad], dtype=np.int64)
-    arrays = [pa.nulls(n, f.type) if f.name != RECORD_INDEX_COLUMN else pa.array(indices) for f in schema]
-    arrays += [pa.array([UNDECODABLE] * n, pa.string()), pa.array([source_file] * n, pa.string()),
+    indices = pa.array(np.asarray([i for i, _ in bad], dtype=np.int64))
+    arrays = [pa.nulls(n, f.type) if f.name != RECORD_INDEX_COLUMN else indices for f in schema]
+    arrays += [pa.array([UNDECODABLE] * n, pa.string()), pa.array([source_file] * n, pa.string()), indices,
                pa.array([error for _, error in bad], pa.string())]
-    names = list(schema.names) + [REASON_COLUMN, SOURCE_COLUMN, ERROR_COLUMN]
+    names = list(schema.names) + [REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, ERROR_COLUMN]
     return pa.Table.from_arrays(arrays, names=names)
 
 
@@ -297,7 +301,7 @@ class _ReadDataRecordFileFn(beam.DoFn):
                             REJECTED, undecodable_table(bad, source.schema, path))
                         yield beam.pvalue.TaggedOutput(ROWS_READ, len(bad))
                     if table.num_rows:
-                        yield path, table
+                        yield path, tag_rows(table, table.column(RECORD_INDEX_COLUMN))
             except RecordFormatError as err:
                 # The frame is broken: how many records the rest of the file holds is unknown,
                 # so the accounting cannot be kept. Stop, naming the file and offset.
@@ -310,9 +314,9 @@ class _ReadDataRecordFileFn(beam.DoFn):
 
 
 class ReadDataRecords(beam.PTransform):
-    """File paths -> ``(file, Arrow table of source.schema)``, like the Parquet read; tagged outputs
-    ``rejected`` (tables of undecodable records in the rejected-rows layout) and ``rows_read``
-    (their counts; validation counts the rest).
+    """File paths -> ``(file, Arrow table of source.schema plus SOURCE_ROW_TAG)``, like the Parquet
+    read; tagged outputs ``rejected`` (tables of undecodable records in the rejected-rows layout)
+    and ``rows_read`` (their counts; validation counts the rest).
 
     Args:
       source: container, key and feature columns (``DataRecordSource``).

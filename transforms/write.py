@@ -18,7 +18,8 @@ leaves orphan parts that no metadata names; finalize removes them with the tempo
 A worker's memory is bounded by one batch plus ``buffer_bytes`` plus the open files' buffers,
 whatever the number of rows or shards.
 
-``WriteRejected``: one Parquet file of rejected rows per bundle, under ``_temporary/<run_id>/rejected/``.
+``WriteRejected``: one Parquet file of rejected rows per bundle, under ``_temporary/<run_id>/rejected/``
+(the rows arrive complete: ``transforms.rejected_columns`` restores the input columns not read).
 """
 from __future__ import annotations
 
@@ -264,7 +265,8 @@ class WriteRejected(beam.PTransform):
 
     Args:
       layout: output directory and run id.
-      schema: the rejected-row schema (input columns, ``reason``, ``source_file``).
+      schema: the rejected-row schema (input columns, ``reason``, ``source_file``, ``source_row``,
+        ``error``: ``transforms.rejected_columns.rejected_layout``).
     """
 
     def __init__(self, layout: OutputLayout, schema: pa.Schema):

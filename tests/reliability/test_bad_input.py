@@ -204,3 +204,64 @@ def test_duplicate_keys_are_exported_as_they_come_and_counted(tmp_path):
     report = verify_export(str(out))
     assert report.ok and any("duplicate key" in w for w in report.warnings)
     ROWS_CHECKED.append(f"duplicate keys: {len(written)} records decoded")
+
+
+# -- rejected rows keep every input column and point at their row -----------------------------------
+
+def with_extra_columns(table, first, int_type, tags=True):
+    """``table`` plus columns the job does not read: age (``int_type``, some null), tags
+    (list<string>, when ``tags``) and joined (timestamp); values from the row's position + ``first``."""
+    n = table.num_rows
+    at = range(first, first + n)
+    table = table.append_column("age", pa.array([None if i % 9 == 4 else i % 90 for i in at], int_type))
+    if tags:
+        table = table.append_column("tags", pa.array([[f"t{i}"] * (i % 3) for i in at], pa.list_(pa.string())))
+    return table.append_column("joined", pa.array(np.arange(first, first + n) * 86_400_000_000, pa.timestamp("us")))
+
+
+def test_rejected_rows_keep_all_their_input_columns_and_their_row(tmp_path):
+    """Guarantee 1: a rejected row of every kind (validation, model failure, non-finite output)
+    keeps the columns the job did not read, read back from its file at ``source_row``; files with
+    other columns (and another type for one) give one rejected schema, null where a file lacks a column."""
+    from pipeline_fixtures import BAD_ROW_REASONS, bad_rows, tiny_config
+    from rel_support import poison_model, poisoned_users, rejected_table
+
+    os.makedirs(tmp_path / "in")
+    a = poisoned_users(np.arange(0, 700, dtype=np.int64), [5, 650], seed=1)
+    a = pa.concat_tables([a.slice(0, 300), bad_rows(10 ** 12), a.slice(300)])        # bad rows at 300..307
+    a = with_extra_columns(a, 0, pa.int32())
+    b = poisoned_users(np.arange(5000, 5500, dtype=np.int64), [499], seed=2)
+    b = pa.concat_tables([bad_rows(2 * 10 ** 12), b])                                 # bad rows at 0..7
+    b = with_extra_columns(b, 10_000, pa.int64(), tags=False)                        # age int64, no tags
+    b = b.select(["age", "user_id", "dense", "sparse_ids", "joined", "country"])     # another column order
+    b = b.append_column("plan", pa.array([f"p{i % 4}" for i in range(b.num_rows)]))  # a column of its own
+    paths = {"a.parquet": str(tmp_path / "in" / "a.parquet"), "b.parquet": str(tmp_path / "in" / "b.parquet")}
+    pq.write_table(a, paths["a.parquet"], row_group_size=200)
+    pq.write_table(b, paths["b.parquet"], row_group_size=200)
+    out = str(tmp_path / "out")
+    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), poison_model(), out, num_shards=4,
+                                      max_reject_fraction=0.05))
+    assert manifest["rows_read"] == a.num_rows + b.num_rows == manifest["rows_written"] + manifest["rows_rejected"]
+    expected = {reason: 2 for reason in BAD_ROW_REASONS.values()}
+    expected["model_error:InvalidArgumentError"] = 3
+    assert manifest["rejected_by_reason"] == expected
+    assert_accounted(out, manifest)
+    rejected = rejected_table(out, manifest)
+    assert rejected.column_names == ["user_id", "dense", "sparse_ids", "country", "age", "tags", "joined", "plan",
+                                     "reason", "source_file", "source_row", "error"]
+    assert rejected.schema.field("age").type == pa.int32()                  # the first file's type
+    sources = {path: pq.read_table(path) for path in paths.values()}
+    rows = rejected.to_pylist()
+    for row in rows:
+        want = sources[row["source_file"]].slice(row["source_row"], 1).to_pylist()[0]
+        for name in rejected.column_names[:8]:
+            # the input row's value (repr: NaN equals NaN), null where its file has no such column
+            assert repr(row[name]) == repr(want.get(name)), (row["reason"], name, row[name], want.get(name))
+        if row["reason"].startswith("model_error:"):
+            assert "poisoned id in the batch" in row["error"]
+        else:
+            assert row["error"] is None                                     # nothing failed restoring
+    places = sorted((os.path.basename(r["source_file"]), r["source_row"]) for r in rows)
+    assert places == sorted([("a.parquet", i) for i in [5, 300, 301, 302, 303, 304, 305, 306, 307, 658]]
+                            + [("b.parquet", i) for i in [0, 1, 2, 3, 4, 5, 6, 7, 507]])
+    ROWS_CHECKED.append(f"rejected rows with their input columns: {len(rows)} rows compared with their source row")

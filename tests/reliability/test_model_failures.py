@@ -115,7 +115,7 @@ def test_a_model_returning_the_wrong_row_count_is_an_error_not_a_bad_row():
 
 def test_isolation_builds_rejected_rows_with_columns_reason_and_error():
     table = tag_source(pa.table({"user_id": pa.array([10, 11, 12, 13], pa.int64()),
-                                 "x": pa.array([1.0, -1.0, 2.0, -2.0])}), "in/a.parquet")
+                                 "x": pa.array([1.0, -1.0, 2.0, -2.0])}), "in/a.parquet", 20)
     feeds = {"x": np.array([1.0, -1.0, 2.0, -2.0])}
 
     def run(part):
@@ -128,12 +128,12 @@ def test_isolation_builds_rejected_rows_with_columns_reason_and_error():
     assert kept.column("user_id").to_pylist() == [10, 12] and SOURCE_TAG in kept.column_names
     np.testing.assert_array_equal(outputs["y"], [10.0, 20.0])
     np.testing.assert_array_equal(kept_feeds["x"], [1.0, 2.0])
-    assert rejected.column_names == ["user_id", "x", "reason", "source_file", ERROR_COLUMN]
+    assert rejected.column_names == ["user_id", "x", "reason", "source_file", "source_row", ERROR_COLUMN]
     assert rejected.to_pylist() == [
         {"user_id": 11, "x": -1.0, "reason": "model_error:ArithmeticError", "source_file": "in/a.parquet",
-         "error": "ArithmeticError: negative input"},
+         "source_row": 21, "error": "ArithmeticError: negative input"},
         {"user_id": 13, "x": -2.0, "reason": "model_error:ArithmeticError", "source_file": "in/a.parquet",
-         "error": "ArithmeticError: negative input"}]
+         "source_row": 23, "error": "ArithmeticError: negative input"}]
     assert iso.failed_rows == 2
     with pytest.raises(ExportError, match=r"m failed on 6 rows \(each run alone after splitting its batch\), "
                                           r"more than the 5 rows .* commonest errors: 2 x ArithmeticError"):
