@@ -244,3 +244,69 @@ def test_runs_of_empty_structs_are_refused():
         decode_batch_prediction_response(data)
     few = bytes([15, 0, 1, 12]) + struct.pack(">i", 10) + b"\x00" * 10 + b"\x00"
     assert len(decode_batch_prediction_response(few).predictions) == 10
+
+
+# -- the native column decoder (twml.decode_columns) -----------------------------------------------
+
+from transforms.read_datarecord import (CONTINUOUS, SPARSE_BINARY, DataRecordSource, FeatureColumn,  # noqa: E402
+                                        records_to_table, records_to_table_slow)
+from twml import decode_columns  # noqa: E402
+
+NATIVE_SOURCE = DataRecordSource("tfrecord", "key", KEY_ID, (
+    FeatureColumn("dense", CONTINUOUS, (3,), default=0.0), FeatureColumn("ids", SPARSE_BINARY, (5,))))
+PLAIN = serialize(data_thrift.DataRecord(continuousFeatures={3: 1.5}, discreteFeatures={KEY_ID: 4},
+                                         sparseBinaryFeatures={5: {"x", "yz"}}, binaryFeatures={1}))
+
+
+def _native_flags(records):
+    buf, offsets = decode_columns.pack_records(records)
+    return decode_columns.extract_columns(buf, offsets, [3], [KEY_ID], [5]).flagged
+
+
+def _same_as_one_by_one(records):
+    fast, fast_bad = records_to_table(records, NATIVE_SOURCE, "mem")
+    slow, slow_bad = records_to_table_slow(records, NATIVE_SOURCE, "mem")
+    assert fast.schema == slow.schema and fast_bad == slow_bad
+    for name in fast.column_names:            # floats by their bits: a flip may make a NaN
+        assert _bits(fast.column(name).to_pylist()) == _bits(slow.column(name).to_pylist()), name
+
+
+def _bits(value):
+    if isinstance(value, float):
+        return struct.pack("<d", value)
+    return [_bits(v) for v in value] if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("record", VALID_RECORDS + [PLAIN])
+def test_native_decoder_every_truncation_and_bit_flip(record):
+    cuts = [record[:cut] for cut in range(len(record))] + [record + b"\x00"]
+    assert _native_flags(cuts).all()          # each is an invalid record: never read natively
+    flips = []
+    for i in range(len(record)):
+        for bit in range(8):
+            flipped = bytearray(record)
+            flipped[i] ^= 1 << bit
+            flips.append(bytes(flipped))
+    for i in np.flatnonzero(~_native_flags(flips)):
+        decode_data_record(flips[i])          # what the kernel reads, the validator accepts
+    _same_as_one_by_one(cuts)
+    _same_as_one_by_one(flips)
+
+
+@pytest.mark.parametrize("data", [
+    _huge_string_record(),
+    bytes([14, 0, 1, 10]) + struct.pack(">i", 2 ** 31 - 1) + b"\x00" * 50,
+    bytes([13, 0, 8, 10, 12]) + struct.pack(">i", 2 ** 31 - 1) + b"\x00" * 50,
+    bytes([13, 0, 5, 10, 14, 0, 0, 0, 1]) + struct.pack(">qbi", 5, 11, 2 ** 31 - 1) + b"\x00" * 50,
+    bytes([15, 0, 99]) + bytes([15, 0, 0, 0, 1]) * 1000,                          # 1000 levels deep
+    bytes([12, 0, 99]) + bytes([12, 0, 1]) * 100_000,                              # deep unknown structs
+])
+def test_native_decoder_flags_hostile_records_at_no_cost(data):
+    _native_flags([PLAIN])                    # compiled before measuring
+    tracemalloc.start()
+    try:
+        assert _native_flags([data] * 8).all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 + 8 * len(data), peak

@@ -26,9 +26,16 @@ valid DataRecord go to the ``rejected`` output (reason ``undecodable_record``, w
 index and the decoder's error) and are counted in ``rows_read``; nothing is dropped silently. A broken frame (truncated
 file, crc mismatch, missing block marker) makes the rest of the file unreadable, so the record
 count itself is unknown: that fails the run with the file and byte offset.
+
+Decoding is batched: ``twml.decode_columns``' numba kernel reads the configured features of a
+whole chunk straight from the bytes (about 20x the one-by-one decoder on reference-sized
+records); records it is not certain of, malformed ones among them, go through
+``decode_data_record`` one by one, so values, rejects and messages are the same either way.
+``records_to_table_slow`` is that one-by-one path for every record.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from operator import itemgetter
@@ -45,14 +52,15 @@ from transforms.finalize import ExportError
 from transforms.isolate import ERROR_COLUMN
 from transforms.validate import (METRICS_NAMESPACE, REASON_COLUMN, REJECTED, ROWS_READ, SOURCE_COLUMN,
                                  SOURCE_ROW_COLUMN, tag_rows)
+from twml import decode_columns
 from twml.decode import decode_data_record
 from twml.errors import RecordFormatError
 from twml.io.block import iter_block_records
 from twml.io.compression import GZIP_MAGIC
 from twml.io.tfrecord import iter_tfrecords
 
-__all__ = ["FeatureColumn", "DataRecordSource", "ReadDataRecords", "records_to_table", "undecodable_table",
-           "twml_string_hashes", "sparse_binary_ids", "open_record_file", "iter_file_records",
+__all__ = ["FeatureColumn", "DataRecordSource", "ReadDataRecords", "records_to_table", "records_to_table_slow",
+           "undecodable_table", "twml_string_hashes", "sparse_binary_ids", "open_record_file", "iter_file_records",
            "CONTINUOUS", "DISCRETE", "SPARSE_BINARY", "CONTAINERS", "RECORD_INDEX_COLUMN", "UNDECODABLE"]
 
 _LOG = logging.getLogger(__name__)
@@ -211,6 +219,12 @@ def records_to_table(records: Sequence[bytes], source: DataRecordSource, path: O
                      first_index: int = 0) -> Tuple[pa.Table, List[Tuple[int, str]]]:
     """Decode serialized DataRecords into a table of ``source.schema``.
 
+    The batch goes through ``twml.decode_columns``' native kernel, which reads the wanted
+    features straight from the bytes; the records it flags (anything it is not certain of, every
+    malformed record among them) and every record when numba is unavailable or the source has a
+    default the kernel does not model are decoded one by one with ``decode_data_record``, so
+    values, rejects and error messages are those of the one-by-one decoder.
+
     Args:
       records: the serialized records.
       source: which features become which column.
@@ -219,18 +233,152 @@ def records_to_table(records: Sequence[bytes], source: DataRecordSource, path: O
     Returns:
       (the table of the decodable records, [(record index, error) of the others]).
     """
-    decoded, indices, bad = [], [], []
-    for i, data in enumerate(records, start=first_index):
+    plan = _fast_plan(source)
+    if plan is not None and decode_columns.native_ready():
+        return _records_to_table_fast(records, source, plan, path, first_index)
+    return records_to_table_slow(records, source, path, first_index)
+
+
+def records_to_table_slow(records: Sequence[bytes], source: DataRecordSource, path: Optional[str] = None,
+                          first_index: int = 0) -> Tuple[pa.Table, List[Tuple[int, str]]]:
+    """``records_to_table`` decoding every record with ``decode_data_record`` (the reference the
+    native path is tested against, and its fallback)."""
+    decoded, indices, bad = _decode_records(records, range(first_index, first_index + len(records)), path)
+    return _decoded_table(decoded, indices, source), bad
+
+
+def _decode_records(records: Sequence[bytes], indices, path: Optional[str]):
+    """(decoded records, their indices, [(index, error)] of the undecodable ones)."""
+    decoded, good, bad = [], [], []
+    for i, data in zip(indices, records):
         try:
             decoded.append(decode_data_record(data, path))
-            indices.append(i)
+            good.append(i)
         except RecordFormatError as err:
             at = "" if err.offset is None else f" (byte {err.offset} of the record)"
             bad.append((i, f"record {i}{at}: {err.reason}"))
+    return decoded, good, bad
+
+
+def _decoded_table(decoded: Sequence, indices: Sequence[int], source: DataRecordSource) -> pa.Table:
     arrays = [_dense_values([r.discreteFeatures for r in decoded], (source.key_feature_id,), None, pa.int64())]
     arrays += [_column_array(c, decoded) for c in source.columns]
     arrays.append(pa.array(np.asarray(indices, dtype=np.int64)))
-    return pa.Table.from_arrays(arrays, schema=source.schema), bad
+    return pa.Table.from_arrays(arrays, schema=source.schema)
+
+
+# ------------------------------------------------------------------------------------------------
+# The native path (twml.decode_columns).
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the kernel extracts: the continuous and discrete ids in output layout (the key,
+    then each column's features in order, so a column is a slice), sorted unique sparse ids, and
+    each column's slice of its layout (or indices into the sparse ids)."""
+    continuous: np.ndarray
+    discrete: np.ndarray
+    sparse: np.ndarray
+    places: Tuple[np.ndarray, ...]   # per column: [start, stop) in its layout, or sparse indices
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _int64_id(value) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _default_modelled(column: FeatureColumn) -> bool:
+    """Whether the native path fills ``column``'s missing features exactly as pa.array does."""
+    default = column.default
+    if default is None:
+        return True
+    if column.kind == CONTINUOUS:
+        return type(default) is float or (type(default) is int and abs(default) <= 1 << 53)
+    return column.kind == DISCRETE and _int64_id(default)
+
+
+def _fast_plan(source: DataRecordSource) -> Optional[_Plan]:
+    """The kernel's feature ids for ``source``, or None when a column needs the slow path."""
+    try:
+        return _cached_plan(source)
+    except TypeError:   # unhashable (e.g. feature ids given as a list): plan it afresh
+        return _cached_plan.__wrapped__(source)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_plan(source: DataRecordSource) -> Optional[_Plan]:
+    if not _int64_id(source.key_feature_id):
+        return None
+    layout = {CONTINUOUS: [], DISCRETE: [source.key_feature_id]}
+    sparse = sorted({f for c in source.columns if c.kind == SPARSE_BINARY for f in c.feature_ids})
+    places = []
+    for column in source.columns:
+        if column.kind not in (CONTINUOUS, DISCRETE, SPARSE_BINARY) or not _default_modelled(column) \
+                or not all(_int64_id(f) for f in column.feature_ids):
+            return None
+        if column.kind == SPARSE_BINARY:
+            places.append(np.searchsorted(sparse, column.feature_ids).astype(np.int64))
+        else:
+            ids = layout[column.kind]
+            places.append(np.array([len(ids), len(ids) + len(column.feature_ids)]))
+            ids.extend(column.feature_ids)
+    return _Plan(np.array(layout[CONTINUOUS], dtype=np.int64), np.array(layout[DISCRETE], dtype=np.int64),
+                 np.array(sparse, dtype=np.int64), tuple(places))
+
+
+def _extracted_dense(values: np.ndarray, present: np.ndarray, rows: Optional[np.ndarray], start: int, stop: int,
+                     default, value_type: pa.DataType, scalar: bool) -> pa.Array:
+    """A dense column from the kernel's [B, n] values/present (columns [start, stop), rows
+    ``rows`` or all when None), as ``_column_array`` builds it."""
+    values, present = values[:, start:stop], present[:, start:stop]
+    if rows is not None:
+        values, present = values[rows], present[rows]
+    flat = values.reshape(-1)      # a copy unless the slice is the whole width
+    found = present.reshape(-1)
+    if default is None:
+        missing = ~found
+        array = pa.array(flat, value_type, mask=missing if missing.any() else None)
+    else:
+        if not found.all():
+            flat[~found] = default   # the column's own slots of the kernel's output (or a copy)
+        array = pa.array(flat, value_type)
+    if scalar:
+        return array
+    offsets = np.arange(len(found) // max(stop - start, 1) + 1, dtype=np.int32) * (stop - start)
+    return pa.ListArray.from_arrays(pa.array(offsets), array)
+
+
+def _records_to_table_fast(records: Sequence[bytes], source: DataRecordSource, plan: _Plan,
+                           path: Optional[str], first_index: int) -> Tuple[pa.Table, List[Tuple[int, str]]]:
+    buf, offsets = decode_columns.pack_records(records)
+    got = decode_columns.extract_columns(buf, offsets, plan.continuous, plan.discrete, plan.sparse)
+    rows = np.flatnonzero(~got.flagged)
+    some = rows if len(rows) < len(records) else None
+    arrays = [_extracted_dense(got.discrete, got.discrete_present, some, 0, 1, None, pa.int64(), True)]
+    for column, place in zip(source.columns, plan.places):
+        if column.kind == SPARSE_BINARY:
+            row_offsets, ids = decode_columns.sparse_binary_column(
+                buf, got, place, np.asarray(column.feature_ids, dtype=np.int64), rows)
+            arrays.append(pa.ListArray.from_arrays(pa.array(row_offsets), pa.array(ids, pa.int64())))
+        elif column.kind == CONTINUOUS:
+            arrays.append(_extracted_dense(got.continuous, got.continuous_present, some, place[0], place[1],
+                                           column.default, pa.float64(), column.scalar))
+        else:
+            arrays.append(_extracted_dense(got.discrete, got.discrete_present, some, place[0], place[1],
+                                           column.default, pa.int64(), column.scalar))
+    arrays.append(pa.array(rows + first_index))
+    table = pa.Table.from_arrays(arrays, schema=source.schema)
+    flagged = np.flatnonzero(got.flagged)
+    if not len(flagged):
+        return table, []
+    # The records the kernel was unsure of: decoded one by one, merged back in record order.
+    decoded, indices, bad = _decode_records([records[i] for i in flagged], (flagged + first_index).tolist(), path)
+    if decoded:
+        merged = pa.concat_tables([table, _decoded_table(decoded, indices, source)])
+        order = np.argsort(np.concatenate([rows + first_index, np.asarray(indices, dtype=np.int64)]), kind="stable")
+        table = merged.take(pa.array(order)).combine_chunks()
+    return table, bad
 
 
 def undecodable_table(bad: Sequence[Tuple[int, str]], schema: pa.Schema, source_file: str) -> pa.Table:
