@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from twml.encode import EncodedRecords
 from twml.errors import RecordFormatError
-from twml.io.compression import PathLike, PieceReader, open_for_read, open_for_write
+from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
 
 __all__ = ["BLOCK_MARKER", "DATA_RECORD_CLASS_NAME", "DEFAULT_RECORDS_PER_BLOCK", "SerializedBlock",
            "encode_block", "BlockWriter", "iter_block_records", "read_block_records"]
@@ -66,7 +66,7 @@ def encode_block(records: List[bytes], class_name: str = DATA_RECORD_CLASS_NAME)
     return BLOCK_MARKER + _SIZE.pack(len(payload)) + payload
 
 
-class BlockWriter:
+class BlockWriter(RecordFileWriter):
     """Streams records into elephant-bird blocks.
 
     Args:
@@ -86,21 +86,13 @@ class BlockWriter:
             raise ValueError(f"records_per_block must be >= 1, got {records_per_block}")
         if not class_name or len(class_name.encode("utf-8")) > _MAX_CLASS_NAME:
             raise ValueError(f"class_name must be 1 to {_MAX_CLASS_NAME} bytes, got {class_name!r}")
-        if isinstance(target, (str, os.PathLike)):
-            self._file = open_for_write(target, compression)
-            self._owns_file = True
-        else:
-            if compression not in (None, "auto", "none"):
-                raise ValueError("compression applies to paths only; wrap the file object yourself")
-            self._file = target
-            self._owns_file = False
+        super().__init__(target, compression)
         self.records_per_block = int(records_per_block)
         self.class_name = class_name
         self.records = 0
         self.blocks = 0
         self.bytes_written = 0
         self._pending: List[bytes] = []
-        self._closed = False
 
     def write(self, record: bytes) -> None:
         """Add one serialized record; a block is written each time ``records_per_block`` are waiting."""
@@ -136,14 +128,8 @@ class BlockWriter:
             self._pending = []
         self._file.flush()
 
-    def close(self) -> None:
-        """Flush; close the file only if this writer opened it. Idempotent."""
-        if self._closed:
-            return
+    def _finish(self) -> None:
         self.flush()
-        self._closed = True
-        if self._owns_file:
-            self._file.close()
 
     def _write_block(self, records: List[bytes]) -> None:
         block = encode_block(records, self.class_name)
@@ -151,16 +137,6 @@ class BlockWriter:
         self.records += len(records)
         self.blocks += 1
         self.bytes_written += len(block)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("BlockWriter is closed")
-
-    def __enter__(self) -> "BlockWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def iter_block_records(fileobj: BinaryIO, path: Optional[str] = None,

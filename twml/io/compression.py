@@ -1,7 +1,8 @@
 """Local files with optional gzip, and bounded reads from (possibly compressed) record streams.
 
 The container writers take any binary file object (the Beam side hands them files opened by
-Beam's FileSystems, which may compress by itself); ``open_for_*`` are for local paths only.
+Beam's FileSystems, which may compress by itself) or a local path; ``RecordFileWriter`` is what
+they share (the target, closing, the context manager), ``open_for_*`` are for local paths only.
 ``PieceReader`` (over ``read_exactly``) is what both readers use, so that a length field cannot
 make them allocate more than the input actually holds, and so that gzip errors surface as
 RecordFormatError.
@@ -11,12 +12,12 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Self, Union
 
 from twml.errors import RecordFormatError
 
 __all__ = ["GZIP", "NONE", "GZIP_MAGIC", "infer_compression", "open_for_write", "open_for_read",
-           "read_exactly", "read_up_to", "PieceReader"]
+           "RecordFileWriter", "read_exactly", "read_up_to", "PieceReader"]
 
 GZIP = "gzip"
 NONE = "none"
@@ -67,6 +68,54 @@ def open_for_read(path: PathLike) -> BinaryIO:
     if path.endswith(".gz") or magic == GZIP_MAGIC:
         return gzip.GzipFile(filename=path, mode="rb")
     return open(path, "rb")
+
+
+class RecordFileWriter:
+    """What the container writers share: where they write, closing, and the context manager.
+
+    Args:
+      target: a binary file object (left open by ``close``, only flushed) or a local path
+        (opened with ``open_for_write`` and closed by ``close``).
+      compression: for a path only: "gzip", "none", or None/"auto" for "gzip iff .gz suffix".
+
+    Subclasses write to ``self._file``, call ``_check_open`` before writing, and put what must
+    reach the file before it is closed in ``_finish``.
+    """
+
+    def __init__(self, target: Union[BinaryIO, PathLike], compression: Optional[str] = None):
+        if isinstance(target, (str, os.PathLike)):
+            self._file = open_for_write(target, compression)
+            self._owns_file = True
+        else:
+            if compression not in (None, "auto", "none"):
+                raise ValueError("compression applies to paths only; wrap the file object yourself")
+            self._file = target
+            self._owns_file = False
+        self._closed = False
+
+    def _finish(self) -> None:
+        """Write what is still held; called once, by ``close``, while the file is open."""
+
+    def close(self) -> None:
+        """Finish; close the file if this writer opened it, else flush it. Idempotent."""
+        if self._closed:
+            return
+        self._finish()
+        self._closed = True
+        if self._owns_file:
+            self._file.close()
+        else:
+            self._file.flush()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} is closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_exactly(fileobj: BinaryIO, size: int, path: Optional[str], offset: int, what: str) -> bytes:

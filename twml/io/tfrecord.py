@@ -24,7 +24,7 @@ import numpy as np
 
 from twml.encode import EncodedRecords, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
-from twml.io.compression import PathLike, PieceReader, open_for_read, open_for_write
+from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
 from twml.io.crc32c_batch import masked_crc32c_into_footer
 
 __all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
@@ -99,7 +99,7 @@ def _frame_variable(records: EncodedRecords) -> np.ndarray:
     return np.frombuffer(b"".join(parts), dtype=np.uint8)
 
 
-class TFRecordWriter:
+class TFRecordWriter(RecordFileWriter):
     """Streams TFRecord frames into a binary file object or a local file.
 
     Args:
@@ -113,17 +113,9 @@ class TFRecordWriter:
     """
 
     def __init__(self, target: Union[BinaryIO, PathLike], compression: Optional[str] = None):
-        if isinstance(target, (str, os.PathLike)):
-            self._file = open_for_write(target, compression)
-            self._owns_file = True
-        else:
-            if compression not in (None, "auto", "none"):
-                raise ValueError("compression applies to paths only; wrap the file object yourself")
-            self._file = target
-            self._owns_file = False
+        super().__init__(target, compression)
         self.records = 0
         self.bytes_written = 0
-        self._closed = False
 
     def write(self, record: bytes) -> None:
         """Frame and write one serialized record."""
@@ -166,26 +158,6 @@ class TFRecordWriter:
     def flush(self) -> None:
         self._check_open()
         self._file.flush()
-
-    def close(self) -> None:
-        """Flush; close the file only if this writer opened it. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_file:
-            self._file.close()
-        else:
-            self._file.flush()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("TFRecordWriter is closed")
-
-    def __enter__(self) -> "TFRecordWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def iter_tfrecords(fileobj: BinaryIO, path: Optional[str] = None,
