@@ -103,8 +103,12 @@ def write_users(out_dir: str, users: int, files: int = 2, seed: int = 0, bad: bo
     return paths
 
 
-def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True) -> str:
-    """Save the tiny embedding model at ``path`` (a SavedModel directory) and return the path."""
+def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True, guard=None) -> str:
+    """Save the tiny embedding model at ``path`` (a SavedModel directory) and return the path.
+
+    ``guard(dense, sparse_ids)``, if given, is traced into the signature before the maths (e.g.
+    ``tf.debugging`` asserts that make the model raise on some batches).
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -118,6 +122,8 @@ def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True) -> str
         @tf.function(input_signature=[tf.TensorSpec([None, DENSE_DIM], tf.float32),
                                       tf.TensorSpec([None, IDS_LEN], tf.int64)])
         def serve(self, dense, sparse_ids):
+            if guard is not None:
+                guard(dense, sparse_ids)
             mask = tf.cast(sparse_ids != 0, tf.float32)[..., None]
             pooled = tf.reduce_sum(tf.gather(self.table, tf.math.floormod(sparse_ids, VOCAB)) * mask, 1)
             x = tf.matmul(dense, self.w) + pooled

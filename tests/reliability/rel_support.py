@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.verify import verify_export
-from pipeline_fixtures import DENSE_DIM, EMB_DIM, IDS_LEN, VOCAB, cache_dir, shard_records, user_table
+from pipeline_fixtures import build_tiny_model, cache_dir, shard_records, user_table
 from transforms.ownership import looks_like_output
 
 # Figures the tests record for the reliability note; conftest prints them after the run.
@@ -25,34 +25,18 @@ POISON_ID = 123_456_789   # an id the generated users never carry (they use 1..9
 
 
 def build_poison_model(path: str, always: bool = False) -> str:
-    """The tiny model's maths plus ``tf.debugging.assert_none_equal(sparse_ids, POISON_ID)``: a
-    real SavedModel that raises InvalidArgumentError on any batch holding a poisoned row (or,
-    with ``always``, on every batch)."""
+    """The tiny model (``build_tiny_model``) guarded by
+    ``tf.debugging.assert_none_equal(sparse_ids, POISON_ID)``: a real SavedModel that raises
+    InvalidArgumentError on any batch holding a poisoned row (or, with ``always``, on every batch)."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(0)
+    def guard(dense, sparse_ids):
+        if always:
+            tf.debugging.assert_equal(tf.shape(dense)[0], -1, message="this model always fails")
+        tf.debugging.assert_none_equal(sparse_ids, tf.constant(POISON_ID, tf.int64),
+                                       message="poisoned id in the batch")
 
-    class Poisoned(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable(rng.normal(size=(DENSE_DIM, EMB_DIM)).astype(np.float32))
-            self.table = tf.Variable(rng.normal(size=(VOCAB, EMB_DIM)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, DENSE_DIM], tf.float32),
-                                      tf.TensorSpec([None, IDS_LEN], tf.int64)])
-        def serve(self, dense, sparse_ids):
-            if always:
-                tf.debugging.assert_equal(tf.shape(dense)[0], -1, message="this model always fails")
-            tf.debugging.assert_none_equal(sparse_ids, tf.constant(POISON_ID, tf.int64),
-                                           message="poisoned id in the batch")
-            mask = tf.cast(sparse_ids != 0, tf.float32)[..., None]
-            pooled = tf.reduce_sum(tf.gather(self.table, tf.math.floormod(sparse_ids, VOCAB)) * mask, 1)
-            x = tf.matmul(dense, self.w) + pooled
-            return {"embedding": x / tf.norm(x, axis=1, keepdims=True), "score": tf.reduce_sum(x, axis=1)}
-
-    module = Poisoned()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    return path
+    return build_tiny_model(path, guard=guard)
 
 
 def poison_model(always: bool = False) -> str:
