@@ -7,12 +7,14 @@ plus N more, and ``time(2N) - time(N)`` is the cost of those N rows alone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +24,7 @@ from pipeline.demo import demo_config, user_ids, write_user_files
 from pipeline.models import demo_model_kwargs, ensure_embedding_model, reference_model_kwargs
 
 __all__ = ["MODELS", "model_kwargs", "prepare_model", "prepare_inputs", "export_config", "load_arrays",
-           "batches", "padded_ids", "INTRA_OP_THREADS"]
+           "batches", "padded_ids", "INTRA_OP_THREADS", "work_directory", "print_result"]
 
 ROWS_PER_FILE = 50_000
 # The benchmark runs the export with model.intra_op_threads: 1, i.e. one thread per model call
@@ -157,6 +159,18 @@ def batches(dense: np.ndarray, sparse: np.ndarray, rows: int, batch_size: int
     """The first ``rows`` rows cut into (dense, sparse_ids) batches of ``batch_size`` (views, no copy)."""
     return [(dense[i:min(i + batch_size, rows)], sparse[i:min(i + batch_size, rows)])
             for i in range(0, rows, batch_size)]
+
+
+@contextlib.contextmanager
+def work_directory(workdir: Optional[str], prefix: str) -> Iterator[str]:
+    """``workdir`` (made if missing, kept afterwards), or a new temp directory removed at the end."""
+    path = workdir or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not workdir:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def print_result(result: dict, json_path: Optional[str] = None) -> None:

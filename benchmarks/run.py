@@ -18,7 +18,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -247,14 +246,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="embedding-export-bench-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
+    from benchmarks.data import print_result, work_directory
+    with work_directory(args.workdir, "embedding-export-bench-") as workdir:
         result = run_benchmarks(args.rows, naive_rows, workdir, args.model, args.overrides, args.repeats, log)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    from benchmarks.data import print_result
     print_result(result, args.json)
     return 0
 

@@ -214,17 +214,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.rows <= 0 or args.repeats <= 0:
         parser.error("--rows and --repeats must be > 0")
-    import tempfile
-
-    workdir = args.workdir or tempfile.mkdtemp(prefix="embedding-export-scaling-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
+    from benchmarks.data import print_result, work_directory
+    with work_directory(args.workdir, "embedding-export-scaling-") as workdir:
         result = scaling_study(args.rows, args.model, workdir, args.overrides, repeats=args.repeats,
                                log=lambda msg: print(msg, file=sys.stderr))
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    from benchmarks.data import print_result
     print_result(result, args.json)
     return 0
 
