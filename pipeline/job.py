@@ -145,6 +145,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
     # which take their settings (HDFS host, GCS project, ...) from the pipeline options.
     FileSystems.set_options(options)
     plan = plan or preflight(config, overwrite=overwrite, beam_args=beam_args)
+    _restore_symlinked_output(plan.layout.path)
     _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files),
               plan.layout.path, plan.run_id)
     p = beam.Pipeline(options=options)
@@ -162,6 +163,13 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
         _discard_scratch(plan)
         raise ExportError(f"the pipeline ended in state {state}; nothing was published to {plan.layout.path}")
     return read_manifest(plan.layout.path)
+
+
+def _restore_symlinked_output(path: str) -> None:
+    """Make the missing target of a symlinked local output directory again (empty): a kill between
+    the directory publish's two renames leaves the link dangling, and the run writes through it."""
+    if "://" not in path and os.path.islink(path) and not os.path.exists(path):
+        os.makedirs(os.path.realpath(path))
 
 
 def _discard_scratch(plan: ExportPlan) -> None:

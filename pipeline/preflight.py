@@ -429,23 +429,21 @@ def _shown(names: Sequence[str], limit: int = 5) -> str:
 
 def _note_killed_publish(path: str) -> None:
     """Name the staging and moved-aside directories a killed directory publish left beside a
-    local output path (the run's finalize removes the job's files in them; nothing else). When
-    a kill between the publish's two renames left the output path a symlink to a missing
-    directory, make that directory again, empty, so that the run can write through the link."""
+    local output path (the run's finalize removes the job's files in them; nothing else), and a
+    symlinked output left dangling by a kill between the publish's two renames (``run_export``
+    makes its target again before launching; preflight, which ``--dry-run`` runs too, writes
+    nothing)."""
     if "://" in path:
         return
-    real = os.path.realpath(path)
-    siblings = publish_siblings(real)
-    if not siblings:
-        return
-    _LOG.warning("beside output.path %s: %s, left by killed run(s) %s; once this run has published, it "
-                 "removes the files in them that are this job's own", path,
-                 ", ".join(os.path.basename(sibling) for sibling, _, _ in siblings),
-                 ", ".join(sorted({run for _, run, _ in siblings})))
+    siblings = publish_siblings(os.path.realpath(path))
+    if siblings:
+        _LOG.warning("beside output.path %s: %s, left by killed run(s) %s; once this run has published, it "
+                     "removes the files in them that are this job's own", path,
+                     ", ".join(os.path.basename(sibling) for sibling, _, _ in siblings),
+                     ", ".join(sorted({run for _, run, _ in siblings})))
     if os.path.islink(path) and not os.path.exists(path):
-        os.makedirs(real)
-        _LOG.warning("output.path %s is a symlink to %s, which a killed run had moved aside: made it again",
-                     path, real)
+        _LOG.warning("output.path %s is a symlink to %s, which does not exist (a killed run had moved it "
+                     "aside); the run makes it again", path, os.path.realpath(path))
 
 
 def _check_output_dir(path: str, overwrite: bool) -> Inventory:

@@ -251,8 +251,8 @@ def test_kill_while_overwriting_an_earlier_export_then_rerun(reference, tmp_path
 
 def test_kill_at_the_swap_of_a_symlinked_output_then_rerun(reference, tmp_path, capsys):
     """The output path is a symlink: publishing replaces the directory it points to, and the
-    link stays. Killed between the swap's renames the link dangles; the rerun makes its target
-    again and publishes through the link."""
+    link stays. Killed between the swap's renames the link dangles; a dry run writes nothing, the
+    rerun makes its target again and publishes through the link."""
     root, ref_manifest, ref_files = reference
     real = tmp_path / "real"
     real.mkdir()
@@ -264,6 +264,8 @@ def test_kill_at_the_swap_of_a_symlinked_output_then_rerun(reference, tmp_path, 
     sigkill(proc)
     assert out.is_symlink() and not out.exists() and set(aside(str(out))) == {"publishing", "previous"}
     KILLS.append(("publish.swapped_out, symlinked output", 0, len(check_staged(str(out), ref_files))))
+    assert cli_main(["run", "--config", config_path, "--dry-run"]) == 0, capsys.readouterr().err
+    assert out.is_symlink() and not out.exists()  # a dry run writes nothing; the run makes the target
     check_rerun(config_path, str(out), ref_manifest, ref_files, capsys)
     assert out.is_symlink() and os.readlink(out) == str(real)
     assert sorted(os.listdir(tmp_path / "real")) == sorted(os.listdir(out))
