@@ -5,6 +5,7 @@ up measuring the wrong thing), and every error names the key path and what is wr
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
@@ -106,13 +107,30 @@ class ModelConfig(_Strict):
     batch_size: int = Field(4096, gt=0, le=1_000_000)
     inputs: Dict[str, ModelInput] = Field(..., min_length=1)
     outputs: Dict[str, ModelOutput] = Field(..., min_length=1,
-                                            description="the first is the embedding (float32 [B, D])")
+                                            description="the signature outputs to export, in this order "
+                                                        "after the embedding")
+    embedding: Optional[str] = Field(None, min_length=1,
+                                     description="which of model.outputs is the embedding (float32 [B, D]); "
+                                                 "unset: the first one written")
     intra_op_threads: int = Field(0, ge=0, description="TF intra-op threads per model call; the embed step then runs cores // n calls at once (1 is fastest on small machines); 0 = TF default, one call at a time")
     inter_op_threads: int = Field(0, ge=0, description="TF inter-op threads per worker process; 0 = TF default")
 
+    @model_validator(mode="after")
+    def _embedding_is_an_output(self) -> "ModelConfig":
+        if self.embedding is not None and self.embedding not in self.outputs:
+            raise ValueError(f"embedding {self.embedding!r} is not one of model.outputs {list(self.outputs)}")
+        return self
+
     @property
     def embedding_output(self) -> str:
-        return next(iter(self.outputs))
+        """The signature output exported as the embedding: ``embedding``, else the first written."""
+        return self.embedding if self.embedding is not None else next(iter(self.outputs))
+
+    @property
+    def ordered_outputs(self) -> List[str]:
+        """The exported outputs in record order: the embedding, then the others as written."""
+        first = self.embedding_output
+        return [first] + [name for name in self.outputs if name != first]
 
 
 class PartitionConfig(_Strict):
@@ -189,8 +207,12 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to a raw config dict."""
-    out = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to a raw config dict.
+
+    The written order of every mapping is kept: ``model.outputs`` is ordered (the record layout
+    follows it), so no round trip through ``yaml.safe_dump`` (which sorts keys).
+    """
+    out = copy.deepcopy(raw) if raw else {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")

@@ -257,13 +257,15 @@ def _resolve_outputs(config: ExportConfig, sig_outputs: Dict[str, SignatureTenso
         raise PreflightError(f"model.outputs {missing} are not outputs of model {model.path} signature "
                              f"{model.signature!r}; it has {sorted(sig_outputs)}")
     specs = []
-    for i, (name, cfg) in enumerate(model.outputs.items()):
+    for name in model.ordered_outputs:
+        cfg = model.outputs[name]
         tensor = sig_outputs[name]
         key = f"model.outputs.{name}"
         if tensor.shape is None or len(tensor.shape) < 1:
             raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
-        if i == 0 and (tensor.dtype != "float32" or len(tensor.shape) != 2):
-            raise PreflightError(f"{key} is the embedding (the first output) and must be float32 [batch, D]; "
+        if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
+            how = "model.embedding names it" if model.embedding else "the first output written"
+            raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
                                  f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
         if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
             raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")

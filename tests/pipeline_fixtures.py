@@ -103,8 +103,11 @@ def write_users(out_dir: str, users: int, files: int = 2, seed: int = 0, bad: bo
     return paths
 
 
-def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True, guard=None) -> str:
+def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True, guard=None,
+                     names: Sequence[str] = ("embedding", "score")) -> str:
     """Save the tiny embedding model at ``path`` (a SavedModel directory) and return the path.
+
+    ``names`` are the signature's output names for the embedding and the score.
 
     ``guard(dense, sparse_ids)``, if given, is traced into the signature before the maths (e.g.
     ``tf.debugging`` asserts that make the model raise on some batches).
@@ -127,9 +130,9 @@ def build_tiny_model(path: str, seed: int = 0, extra_output: bool = True, guard=
             mask = tf.cast(sparse_ids != 0, tf.float32)[..., None]
             pooled = tf.reduce_sum(tf.gather(self.table, tf.math.floormod(sparse_ids, VOCAB)) * mask, 1)
             x = tf.matmul(dense, self.w) + pooled
-            out = {"embedding": x / tf.norm(x, axis=1, keepdims=True)}  # no epsilon: 0 -> NaN
+            out = {names[0]: x / tf.norm(x, axis=1, keepdims=True)}  # no epsilon: 0 -> NaN
             if extra_output:
-                out["score"] = tf.reduce_sum(x, axis=1)
+                out[names[1]] = tf.reduce_sum(x, axis=1)
             return out
 
     module = Tiny()
