@@ -159,6 +159,6 @@ def test_demo_runs_from_an_unrelated_directory_and_verifies(fresh_venv, elsewher
     export = manifests[0].parent
     assert (export / "_SUCCESS").is_file()
     # The installed verifier checks every record of the installed demo's export.
-    proc = _run([fresh_venv / "bin" / "python", "-m", "pipeline.verify", export],
+    proc = _run([fresh_venv / "bin" / "python", "-m", "pipeline.tools.verify", export],
                 cwd=elsewhere, env=_clean_env())
     assert "OK" in proc.stdout
