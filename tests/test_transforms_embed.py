@@ -38,7 +38,7 @@ def test_handler_runs_one_signature_call_like_tf_directly():
     table = user_table(np.arange(40), 5)
     dense = np.array(table.column("dense").to_pylist(), np.float32)
     ids = padded_ids(table.column("sparse_ids").to_pylist())
-    got = h.run_inference({"dense": dense, "sparse_ids": ids}, model)
+    got = h.run_batch({"dense": dense, "sparse_ids": ids}, model)
     want = model_outputs(tiny_model(), dense, ids)
     assert set(got) == {"embedding", "score"}
     np.testing.assert_array_equal(got["embedding"], want["embedding"])

@@ -5,11 +5,13 @@ while the bundle's own thread reads, validates, encodes and writes the batches a
 DoFn emits each batch's results a few batches later, in input order (``MODEL_CALLS_QUEUED``,
 ``SavedModelHandler.concurrent_calls``), and the last ones from ``finish_bundle``.
 
-``SavedModelHandler`` follows the shape of Beam's ``ModelHandler`` (``load_model``,
-``run_inference``, ``get_num_bytes``, ``get_metrics_namespace``) but calls a SavedModel
-signature on a dict of numpy columns, which Beam's TF handler cannot (it needs tensorflow-hub
-and Keras loading and stacks a single input). The model is loaded with ``tf.saved_model.load``
-in ``DoFn.setup`` through ``apache_beam.utils.shared.Shared``, so a process holds one copy
+``SavedModelHandler`` is a Beam ``ModelHandler``: ``RunInference(SavedModelHandler(...))`` runs
+the signature on Arrow tables (each one a batch of rows, columns turned into the signature's
+keyword feeds by the ``InputSpec``s) or on dicts of numpy values (one example each, stacked
+into the keyword feeds), which Beam's TF handler cannot (it needs tensorflow-hub and Keras
+loading and stacks a single input). The export's own step (``EmbedBatches``) calls the same
+handler's ``run_batch`` on whole batches. Either way the model is loaded with
+``tf.saved_model.load`` through ``apache_beam.utils.shared.Shared``, so a process holds one copy
 whatever the number of DoFn instances. Metrics use RunInference's names so dashboards built for
 RunInference read this job too. Rows whose outputs are not finite are rejected, not written.
 """
@@ -20,12 +22,13 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
@@ -64,8 +67,17 @@ class LoadedModel:
         self.num_bytes = num_bytes
 
 
-class SavedModelHandler:
-    """Loads a SavedModel signature and runs it on batches of numpy inputs.
+Example = Union[pa.Table, Mapping[str, np.ndarray]]
+
+
+class SavedModelHandler(ModelHandler[Example, PredictionResult, LoadedModel]):
+    """Loads a SavedModel signature and runs it on batches: a ``ModelHandler`` for ``RunInference``.
+
+    An example is an Arrow table (a batch of rows holding the ``inputs``' columns; its
+    ``PredictionResult.inference`` is {output name: array with one row per table row}) or a
+    mapping {input name: numpy value of one row} (its inference is {output name: that row's
+    value}). Rows must already be valid model input (``ValidateAndBatch`` checks them in the
+    export).
 
     Args:
       model_path: the SavedModel directory (local, gs://, ...: whatever TF's file system reads).
@@ -81,11 +93,14 @@ class SavedModelHandler:
         bundle's own thread (reading, writing) holds one of those cores, while single-threaded
         calls side by side just take turns.
       namespace: the metrics namespace.
+      batching: ``ModelHandler``'s batching arguments for ``RunInference`` (``min_batch_size``,
+        ``max_batch_size``, ...); an Arrow table counts as one element.
     """
 
     def __init__(self, model_path: str, signature: str, inputs: Sequence[InputSpec],
                  outputs: Sequence[OutputSpec], intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 namespace: str = METRICS_NAMESPACE):
+                 namespace: str = METRICS_NAMESPACE, **batching: Any):
+        super().__init__(**batching)
         self.model_path = model_path
         self.signature = signature
         self.inputs = tuple(inputs)
@@ -122,14 +137,46 @@ class SavedModelHandler:
         num_bytes = sum(int(v.shape.num_elements() or 0) * v.dtype.size for v in function.variables)
         return LoadedModel(module, function, int((time.perf_counter() - start) * 1000), num_bytes)
 
-    def run_inference(self, batch: Dict[str, np.ndarray], model: LoadedModel) -> Dict[str, np.ndarray]:
-        """One signature call on the whole batch -> {output name: numpy array}."""
+    def run_batch(self, feeds: Mapping[str, np.ndarray], model: LoadedModel) -> Dict[str, np.ndarray]:
+        """One signature call, keyword feeds {input name: [B, ...] array} -> {output name: array}."""
         import tensorflow as tf
-        result = model.function(**{name: tf.convert_to_tensor(array) for name, array in batch.items()})
+        result = model.function(**{name: tf.convert_to_tensor(array) for name, array in feeds.items()})
         return {spec.name: result[spec.name].numpy() for spec in self.outputs}
 
-    def get_num_bytes(self, batch: Dict[str, np.ndarray]) -> int:
-        return int(sum(array.nbytes for array in batch.values()))
+    def run_inference(self, batch: Sequence[Example], model: LoadedModel,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        """One signature call for the whole batch of examples (Arrow tables, or one-row mappings)."""
+        if not batch:
+            return []
+        if isinstance(batch[0], pa.Table):
+            feeds, _ = table_to_feeds(pa.concat_tables(batch), self.inputs)
+            outputs = self.run_batch(feeds, model)
+            results, start = [], 0
+            for table in batch:
+                stop = start + table.num_rows
+                results.append(PredictionResult(table, {name: array[start:stop] for name, array in outputs.items()},
+                                                self.model_tag))
+                start = stop
+            return results
+        feeds = {spec.name: np.stack([np.asarray(example[spec.name], dtype=spec.np_dtype) for example in batch])
+                 for spec in self.inputs}
+        outputs = self.run_batch(feeds, model)
+        return [PredictionResult(example, {name: array[i] for name, array in outputs.items()}, self.model_tag)
+                for i, example in enumerate(batch)]
+
+    def get_num_bytes(self, batch: Union[Sequence[Example], Mapping[str, np.ndarray]]) -> int:
+        """Bytes of a batch: of its examples (tables, mappings of arrays) or of its keyword feeds."""
+        if isinstance(batch, Mapping):
+            return _feed_bytes(batch)
+        return int(sum(example.nbytes if isinstance(example, pa.Table) else _feed_bytes(example)
+                       for example in batch))
+
+    def share_model_across_processes(self) -> bool:
+        return False  # one copy per process, through Shared, as the export's own step does
+
+
+def _feed_bytes(feeds: Mapping[str, Any]) -> int:
+    return int(sum(np.asarray(value).nbytes for value in feeds.values()))
 
 
 def concurrent_model_calls(intra_op_threads: int) -> int:
@@ -262,7 +309,7 @@ class _EmbedFn(beam.DoFn):
         # The model runs on background threads (TF releases the GIL) while this one goes on
         # reading, validating and writing; a batch's outputs are emitted a few batches later,
         # in input order, and the last ones in finish_bundle.
-        call = self._calls.submit(_timed_call, self._handler.run_inference, feeds, self._model)
+        call = self._calls.submit(_timed_call, self._handler.run_batch, feeds, self._model)
         self._pending.append((table, feeds, call))
         while len(self._pending) > self._ahead:
             yield from self._complete(self._pending.popleft())
@@ -278,7 +325,7 @@ class _EmbedFn(beam.DoFn):
             start = time.perf_counter()
             self._metrics.failed_batches_counter.inc()
             outputs, feeds, table, failed = self._isolation.split(
-                lambda part: self._handler.run_inference(part, self._model), feeds, table, err)
+                lambda part: self._handler.run_batch(part, self._model), feeds, table, err)
             if failed is not None:
                 self._rows_rejected.inc(failed.num_rows)
                 yield beam.pvalue.TaggedOutput(REJECTED, failed)
@@ -286,7 +333,7 @@ class _EmbedFn(beam.DoFn):
             if rows == 0:
                 return
             micros = int((time.perf_counter() - start) * 1_000_000)
-        self._metrics.update(rows, self._handler.get_num_bytes(feeds), micros)
+        self._metrics.update(rows, _feed_bytes(feeds), micros)
         arrays = [outputs[spec.name] for spec in self._handler.outputs]
         for spec, array in zip(self._handler.outputs, arrays):
             if array.shape[:1] != (rows,):
