@@ -1,4 +1,4 @@
-"""The export job: the transforms assembled into one Beam pipeline, and the blocking entry point.
+"""The export job: ``transforms.ExportEmbeddings`` (these steps) on one Beam pipeline, and the blocking entry point.
 
     input files --plan.reader (transforms.inputs)--> (file, Arrow table)
                   ReadParquetRowGroups | ReadDataRecords   (+ rows rejected, counted or unreadable while reading)
@@ -26,18 +26,11 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline.config import ExportConfig
 from pipeline.progress import ReportRowsRead
-from transforms.duplicates import CountDuplicateKeys, bucket_count
-from transforms.embed import EmbedBatches, SavedModelHandler
 from transforms.errors import ExportError
-from transforms.finalize import FinalizeExport
-from transforms.formats import make_format
+from transforms.export import ExportEmbeddings
 from transforms.outputdir import JOURNAL_NAME, TEMP_DIR, read_manifest
-from transforms.partition import PartitionBatches
 from transforms.plan import ExportPlan
-from transforms.rejected import with_error_column
-from transforms.rejected_columns import RestoreInputColumns
-from transforms.validate import ValidateAndBatch
-from transforms.write import DEFAULT_BUFFER_BYTES, WriteRejected, WriteShards
+from transforms.write import DEFAULT_BUFFER_BYTES
 
 __all__ = ["build_pipeline", "pipeline_options", "run_export"]
 
@@ -51,7 +44,8 @@ def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> Pip
 
 def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
                    progress_dir: Optional[str] = None) -> beam.PCollection:
-    """Add the export to ``p``; returns the PCollection holding the manifest once it is published.
+    """Add the export to ``p`` (``transforms.ExportEmbeddings``); returns the PCollection holding
+    the manifest once it is published.
 
     Args:
       p: the pipeline to build on.
@@ -59,31 +53,8 @@ def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAU
       buffer_bytes: framed output bytes a bundle buffers before writing a part file.
       progress_dir: a local directory to report rows read to (``pipeline.progress``), or None.
     """
-    files = p | "InputFiles" >> beam.Create([f.path for f in plan.files])
-    read = files | plan.reader.step_name >> plan.reader.read(plan.files)
-    validated = read.tables | "Validate" >> ValidateAndBatch(plan.rules, plan.model.batch_size)
-    handler = SavedModelHandler(plan.model.path, plan.model.signature, plan.inputs, plan.outputs,
-                                plan.model.intra_op_threads, plan.model.inter_op_threads)
-    embedded = validated.batches | "Embed" >> EmbedBatches(handler, plan.key_column, plan.partition.column,
-                                                           max_failed_rows=plan.failure_budget)
-    slices = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
-    shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), buffer_bytes)
-    rows_read = (validated.rows_read, read.rows_read) | "AllRowsRead" >> beam.Flatten()
-    if progress_dir:
-        _ = rows_read | "Progress" >> ReportRowsRead(progress_dir)
-    rejected = ((validated.rejected, embedded.rejected, read.rejected)
-                | "AllRejected" >> beam.Flatten()
-                | "WithErrorColumn" >> beam.Map(with_error_column))
-    if len(plan.unread_columns):  # input columns the job does not read
-        rejected = rejected | "RestoreInputColumns" >> RestoreInputColumns(
-            plan.unread_columns, plan.key_column, {f.path: f.row_group_rows for f in plan.files})
-    rejected = rejected | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema)
-    duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
-    return ({"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates,
-             "unreadable": read.unreadable}
-            | "Finalize" >> FinalizeExport(plan.layout, plan.manifest_base, expected_rows=plan.total_rows,
-                                           max_reject_fraction=plan.max_reject_fraction,
-                                           stale=plan.stale_files))
+    progress = ReportRowsRead(progress_dir) if progress_dir else None
+    return p | "ExportEmbeddings" >> ExportEmbeddings(plan, buffer_bytes, rows_read_to=progress)
 
 
 def _export_error(err: BaseException) -> Optional[str]:

@@ -13,16 +13,11 @@ transforms need, resolved; the job takes it as it is.
 """
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 import re
-import uuid
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import pyarrow as pa
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig
@@ -31,35 +26,18 @@ from transforms.errors import PreflightError
 from transforms.inputs.base import InputScan
 from transforms.inputs.datarecord import CONTINUOUS, DISCRETE, DataRecordSource, FeatureColumn, scan_datarecord
 from transforms.inputs.parquet import scan_parquet
-from transforms.outputdir import MANIFEST_NAME, TEMP_DIR, static_manifest, utc_now
-from transforms.ownership import Inventory, publish_siblings, take_inventory
+from transforms.outputdir import absolute_path, static_manifest, utc_now
+from transforms.ownership import check_output_dir, new_run_id
 from transforms.plan import ExportPlan
 from transforms.rejected import RESERVED_COLUMNS
-from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, ModelSpec, OutputLayout, OutputSpec,
-                              PartitionSpec)
-from twml.encode import DTYPE_TO_DATA_TYPE
+from transforms.signature import model_specs
+from transforms.specs import KIND_SCALAR, InputSpec, OutputLayout, PartitionSpec
 from twml.feature_ids import feature_id
 
-__all__ = ["preflight", "absolute_path", "read_signature", "SignatureTensor", "find_placeholders",
-           "datarecord_source", "new_run_id"]
+__all__ = ["preflight", "find_placeholders", "datarecord_source"]
 
 _LOG = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
-
-
-@dataclass(frozen=True)
-class SignatureTensor:
-    """A signature input or output: numpy dtype name (None if not numeric) and shape (None = open)."""
-    name: str
-    dtype: Optional[str]
-    shape: Optional[Tuple[Optional[int], ...]]
-
-
-def absolute_path(path: str) -> str:
-    """Local paths made absolute (workers may have another cwd); URLs (gs://, hdfs://) unchanged."""
-    if "://" in path:
-        return path.rstrip("/") if not path.endswith("://") else path
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def find_placeholders(config: ExportConfig, beam_args: Sequence[str] = ()) -> List[str]:
@@ -79,137 +57,6 @@ def find_placeholders(config: ExportConfig, beam_args: Sequence[str] = ()) -> Li
     walk(config.model_dump(mode="json"), "")
     walk(list(beam_args), "beam args")
     return found
-
-
-# ------------------------------------------------------------------------------------------------
-# The model signature, read from saved_model.pb (no variables loaded, no TF runtime started).
-
-def read_signature(model_path: str, signature: str) -> Tuple[Dict[str, SignatureTensor], Dict[str, SignatureTensor]]:
-    """(inputs, outputs) of ``signature`` in the SavedModel at ``model_path``."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    import tensorflow as tf
-
-    pb_path = FileSystems.join(model_path, "saved_model.pb")
-    if not FileSystems.exists(pb_path):
-        hint = ("; `embedding-export demo` creates the demo model and data"
-                if model_path.rstrip("/").endswith("demo/model") else "")
-        raise PreflightError(f"model.path {model_path} is not a SavedModel directory: {pb_path} does not exist{hint}")
-    with FileSystems.open(pb_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        data = handle.read()
-    saved = saved_model_pb2.SavedModel()
-    try:
-        saved.ParseFromString(data)
-    except Exception as err:
-        raise PreflightError(f"{pb_path} is not a valid SavedModel: {err}") from None
-    graphs = [g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags] or list(saved.meta_graphs)
-    available = sorted({name for g in graphs for name in g.signature_def if not name.startswith("__")})
-    for graph in graphs:
-        if signature in graph.signature_def:
-            sig = graph.signature_def[signature]
-            break
-    else:
-        raise PreflightError(f"model.signature {signature!r} is not in the SavedModel {model_path}; "
-                             f"it has {available}")
-
-    def describe(name, info):
-        try:
-            dtype = tf.dtypes.as_dtype(info.dtype)
-            np_dtype = None if dtype == tf.string else dtype.as_numpy_dtype().dtype.name
-        except TypeError:
-            np_dtype = None
-        shape = None
-        if not info.tensor_shape.unknown_rank:
-            shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
-        return SignatureTensor(name, np_dtype, shape)
-
-    return ({k: describe(k, v) for k, v in sig.inputs.items()},
-            {k: describe(k, v) for k, v in sig.outputs.items()})
-
-
-def _fmt_shape(shape) -> str:
-    return "unknown rank" if shape is None else "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
-
-
-def _resolve_inputs(config: ExportConfig, sig_inputs: Dict[str, SignatureTensor]) -> Tuple[InputSpec, ...]:
-    model = config.model
-    where = f"model {model.path} signature {model.signature!r}"
-    unknown = sorted(set(model.inputs) - set(sig_inputs))
-    unfed = sorted(set(sig_inputs) - set(model.inputs))
-    if unknown or unfed:
-        raise PreflightError(
-            f"model.inputs do not match the inputs of {where}: "
-            + (f"not in the signature: {unknown}; " if unknown else "")
-            + (f"not configured: {unfed}; " if unfed else "")
-            + f"the signature takes {sorted(sig_inputs)}")
-    specs = []
-    for name, cfg in model.inputs.items():
-        tensor = sig_inputs[name]
-        key = f"model.inputs.{name}"
-        if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
-            raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
-                                 "float32/float64/int32/int64/bool inputs from Parquet columns")
-        shape = tensor.shape
-        if shape is None or len(shape) not in (1, 2):
-            raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
-                                 "[batch] (a scalar column) or [batch, n] (a list column)")
-        if shape[0] is not None:
-            raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
-                                 "the job needs [None, ...]")
-        if len(shape) == 1:
-            if cfg.length is not None:
-                raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
-                                     f"(shape {_fmt_shape(shape)})")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR))
-        elif cfg.length is not None:
-            if shape[1] is not None and shape[1] != cfg.length:
-                raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
-                                     f"{_fmt_shape(shape)}")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad))
-        elif shape[1] is None:
-            raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
-                                 f"set {key}.length to pad/truncate the lists to a fixed length")
-        else:
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1]))
-    return tuple(specs)
-
-
-def _resolve_outputs(config: ExportConfig, sig_outputs: Dict[str, SignatureTensor]) -> Tuple[OutputSpec, ...]:
-    model = config.model
-    missing = [name for name in model.outputs if name not in sig_outputs]
-    if missing:
-        raise PreflightError(f"model.outputs {missing} are not outputs of model {model.path} signature "
-                             f"{model.signature!r}; it has {sorted(sig_outputs)}")
-    specs = []
-    for name in model.ordered_outputs:
-        cfg = model.outputs[name]
-        tensor = sig_outputs[name]
-        key = f"model.outputs.{name}"
-        if tensor.shape is None or len(tensor.shape) < 1:
-            raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
-        if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
-            how = "model.embedding names it" if model.embedding else "the first output written"
-            raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
-                                 f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
-        if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
-            raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
-        specs.append(OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string",
-                                tuple(tensor.shape[1:])))
-    return tuple(specs)
-
-
-def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> int:
-    """Run the model on one neutral row to learn D when the signature leaves it open."""
-    import numpy as np
-    import tensorflow as tf
-
-    fn = tf.saved_model.load(config.model.path).signatures[config.model.signature]
-    feeds = {}
-    for spec in inputs:
-        shape = (1,) if spec.kind == KIND_SCALAR else (1, spec.length)
-        fill = spec.pad if spec.kind == KIND_PADDED else 0
-        feeds[spec.name] = tf.constant(np.full(shape, fill, dtype=spec.np_dtype))
-    out = fn(**feeds)[config.model.embedding_output]
-    return int(out.shape[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,72 +165,6 @@ def _scan_input(config: ExportConfig, inputs: Sequence[InputSpec]) -> InputScan:
     return scan_datarecord(config.input.path, source, config.input.on_bad_file)
 
 
-def _shown(names: Sequence[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-
-
-def _note_killed_publish(path: str) -> None:
-    """Name the staging and moved-aside directories a killed directory publish left beside a
-    local output path (the run's finalize removes the job's files in them; nothing else), and a
-    symlinked output left dangling by a kill between the publish's two renames (``run_export``
-    makes its target again before launching; preflight, which ``--dry-run`` runs too, writes
-    nothing)."""
-    if "://" in path:
-        return
-    siblings = publish_siblings(os.path.realpath(path))
-    if siblings:
-        _LOG.warning("beside output.path %s: %s, left by killed run(s) %s; once this run has published, it "
-                     "removes the files in them that are this job's own", path,
-                     ", ".join(os.path.basename(sibling) for sibling, _, _ in siblings),
-                     ", ".join(sorted({run for _, run, _ in siblings})))
-    if os.path.islink(path) and not os.path.exists(path):
-        _LOG.warning("output.path %s is a symlink to %s, which does not exist (a killed run had moved it "
-                     "aside); the run makes it again", path, os.path.realpath(path))
-
-
-def _check_output_dir(path: str, overwrite: bool) -> Inventory:
-    """What the output directory holds, and whether this run may write there.
-
-    Allowed: an empty or missing directory; one holding only what an unfinished run of this job
-    left (no ``_SUCCESS``; scratch, journal-listed or stamped files: ``transforms.ownership``),
-    which the run removes; and with ``overwrite``, an earlier export of this job, whose files are
-    removed while foreign files stay, unless a foreign file has a name the export uses or a
-    loader reads (then the run is refused: the job neither deletes nor mixes with it).
-    """
-    _note_killed_publish(path)
-    if "://" not in path and os.path.isfile(path):
-        raise PreflightError(f"output.path {path} is a file; it must be a directory")
-    try:
-        inventory = take_inventory(path)
-    except Exception as err:
-        raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
-    if inventory.empty:
-        return inventory
-    if inventory.debris_only:
-        _LOG.warning("output.path %s holds only what unfinished run(s) %s of this job left (%d files); "
-                     "this run removes them", path, ", ".join(inventory.runs) or "?", len(inventory.ours))
-        return inventory
-    if not overwrite:
-        names = list(inventory.foreign) + list(inventory.ours)  # the foreign ones are why: first
-        what = "the finished export there" if inventory.finished else "an earlier export"
-        raise PreflightError(
-            f"output.path {path} already holds {len(names)} file(s) ({_shown(names)}); "
-            f"pass --overwrite (or set output.overwrite: true) to replace {what}: only the files this "
-            f"job wrote (those its {MANIFEST_NAME} or publish journal names, and its {TEMP_DIR}/ "
-            f"scratch files) are removed, others are kept")
-    clashing = inventory.foreign_outputs
-    if clashing:
-        raise PreflightError(
-            f"output.path {path} holds {len(clashing)} file(s) that no manifest or journal of this job names "
-            f"but that look like export files ({_shown(clashing)}); the job does not delete or mix with "
-            f"files it did not write: move them away, or choose another output.path")
-    return inventory
-
-
-def new_run_id() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-
-
 def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence[str] = (),
               run_id: Optional[str] = None) -> ExportPlan:
     """Check the config against the model and the input files; return the resolved plan.
@@ -409,17 +190,10 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     if overwrite != config.output.overwrite:
         config = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": overwrite})})
 
-    sig_inputs, sig_outputs = read_signature(config.model.path, config.model.signature)
-    inputs = _resolve_inputs(config, sig_inputs)
-    outputs = _resolve_outputs(config, sig_outputs)
-    dim = outputs[0].shape[0]
-    if dim is None:
-        dim = _probe_embedding_dim(config, inputs)
-        first = outputs[0]
-        outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
-
+    specs = model_specs(config.model)
+    inputs, outputs, dim = specs.inputs, specs.outputs, specs.embedding_dim
     scan = _scan_input(config, inputs)
-    inventory = _check_output_dir(config.output.path, overwrite)
+    inventory = check_output_dir(config.output.path, overwrite)
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)
@@ -436,8 +210,7 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
         embedding_dim=int(dim), model_path=config.model.path, signature=config.model.signature,
         partition_column=partition.column, input_path=config.input.path, files=len(files), rows=rows,
         skipped_files=scan.skipped, config=config.model_dump(mode="json"), created_at=created)
-    model = ModelSpec(config.model.path, config.model.signature, config.model.batch_size,
-                      config.model.intra_op_threads, config.model.inter_op_threads)
+    model = specs.model
     return ExportPlan(run_id=run_id, files=files, skipped_files=scan.skipped, read_schema=scan.read_schema,
                       inputs=inputs, outputs=outputs, partition=partition, layout=layout, embedding_dim=int(dim),
                       overwrite=overwrite, reader=scan.reader, key_column=config.input.key, model=model,

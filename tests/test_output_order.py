@@ -10,7 +10,7 @@ import yaml
 from pipeline.config import ConfigError, apply_overrides, load_config
 from pipeline.job import run_export
 from pipeline.plan import preflight
-from pipeline.plan import SignatureTensor, _resolve_outputs
+from transforms.signature import SignatureTensor, resolve_outputs
 from transforms.errors import PreflightError
 from pipeline.tools.verify import verify_export
 from pipeline_fixtures import EMB_DIM, build_tiny_model, cache_dir, tiny_config, write_users
@@ -77,12 +77,12 @@ def test_a_second_int64_output_is_not_taken_for_the_embedding(tmp_path):
     config = load_config(str(path))
     sig = {"user_vec": SignatureTensor("user_vec", "float32", (None, 8)),
            "aux_id": SignatureTensor("aux_id", "int64", (None,))}
-    specs = _resolve_outputs(config, sig)
+    specs = resolve_outputs(config.model, sig)
     assert [s.name for s in specs] == ["user_vec", "aux_id"]
     assert specs[0].shape == (8,) and specs[1].dtype == "int64"
     sig["user_vec"] = SignatureTensor("user_vec", "float32", (None,))
     with pytest.raises(PreflightError, match="user_vec is the embedding"):
-        _resolve_outputs(config, sig)
+        resolve_outputs(config.model, sig)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Beam PTransforms and DoFns of the export job (imports twml, never pipeline).
+"""Beam PTransforms and DoFns of the export job (imports twml, never pipeline); the public names
+below (``__all__``, docs/LIBRARY.md) are the library a Beam pipeline composes.
 
 In pipeline order:
     inputs.parquet             Parquet files -> (file, Arrow table), one row group per element,
@@ -22,3 +23,37 @@ row tags; no Beam), errors (ExportError, PreflightError). ownership.py decides w
 output directory are the job's own; pause_points.py lets the reliability tests stop a run at a
 named moment (an environment lookup otherwise).
 """
+
+# The public API (docs/LIBRARY.md). Loaded on first use, so that importing one module of the
+# package (the Beam-free outputdir, say) does not import Beam, TensorFlow and every step.
+_PUBLIC = {
+    "ExportEmbeddings": "transforms.export",
+    "EmbedTables": "transforms.export",
+    "EmbedResult": "transforms.export",
+    "WriteDataRecordShards": "transforms.export",
+    "SavedModelHandler": "transforms.embed",
+    "ExportPlan": "transforms.plan",
+    "ModelSpecs": "transforms.signature",
+    "model_specs": "transforms.signature",
+    "InputSpec": "transforms.specs",
+    "OutputSpec": "transforms.specs",
+    "ModelSpec": "transforms.specs",
+    "PartitionSpec": "transforms.specs",
+    "EmbeddedBatch": "transforms.elements",
+    "ExportManifest": "transforms.outputdir",
+    "read_manifest": "transforms.outputdir",
+    "ExportError": "transforms.errors",
+    "PreflightError": "transforms.errors",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -32,8 +32,8 @@ from twml.feature_ids import feature_id
 __all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "TEMP_DIR", "JOURNAL_NAME", "SHARD_PREFIX", "FORMATS",
            "PARQUET_COLUMNS", "shard_suffix", "numbered_file_name", "shard_file_name", "parse_shard_file_name",
            "ShardEntry", "ExportManifest", "parse_manifest", "static_manifest", "finished_manifest",
-           "manifest_bytes", "read_manifest", "versions", "utc_now", "is_remote", "join_path", "open_binary",
-           "open_records"]
+           "manifest_bytes", "read_manifest", "versions", "utc_now", "is_remote", "absolute_path", "join_path",
+           "open_binary", "open_records"]
 
 MANIFEST_NAME = "_MANIFEST.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -79,6 +79,13 @@ def parse_shard_file_name(name: str) -> Optional[Tuple[int, int]]:
 
 def is_remote(path: str) -> bool:
     return "://" in path
+
+
+def absolute_path(path: str) -> str:
+    """Local paths made absolute (workers may have another cwd); URLs (gs://, hdfs://) unchanged."""
+    if "://" in path:
+        return path.rstrip("/") if not path.endswith("://") else path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def join_path(directory: str, name: str) -> str:
@@ -147,18 +154,21 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature: str, key_feature_id: int,
-                    outputs: Sequence[Any], embedding_dim: int, model_path: str, signature: str,
-                    partition_column: Optional[str], input_path: str, files: int, rows: Optional[int],
-                    skipped_files: Sequence[Tuple[str, str]], config: Mapping[str, Any],
-                    created_at: str) -> Dict[str, Any]:
+                    outputs: Sequence[Any], embedding_dim: int, model_path: Optional[str] = None,
+                    signature: Optional[str] = None, partition_column: Optional[str] = None,
+                    input_path: Optional[str] = None, files: Optional[int] = None, rows: Optional[int] = None,
+                    skipped_files: Sequence[Tuple[str, str]] = (), config: Optional[Mapping[str, Any]] = None,
+                    created_at: Optional[str] = None) -> Dict[str, Any]:
     """Everything in the manifest that is known before the run starts.
 
     Args:
       outputs: the exported outputs (``transforms.specs.OutputSpec``), the embedding first.
+      model_path / signature: the model, None when the embeddings come from elsewhere.
       partition_column: the partition-id column, None for hash placement.
-      files / rows: input files and their rows (None: not known before reading).
+      input_path / files / rows: the input pattern, its files and their rows (None: not known).
       skipped_files: (path, why) of unreadable input files skipped.
-      config: the effective run config, as JSON.
+      config: the effective run config, as JSON (None: no run config).
+      created_at: when the run was launched (default: now).
     """
     first = outputs[0]
     by = "hash" if partition_column is None else "column"
@@ -177,9 +187,9 @@ def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature:
         "input": {"path": input_path, "files": files, "rows": rows,
                   # unreadable files (on_bad_file: skip): the rows they hold are not known
                   "skipped_files": [{"file": p, "rows": None, "error": e} for p, e in skipped_files]},
-        "config": dict(config),
+        "config": dict(config) if config is not None else None,
         "versions": versions(),
-        "created_at": created_at,
+        "created_at": created_at or utc_now(),
     }
 
 

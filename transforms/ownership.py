@@ -21,29 +21,39 @@ finds them by that exact name, and their files count as ours only by the evidenc
 (``take_inventory`` on each: the staging directory holds a copy of the journal).
 
 Everything else is foreign. ``take_inventory`` lists the directory and classifies it (the pure
-part is ``classify``); preflight decides from the inventory whether a run may start and which
+part is ``classify``); ``check_output_dir`` decides from the inventory whether a run may start and which
 files the run's finalize removes.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import os
 import posixpath
 import re
+import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from transforms.errors import PreflightError
 from transforms.outputdir import JOURNAL_NAME, MANIFEST_NAME, REJECTED_DIR, SHARD_PREFIX, SUCCESS_NAME, TEMP_DIR
 from transforms.rejected import RUN_ID_METADATA_KEY
 
-__all__ = ["RUN_ID_PATTERN", "Inventory", "classify", "take_inventory",
+__all__ = ["RUN_ID_PATTERN", "new_run_id", "Inventory", "classify", "take_inventory",
            "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
-           "SIBLING_KINDS", "sibling_dir", "publish_siblings"]
+           "SIBLING_KINDS", "sibling_dir", "publish_siblings", "check_output_dir"]
 
+_LOG = logging.getLogger(__name__)
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
 RUN_ID_PATTERN = re.compile(f"^{_RUN_ID}$")
 
 SIBLING_KINDS = ("publishing", "previous")  # the staging directory, the output directory moved aside
+
+
+def new_run_id() -> str:
+    """A new run id: the UTC launch time and 8 random hex digits (``RUN_ID_PATTERN``)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def is_run_id(text: str) -> bool:
@@ -233,3 +243,64 @@ def take_inventory(out: str) -> Inventory:
 
     return classify(sizes, read_json, rejected_stamp)
 
+
+def _shown(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _note_killed_publish(path: str) -> None:
+    """Name the staging and moved-aside directories a killed directory publish left beside a
+    local output path (the run's finalize removes the job's files in them; nothing else), and a
+    symlinked output left dangling by a kill between the publish's two renames (``run_export``
+    makes its target again before launching; preflight, which ``--dry-run`` runs too, writes
+    nothing)."""
+    if "://" in path:
+        return
+    siblings = publish_siblings(os.path.realpath(path))
+    if siblings:
+        _LOG.warning("beside output.path %s: %s, left by killed run(s) %s; once this run has published, it "
+                     "removes the files in them that are this job's own", path,
+                     ", ".join(os.path.basename(sibling) for sibling, _, _ in siblings),
+                     ", ".join(sorted({run for _, run, _ in siblings})))
+    if os.path.islink(path) and not os.path.exists(path):
+        _LOG.warning("output.path %s is a symlink to %s, which does not exist (a killed run had moved it "
+                     "aside); the run makes it again", path, os.path.realpath(path))
+
+
+def check_output_dir(path: str, overwrite: bool) -> Inventory:
+    """What the output directory holds, and whether this run may write there.
+
+    Allowed: an empty or missing directory; one holding only what an unfinished run of this job
+    left (no ``_SUCCESS``; scratch, journal-listed or stamped files: ``transforms.ownership``),
+    which the run removes; and with ``overwrite``, an earlier export of this job, whose files are
+    removed while foreign files stay, unless a foreign file has a name the export uses or a
+    loader reads (then the run is refused: the job neither deletes nor mixes with it).
+    """
+    _note_killed_publish(path)
+    if "://" not in path and os.path.isfile(path):
+        raise PreflightError(f"output.path {path} is a file; it must be a directory")
+    try:
+        inventory = take_inventory(path)
+    except Exception as err:
+        raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
+    if inventory.empty:
+        return inventory
+    if inventory.debris_only:
+        _LOG.warning("output.path %s holds only what unfinished run(s) %s of this job left (%d files); "
+                     "this run removes them", path, ", ".join(inventory.runs) or "?", len(inventory.ours))
+        return inventory
+    if not overwrite:
+        names = list(inventory.foreign) + list(inventory.ours)  # the foreign ones are why: first
+        what = "the finished export there" if inventory.finished else "an earlier export"
+        raise PreflightError(
+            f"output.path {path} already holds {len(names)} file(s) ({_shown(names)}); "
+            f"pass --overwrite (or set output.overwrite: true) to replace {what}: only the files this "
+            f"job wrote (those its {MANIFEST_NAME} or publish journal names, and its {TEMP_DIR}/ "
+            f"scratch files) are removed, others are kept")
+    clashing = inventory.foreign_outputs
+    if clashing:
+        raise PreflightError(
+            f"output.path {path} holds {len(clashing)} file(s) that no manifest or journal of this job names "
+            f"but that look like export files ({_shown(clashing)}); the job does not delete or mix with "
+            f"files it did not write: move them away, or choose another output.path")
+    return inventory
