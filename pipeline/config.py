@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 class DataRecordColumn(_Strict):
     """One column built from DataRecord features (``input.features.<column>``): exactly one of
     ``continuous`` (doubles), ``discrete`` (int64s) or ``sparse_binary`` (string sets -> hashed
-    int64 ids, see transforms/read_datarecord.py). One feature name gives a scalar column, a list
+    int64 ids, see transforms/inputs/datarecord.py). One feature name gives a scalar column, a list
     of names a list column in that order. ``default`` fills a missing continuous/discrete feature
     (unset: the row is rejected)."""
     continuous: Optional[Union[str, List[str]]] = None

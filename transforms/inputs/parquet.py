@@ -5,13 +5,13 @@ types (checked by the caller's ``check_schema``, the same in every file), the ro
 group, and the union of all columns for the rejected rows. A file whose footer cannot be read
 fails the scan naming it, or is skipped (``input.on_bad_file: skip``) and listed in the manifest.
 
-The read step names the file when one cannot be read.
+The read step (``ReadParquetRowGroups``, a ``ReadResult``) names the file when one cannot be read.
 
 Beam's ``ReadAllFromParquetBatched`` fails on a damaged page with pyarrow's bare message
 ("Couldn't deserialize thrift ...") and no file name. Here each element is one row group
 ``(file, index, rows by the footer read at launch)``, spread over workers by a Reshuffle, read
 with ``ParquetFile.read_row_group`` as Beam does (so a table is still exactly one row group,
-whatever the runner), each row tagged with its index in the file (``validate.tag_rows``: the
+whatever the runner), each row tagged with its index in the file (``rejected.tag_rows``: the
 row group's first row is the sum of the rows of the groups before it). A row group that cannot
 be read, or no longer holds the rows its footer promised at launch, is tried once more (a
 transient read error is not corruption) and then either fails the job with the file, row group
