@@ -93,8 +93,9 @@ class SavedModelHandler(ModelHandler[Example, PredictionResult, LoadedModel]):
         bundle's own thread (reading, writing) holds one of those cores, while single-threaded
         calls side by side just take turns.
       namespace: the metrics namespace.
-      batching: ``ModelHandler``'s batching arguments for ``RunInference`` (``min_batch_size``,
-        ``max_batch_size``, ...); an Arrow table counts as one element.
+      batching: ``ModelHandler``'s arguments for ``RunInference`` (``min_batch_size``,
+        ``max_batch_size``, ...; an Arrow table counts as one element). By default RunInference
+        keeps one model per process (``Shared``), as the export's own step does.
     """
 
     def __init__(self, model_path: str, signature: str, inputs: Sequence[InputSpec],
@@ -170,9 +171,6 @@ class SavedModelHandler(ModelHandler[Example, PredictionResult, LoadedModel]):
             return _feed_bytes(batch)
         return int(sum(example.nbytes if isinstance(example, pa.Table) else _feed_bytes(example)
                        for example in batch))
-
-    def share_model_across_processes(self) -> bool:
-        return False  # one copy per process, through Shared, as the export's own step does
 
 
 def _feed_bytes(feeds: Mapping[str, Any]) -> int:
