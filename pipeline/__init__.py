@@ -1,1 +1,2 @@
-"""The export job: config, CLI, assembly and the built-in demo (imports transforms and twml)."""
+"""The export job (config, plan, runner options, job, progress, CLI), the operator tools
+(``pipeline.tools``) and the demo (``pipeline.demo``); imports transforms and twml."""
