@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=70" wheel
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,hdfs]"
 	touch $(STAMP)
 
 venv: $(STAMP)

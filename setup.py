@@ -34,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        # Beam's hdfs:// file system talks WebHDFS through this client (what apache-beam[hadoop] adds).
+        "hdfs": ["hdfs>=2.7,<3"],
     },
     entry_points={"console_scripts": ["embedding-export=pipeline.cli:main"]},
 )

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate demo data and a model, then export them")
     demo.add_argument("--out", default="demo", help="the demo directory (default: demo)")
     demo.add_argument("--users", type=int, default=100000, help="number of generated users (default: 100000)")
-    # verify and inspect parse their own arguments (pipeline.verify.main, pipeline.inspection.main).
+    # verify and inspect parse their own arguments (pipeline.verify.main, pipeline.inspection.main);
+    # Beam options after -- set up their file systems (hdfs://).
     sub.add_parser("verify", add_help=False,
                    help="check an export: framing, checksums, every record, placement, manifest counts")
     sub.add_parser("inspect", add_help=False,
@@ -66,6 +67,8 @@ def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
     """What a run would do, for --dry-run."""
+    from transforms.model_files import tensorflow_opens
+
     cfg = plan.config
     rows = ("rows unknown until read (DataRecord files carry no count)" if plan.total_rows is None
             else f"{plan.total_rows:,} rows")
@@ -78,6 +81,9 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
             default = f", default {column.default}" if column.default is not None else ""
             lines.append(f"  column {name} <- {column.kind} {shown}{default}")
     lines.append(f"model:   {cfg.model.path} [{cfg.model.signature}], batch {cfg.model.batch_size}")
+    if "://" in cfg.model.path and not tensorflow_opens(cfg.model.path):
+        lines.append(f"  TensorFlow cannot open {cfg.model.path.split('://')[0]}://: each worker process copies "
+                     f"the model to a local directory through Beam's file system (checked: listed)")
     for spec in plan.inputs:
         shape = "[B]" if spec.length is None else f"[B, {spec.length}]"
         extra = f", pad {spec.pad}" if spec.kind == "padded" else ""
@@ -209,6 +215,11 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO =
     out = out or sys.stdout
     err = err or sys.stderr
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
+    if own and own[0] in ("verify", "inspect") and beam_args:
+        # File-system options for remote exports, e.g. -- --hdfs_host=nn --hdfs_port=9870 --hdfs_user=etl
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+        FileSystems.set_options(PipelineOptions(beam_args))
     if own and own[0] == "verify":
         from pipeline.verify import main as verify_main
         return verify_main(own[1:])

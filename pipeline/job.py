@@ -26,11 +26,13 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline.config import ExportConfig
 from pipeline.datarecord_input import datarecord_source
+from pipeline.local_engines import PRISM_RUNNERS, announce_prism_fallback, note_once, resolve_local_engine
 from pipeline.manifest import manifest_base, read_manifest
 from pipeline.preflight import ExportPlan, preflight
 from pipeline.progress import ReportRowsRead
 from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
+from transforms.file_listing import list_files
 from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport
 from transforms.formats import make_format
 from transforms.isolate import with_error_column
@@ -48,8 +50,18 @@ _LOG = logging.getLogger(__name__)
 
 
 def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> PipelineOptions:
-    """Beam options: the config's runner and options, then the extra arguments (which win)."""
-    return PipelineOptions([f"--runner={config.runner.name}", *config.runner.options, *beam_args])
+    """Beam options: the config's runner and options, then the extra arguments (which win).
+
+    ``DirectRunner`` and ``PrismRunner`` are pointed at this machine's Prism binary, or (the
+    DirectRunner) run on the FnApiRunner with a one-line note: never a download
+    (``pipeline.local_engines``).
+    """
+    runner, options, note = resolve_local_engine(config.runner.name, [*config.runner.options, *beam_args])
+    if note:
+        note_once(note)
+    if runner in PRISM_RUNNERS:
+        announce_prism_fallback()
+    return PipelineOptions([f"--runner={runner}", *options])
 
 
 def build_pipeline(p: beam.Pipeline, plan: Union[ExportPlan, ExportConfig],
@@ -180,7 +192,7 @@ def _discard_scratch(plan: ExportPlan) -> None:
     """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
-        files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
+        files = [m.path for m in list_files(scratch)]
         doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME]
         if doomed:
             FileSystems.delete(doomed)

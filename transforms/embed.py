@@ -32,6 +32,7 @@ from apache_beam.utils import shared
 from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
 from transforms.isolate import ModelFailureIsolation
+from transforms.model_files import local_model_dir
 from transforms.specs import InputSpec, OutputSpec
 from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
 
@@ -110,7 +111,7 @@ class SavedModelHandler:
         _set_threads(tf, self.intra_op_threads, self.inter_op_threads)
         start = time.perf_counter()
         try:
-            module = tf.saved_model.load(self.model_path)
+            module = tf.saved_model.load(local_model_dir(self.model_path))
         except Exception as err:
             raise RuntimeError(f"cannot load the SavedModel {self.model_path}: {err}") from err
         try:

@@ -1,0 +1,104 @@
+"""The engines a run finds on this machine: the Prism binary that Beam's DirectRunner prefers.
+
+Beam 2.77's ``DirectRunner`` and ``PrismRunner`` run on Prism, a Go binary that Beam downloads
+unless ``--prism_location`` names one; offline the download fails and the DirectRunner falls back
+to the FnApiRunner, silently. Here a run never downloads anything: ``make engines`` builds Prism
+from Beam's Go module (``.ci/engines/fetch.sh``) into the cache below, and a run on either runner
+is pointed at it. Without the binary, ``PrismRunner`` is refused and ``DirectRunner`` runs on the
+FnApiRunner, saying so in one line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import apache_beam
+
+from pipeline.config import ConfigError
+
+__all__ = ["announce_prism_fallback", "cache_dir", "note_once", "prism_binary", "resolve_local_engine",
+           "PRISM_RUNNERS"]
+
+PRISM_RUNNERS = ("DirectRunner", "PrismRunner")
+PRISM_LOCATION = "--prism_location"
+CACHE_ENV = "EMBEDDING_EXPORT_CACHE"  # .ci/engines/*.sh read the same variable
+PRISM_ENV = "EMBEDDING_EXPORT_PRISM"  # a Prism binary to use instead of the cached one
+_FALLBACK_LOGGER = "apache_beam.runners.direct.direct_runner"
+
+
+def cache_dir() -> str:
+    """Where fetched engines live: $EMBEDDING_EXPORT_CACHE, else ~/.cache/embedding-export."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "embedding-export")
+
+
+def prism_binary() -> Optional[str]:
+    """The Prism binary of this Beam version: $EMBEDDING_EXPORT_PRISM, else the cached build, else None."""
+    given = os.environ.get(PRISM_ENV)
+    if given:
+        return given
+    path = os.path.join(cache_dir(), f"prism-v{apache_beam.__version__}", "prism")
+    return path if os.access(path, os.X_OK) else None
+
+
+def resolve_local_engine(runner: str, options: Sequence[str]) -> Tuple[str, List[str], Optional[str]]:
+    """(runner, options, note): the runner and options a run uses, and a one-line note when it changed.
+
+    Raises:
+      ConfigError: ``PrismRunner`` with no Prism binary here.
+    """
+    options = list(options)
+    if runner not in PRISM_RUNNERS or any(o.split("=", 1)[0] == PRISM_LOCATION for o in options):
+        return runner, options, None
+    binary = prism_binary()
+    if binary is not None:
+        return runner, [f"{PRISM_LOCATION}={binary}", *options], None
+    if runner == "PrismRunner":
+        raise ConfigError("runner PrismRunner: no Prism binary here (build it with `make engines`, or pass "
+                         f"-- {PRISM_LOCATION}=PATH); a run does not download one")
+    return "FnApiRunner", options, ("DirectRunner: no Prism binary here (`make engines` builds one), so this "
+                                    "run uses the FnApiRunner instead of downloading Prism")
+
+
+_noted = set()
+
+
+def note_once(note: str) -> None:
+    """Print ``note`` on stderr, once per process."""
+    if note not in _noted:
+        _noted.add(note)
+        print(f"embedding-export: {note}", file=sys.stderr)
+
+
+class _FallbackNotice(logging.Filter):
+    """Beam's DirectRunner logs its fallback from Prism at INFO, with the whole error: say it in one line.
+
+    The logger is opened to INFO so that the fallback is seen; its other records pass only at the
+    level they would have passed before.
+    """
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Exception with PrismRunner"):
+            first = next((line.strip() for line in message.splitlines()[1:] if line.strip()), "")
+            print(f"embedding-export: Prism failed to start the job ({first[:200]}); Beam's DirectRunner "
+                  "runs it on the FnApiRunner", file=sys.stderr)
+            return False
+        if message.startswith("Pipeline failed on PrismRunner"):
+            print("embedding-export: the job failed on Prism at submission; Beam's DirectRunner runs it on "
+                  "the FnApiRunner", file=sys.stderr)
+            return False
+        return record.levelno >= self.level
+
+
+def announce_prism_fallback() -> None:
+    """Make Beam's fallback from Prism one line on stderr, whatever the logging level (idempotent)."""
+    logger = logging.getLogger(_FALLBACK_LOGGER)
+    if not any(isinstance(f, _FallbackNotice) for f in logger.filters):
+        logger.addFilter(_FallbackNotice(logger.getEffectiveLevel()))
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
