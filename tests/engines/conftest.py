@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from engines_support import HDFS_ENV, hdfs_from_env, start_hdfs, stop_hdfs, unavailable, use_hdfs  # noqa: E402
+from engines_support import HDFS_ENV, MISSING, hdfs_from_env, start_hdfs, stop_hdfs, unavailable, use_hdfs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +34,8 @@ def hdfs(tmp_path_factory):
         yield cluster
     finally:
         stop_hdfs(work)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for reason in sorted(MISSING):
+        terminalreporter.write_line(f"engine tests skipped: {reason}")

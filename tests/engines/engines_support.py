@@ -27,10 +27,14 @@ HDFS_ENV = "EMBEDDING_EXPORT_HDFS"
 HDFS_USER = "ci"
 
 
+MISSING: set = set()  # why engine tests were skipped, for the one-line summary (conftest.py)
+
+
 def unavailable(reason: str):
     """Fail in CI (an engine CI was to provide is missing), skip elsewhere."""
     if os.environ.get("CI"):
         pytest.fail(f"engine missing in CI: {reason}", pytrace=False)
+    MISSING.add(reason)
     pytest.skip(reason)
 
 
@@ -56,7 +60,8 @@ def start_hdfs(work_dir: str) -> Hdfs:
     proc = subprocess.run([os.path.join(ENGINES, "hdfs.sh"), "start", work_dir], capture_output=True, text=True,
                           timeout=600)
     if proc.returncode != 0:
-        unavailable(f"cannot start MiniDFSCluster (`make engines` fetches it): {proc.stderr.strip()[-500:]}")
+        unavailable(f"no MiniDFSCluster started (`make engines` fetches it; needs Java 17, Maven): "
+                    f"{proc.stderr.strip()[-300:]}")
     host, rpc, http = proc.stdout.split()[-3:]
     return Hdfs(host, int(rpc), int(http))
 
