@@ -140,6 +140,9 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
                 plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
             except PreflightError as e:
                 problems.append(str(e))
+            except Exception as e:  # the file system itself failed, e.g. an HDFS namenode not reachable
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                problems.append(f"model, input and output could not be checked: {type(e).__name__}: {first}")
             else:
                 print(format_plan(plan, beam_args), file=out)
     print(format_options_check(check), file=out)
