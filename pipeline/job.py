@@ -125,17 +125,28 @@ def _failure_budget(plan: ExportPlan) -> Optional[int]:
 
 
 def _export_error(err: BaseException) -> Optional[str]:
-    """The message of an ExportError raised on a worker, however the runner wrapped it."""
+    """The message of an ExportError raised on a worker, however the runner wrapped it.
+
+    In-process runners keep the exception chain. Runners with a job service (Prism, portable
+    runners) report only the worker's traceback as text, so the message is read from it.
+    """
     seen = set()
     found = None
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, ExportError):
             found = str(err)  # the innermost one carries the message without runner decoration
+        elif found is None:
+            quoted = _EXPORT_ERROR_LINE.findall(str(err))
+            if quoted:
+                found = quoted[-1]
         err = err.__cause__ or err.__context__
     if found is not None:
         found = re.sub(r" \[while running '[^']*'\]$", "", found)
     return found
+
+
+_EXPORT_ERROR_LINE = re.compile(r"^(?:\w+\.)*ExportError: (.+)$", re.MULTILINE)
 
 
 def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: bool = False,

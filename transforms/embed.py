@@ -10,7 +10,8 @@ DoFn emits each batch's results a few batches later, in input order (``MODEL_CAL
 signature on a dict of numpy columns, which Beam's TF handler cannot (it needs tensorflow-hub
 and Keras loading and stacks a single input). The model is loaded with ``tf.saved_model.load``
 in ``DoFn.setup`` through ``apache_beam.utils.shared.Shared``, so a process holds one copy
-whatever the number of DoFn instances. Metrics use RunInference's names so dashboards built for
+whatever the number of DoFn instances (a model on a scheme TensorFlow cannot open, such as
+hdfs://, is first copied to a local directory through Beam's FileSystems: ``transforms.model_files``). Metrics use RunInference's names so dashboards built for
 RunInference read this job too. Rows whose outputs are not finite are rejected, not written.
 """
 from __future__ import annotations

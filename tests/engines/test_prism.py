@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.job import pipeline_options, run_export
 from pipeline.local_engines import CACHE_ENV, PRISM_ENV, resolve_local_engine
+from transforms.finalize import ExportError
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, write_users)
 
@@ -74,3 +75,15 @@ def test_without_prism_the_prism_runner_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv(PRISM_ENV, raising=False)
     with pytest.raises(ConfigError, match="no Prism binary here .*make engines"):
         resolve_local_engine("PrismRunner", [])
+
+
+def test_a_failed_export_on_prism_reports_its_reason_and_publishes_nothing_final(tmp_path, prism):
+    # Prism reports a worker's exception only as traceback text: the ExportError's message is read from it.
+    write_users(str(tmp_path / "in"), 300, files=2, bad=True, row_group_size=150)
+    out = tmp_path / "out"
+    cfg = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(out), runner="PrismRunner",
+                      runner_options=[], max_reject_fraction=0.0)
+    with pytest.raises(ExportError, match=r"^8 of 308 rows rejected .*nothing else was published$"):
+        run_export(cfg)
+    left = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files)
+    assert len(left) == 1 and left[0].startswith("_rejected/") and left[0].endswith("part-00000-of-00001.parquet")
