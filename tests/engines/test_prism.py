@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.job import pipeline_options, run_export
 from pipeline.local_engines import CACHE_ENV, PRISM_ENV, resolve_local_engine
+from pipeline.progress import is_local_run
 from transforms.finalize import ExportError
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, write_users)
@@ -51,6 +52,12 @@ def test_prism_runners_are_pointed_at_the_local_binary(prism, runner):
     options = pipeline_options(cfg).get_all_options()
     assert options["runner"] == runner
     assert options["prism_location"] == prism  # so Beam never downloads one
+
+
+def test_prism_runs_get_the_progress_bar():
+    # Prism runs the SDK harness in this process (LOOPBACK) unless told otherwise.
+    assert is_local_run("PrismRunner") and is_local_run("DirectRunner")
+    assert not is_local_run("PrismRunner", ["--environment_type=DOCKER"])
 
 
 def test_a_given_prism_location_is_kept():
