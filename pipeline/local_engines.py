@@ -53,7 +53,9 @@ def resolve_local_engine(runner: str, options: Sequence[str]) -> Tuple[str, List
         return runner, options, None
     binary = prism_binary()
     if binary is not None:
-        return runner, [f"{PRISM_LOCATION}={binary}", *options], None
+        # Prism's own INFO lines (job service address, "pipeline done!") would pass any log level.
+        quiet = [] if any(o.startswith("--prism_log_level") for o in options) else ["--prism_log_level=warn"]
+        return runner, [f"{PRISM_LOCATION}={binary}", *quiet, *options], None
     if runner == "PrismRunner":
         raise ConfigError("runner PrismRunner: no Prism binary here (build it with `make engines`, or pass "
                          f"-- {PRISM_LOCATION}=PATH); a run does not download one")
