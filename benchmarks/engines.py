@@ -29,9 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.demo import demo_config, generate_users  # noqa: E402
+from pipeline.demo.models import demo_model_kwargs, ensure_embedding_model  # noqa: E402
+from pipeline.demo.run import demo_config  # noqa: E402
+from pipeline.demo.users import generate_users  # noqa: E402
 from pipeline.local_engines import prism_binary  # noqa: E402
-from pipeline.models import demo_model_kwargs, ensure_embedding_model  # noqa: E402
 
 FNAPI = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 RUNNERS = {
@@ -74,6 +75,7 @@ def run(users: int, workdir: str, hdfs: Optional[str], repeats: int = 3) -> Dict
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.job import run_export
+    from pipeline.plan import preflight
 
     sizes = [users // 2, users]
     model = os.path.join(workdir, "model")
@@ -123,8 +125,11 @@ def run(users: int, workdir: str, hdfs: Optional[str], repeats: int = 3) -> Dict
                         out = f"{remote}/out-{size}"
                         args = hdfs_args
                     raw["output"]["path"] = out
+                    if args:  # the previous local run's workers set FileSystems to their options
+                        FileSystems.set_options(PipelineOptions(args))
                     start = time.perf_counter()
-                    manifest = run_export(parse_config(raw, "<bench>"), beam_args=args, overwrite=True)
+                    manifest = run_export(preflight(parse_config(raw, "<bench>"), overwrite=True, beam_args=args),
+                                          beam_args=args)
                     seconds = time.perf_counter() - start
                     if repeat < 0:
                         continue

@@ -35,7 +35,8 @@ from transforms.elements import EmbeddedBatch
 from transforms.isolate import ModelFailureIsolation
 from transforms.model_files import local_model_dir
 from transforms.specs import InputSpec, OutputSpec
-from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
+from transforms.rejected import REJECTED, rejected_from_tagged
+from transforms.validate import METRICS_NAMESPACE
 
 __all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING",
            "concurrent_model_calls"]

@@ -12,12 +12,13 @@ import pytest
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
-from engines_support import ROOT, download_tree, upload_tree
+from engines_support import ROOT, download_tree, upload_tree, use_hdfs
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError
+from pipeline.plan import preflight
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, write_users)
+from transforms.errors import PreflightError
 from transforms.file_listing import list_files
 from transforms.model_files import local_model_dir, model_files, tensorflow_opens
 from transforms.pause_points import PAUSE_AT_ENV, PAUSE_DIR_ENV
@@ -36,15 +37,22 @@ def remote(hdfs, tmp_path_factory):
     upload_tree(str(root / "in"), base + "/in")
     upload_tree(tiny_model(), base + "/model")
     local_out = str(root / "local")
-    local = run_export(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), local_out, num_shards=SHARDS,
-                                   batch_size=64, runner_options=FNAPI))
+    local = run_export(preflight(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), local_out,
+                                             num_shards=SHARDS, batch_size=64, runner_options=FNAPI)))
     cfg = tiny_config(base + "/in/*.parquet", base + "/model", base + "/out", num_shards=SHARDS, batch_size=64,
                       runner_options=FNAPI)
-    manifest = run_export(cfg, beam_args=hdfs.beam_args)
+    use_hdfs(hdfs)  # the local run's workers set Beam's FileSystems options to its own (no HDFS)
+    manifest = run_export(preflight(cfg, beam_args=hdfs.beam_args), beam_args=hdfs.beam_args)
     copy = str(root / "copy")
     download_tree(base + "/out", copy)
     return {"base": base, "cfg": cfg, "manifest": manifest, "copy": copy, "root": root,
             "expected": expected_embeddings(tiny_model(), paths), "local": (local_out, local)}
+
+
+@pytest.fixture(autouse=True)
+def hdfs_file_system(hdfs):
+    """Beam's FileSystems pointed at the HDFS (as the command line does before it plans a run)."""
+    use_hdfs(hdfs)
 
 
 def test_hdfs_export_is_complete_and_equal_to_the_local_one(remote):
@@ -103,8 +111,9 @@ def test_dry_run_checks_that_workers_can_copy_the_model(remote, hdfs, tmp_path, 
 
 def test_a_second_run_needs_overwrite_and_then_replaces_the_export(remote, hdfs):
     with pytest.raises(PreflightError, match="--overwrite"):
-        run_export(remote["cfg"], beam_args=hdfs.beam_args)
-    manifest = run_export(remote["cfg"], beam_args=hdfs.beam_args, overwrite=True)
+        preflight(remote["cfg"], beam_args=hdfs.beam_args)
+    plan = preflight(remote["cfg"], overwrite=True, beam_args=hdfs.beam_args)
+    manifest = run_export(plan, beam_args=hdfs.beam_args)
     assert manifest["run_id"] != remote["manifest"]["run_id"]
     copy = str(remote["root"] / "copy2")
     names = download_tree(remote["base"] + "/out", copy)

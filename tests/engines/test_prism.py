@@ -6,9 +6,10 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.job import pipeline_options, run_export
+from pipeline.plan import preflight
 from pipeline.local_engines import CACHE_ENV, PRISM_ENV, resolve_local_engine
 from pipeline.progress import is_local_run
-from transforms.finalize import ExportError
+from transforms.errors import ExportError
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, write_users)
 
@@ -31,7 +32,7 @@ def exports(tmp_path_factory, prism):
         out = str(root / name)
         cfg = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), out, num_shards=SHARDS, batch_size=64,
                           runner=runner, runner_options=options)
-        results[name] = (out, run_export(cfg))
+        results[name] = (out, run_export(preflight(cfg)))
     return expected, results
 
 
@@ -90,7 +91,8 @@ def test_a_failed_export_on_prism_reports_its_reason_and_publishes_nothing_final
     out = tmp_path / "out"
     cfg = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(out), runner="PrismRunner",
                       runner_options=[], max_reject_fraction=0.0)
+    plan = preflight(cfg)
     with pytest.raises(ExportError, match=r"^8 of 308 rows rejected .*nothing else was published$"):
-        run_export(cfg)
+        run_export(plan)
     left = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files)
     assert len(left) == 1 and left[0].startswith("_rejected/") and left[0].endswith("part-00000-of-00001.parquet")
