@@ -558,6 +558,13 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     head = None if opts.all else opts.head
     if head is None and not opts.all and opts.key is None:
         head = 0 if opts.plot else 10
+    if opts.plot:
+        from pipeline.extras import MissingExtra, require
+        try:
+            require("matplotlib", "inspect --plot")
+        except MissingExtra as err:
+            print(f"inspect: {err}", file=sys.stderr)
+            return 2
     try:
         if opts.plot:
             from pipeline.plots import DEFAULT_SAMPLE, plot_export   # matplotlib only when asked

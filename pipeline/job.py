@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
 from pipeline.datarecord_input import datarecord_source
@@ -127,7 +127,8 @@ def _export_error(err: BaseException) -> Optional[str]:
 
 
 def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
-               plan: Optional[ExportPlan] = None, progress_dir: Optional[str] = None) -> Dict:
+               plan: Optional[ExportPlan] = None, progress_dir: Optional[str] = None,
+               on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]] = None) -> Dict:
     """Run the export to completion and return its manifest.
 
     Args:
@@ -136,6 +137,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
       overwrite: replace an earlier export in the output directory.
       plan: an already checked plan (skips the preflight).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+      on_launch: called with the runner's result and the options once the job is submitted,
+        before waiting for it (the CLI prints a Dataflow job's id and console URL from it).
     Raises:
       PreflightError: the config, model or input does not fit (raised before launching).
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
@@ -152,6 +155,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
         result = p.run()
+        if on_launch is not None:
+            on_launch(result, options)
         state = result.wait_until_finish()
     except Exception as err:
         _discard_scratch(plan)

@@ -586,13 +586,37 @@ def _summary_lines(report: VerifyReport) -> List[str]:
     return lines
 
 
+def _print_plain_report(report: VerifyReport, stream) -> None:
+    """``print_report`` without rich (the ``tools`` extra): the same facts as plain lines."""
+    for shard in _shard_rows(report):
+        records = str(shard.records) if not shard.missing else "-"
+        size = str(shard.bytes) if shard.bytes is not None else "-"
+        print(f"{shard.file}  records {records}  manifest {shard.manifest_records}  bytes {size}  "
+              f"{_status(shard)}", file=stream)
+    for line in _summary_lines(report):
+        print(line, file=stream)
+    for warning in report.warnings[:20]:
+        print(f"warning: {warning}", file=stream)
+    if report.ok:
+        print(f"OK: {report.records} records in {len(report.shards)} shards verified", file=stream)
+        return
+    print(f"FAILED: {report.problem_count} problem(s); the first {len(report.problems)}:", file=stream)
+    for problem in report.problems:
+        print(f"  {problem}", file=stream)
+
+
 def print_report(report: VerifyReport, stream=None) -> None:
     """The summary table, then warnings and the first problems; rich on a terminal, plain text otherwise."""
+    from pipeline.extras import available
+
+    stream = stream or sys.stdout
+    if not available("rich"):
+        _print_plain_report(report, stream)
+        return
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    stream = stream or sys.stdout
     tty = stream.isatty()
     console = Console(file=stream, force_terminal=tty, no_color=not tty, highlight=False,
                       width=None if tty else 200, soft_wrap=not tty)
