@@ -153,7 +153,7 @@ def demo_config(out_dir: str) -> Dict[str, Any]:
         "output": {"path": os.path.join(root, "export"), "format": "tfrecord", "compression": "none",
                    "key_feature": "meta.user_id"},
         # FnApiRunner, named explicitly, as in local.yaml: "DirectRunner" first tries Prism, which
-        # it downloads, so a run would differ with and without a network (SPEC section 8).
+        # it downloads, so a run would differ with and without a network (docs/RUNNING.md).
         "runner": {"name": "FnApiRunner",
                    "options": ["--direct_running_mode=in_memory", "--direct_num_workers=1"]},
     }

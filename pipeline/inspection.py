@@ -1,6 +1,6 @@
 """Reading an export directory back, and the ``embedding-export inspect`` command.
 
-An export (SPEC sections 5 and 6) is ``part-SSSSS-of-NNNNN<suffix>`` shard files, a
+An export (docs/FORMAT.md sections 1 and 7) is ``part-SSSSS-of-NNNNN<suffix>`` shard files, a
 ``_MANIFEST.json`` and a ``_SUCCESS`` marker. This module holds what both operator tools need:
 the manifest (``read_manifest``), the shard file names a manifest implies (``shard_file_name``)
 and a streaming reader of one shard in batches (``iter_record_batches``) whatever its format, so
@@ -107,7 +107,7 @@ class ExportManifest:
 
 
 def shard_file_name(index: int, num_shards: int, fmt: str, compression: str = "none") -> str:
-    """The file name SPEC section 5 gives shard ``index`` of ``num_shards`` in ``fmt``."""
+    """The file name docs/FORMAT.md section 1 gives shard ``index`` of ``num_shards`` in ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
     suffix = {"tfrecord": ".tfrecord", "block": "", "parquet": ".parquet"}[fmt]
@@ -276,7 +276,7 @@ def open_binary(path: str) -> BinaryIO:
 
 @contextlib.contextmanager
 def open_records(path: str) -> Iterator[BinaryIO]:
-    """A shard's record stream: gunzipped when the name ends in ``.gz`` (SPEC 5 names say so)."""
+    """A shard's record stream: gunzipped when the name ends in ``.gz`` (docs/FORMAT.md section 1)."""
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(open_binary(path))
         if path.endswith(".gz"):

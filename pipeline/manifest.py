@@ -1,4 +1,4 @@
-"""The manifest (SPEC section 6): its static part, built at launch, and reading it back.
+"""The manifest (docs/FORMAT.md section 7): its static part, built at launch, and reading it back.
 
 The finalize step (``transforms.finalize.publish``) adds what only the finished run knows (shard
 files, row counts, rejected rows by reason, unreadable row groups, duplicate keys) to the static

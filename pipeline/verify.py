@@ -1,9 +1,9 @@
 """``embedding-export verify DIR``: check that an export is complete and every record is sound.
 
-What is checked (SPEC sections 4 to 6):
+What is checked (docs/FORMAT.md):
 
 - the directory: ``_MANIFEST.json`` parses, ``_SUCCESS`` exists, every shard the manifest lists
-  exists under the name SPEC 5 gives it, and no other ``part-*`` file is there;
+  exists under the name docs/FORMAT.md section 1 gives it, and no other ``part-*`` file is there;
 - the manifest: one entry per shard, feature ids match their names, rows_read == rows_written +
   rows_rejected, and the shard counts add up to rows_written;
 - every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
@@ -249,7 +249,7 @@ def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, check
     The batch decoder reads every record (byte-checking those laid out as the exporter writes
     them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
     a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
-    outputs) is decoded strictly on its own, so SPEC 4's form (FLOAT rawTypedTensor of shape [D])
+    outputs) is decoded strictly on its own, so the exported form of docs/FORMAT.md section 3 (FLOAT rawTypedTensor of shape [D])
     is held to in every batch. When the batch decoder refuses a batch, its records are decoded
     one by one to name the bad ones.
     """
@@ -295,7 +295,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
         try:
             key, vector = _decode_one(batch.records[i], manifest, path)
         except RecordFormatError as err:
-            checker.note("decode", record_index, f"record does not decode as SPEC 4 writes it: {err.reason}")
+            checker.note("decode", record_index, f"record does not decode as the export writes it: {err.reason}")
             continue
         if vector.shape[0] != dim:
             checker.note("dim", record_index, f"embedding has dimension {vector.shape[0]}, "
@@ -306,7 +306,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
 
 
 def _decode_one(data: bytes, manifest: ExportManifest, path: str) -> Tuple[int, np.ndarray]:
-    """Key and embedding of one record, strictly as SPEC 4 writes them (FLOAT rawTypedTensor, 1-D)."""
+    """Key and embedding of one record, strictly as the export writes them (FLOAT rawTypedTensor, 1-D)."""
     record = decode_data_record(data, path)
     key = (record.discreteFeatures or {}).get(manifest.key_feature_id)
     if key is None:

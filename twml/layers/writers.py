@@ -3,7 +3,7 @@
 They sit at the output of exported models, so they are built from TensorFlow graph ops only
 (``twml.layers._graph_encode``): a SavedModel ending in one of them loads and runs where our
 Python code is absent, with any batch size. Their bytes equal the numpy batch encoder's
-(``twml.encode``), which follows libtwml's writers (SPEC.md section 3).
+(``twml.encode``), which follows libtwml's writers (docs/FORMAT.md section 3).
 """
 from __future__ import annotations
 
