@@ -331,3 +331,81 @@ def test_exports_it_cannot_read_are_refused_with_what_to_use(tmp_path):
         (tmp_path / "b" / "_MANIFEST.json").write_text(json.dumps({**manifest, **change}))
         with pytest.raises(ValueError, match=message):
             export_dataset(str(tmp_path / "b"))
+
+
+# ------------------------------------------------------------------------------------------------
+# String keys: the key in stringFeatures (field 4), its int64 id in discreteFeatures (field 3).
+
+KEY_ID_FEATURE = feature_id("meta.user_id.id")
+STRING_LAYOUT = ExportLayout(files=(), compression="none", key_feature_id=KEY_ID, outputs=LAYOUT.outputs,
+                             key_type="string", key_id_feature_id=KEY_ID_FEATURE)
+
+
+def string_key_record(key: str, values, order=None) -> bytes:
+    """A string-key record as thriftpy2 writes it (fields by id, map entries as given)."""
+    return thrift_record(0, values, order, discreteFeatures={KEY_ID_FEATURE: feature_id(key)},
+                         stringFeatures={KEY_ID: key})
+
+
+def general_decode_string_key(record: bytes, layout):
+    decoded = decode_data_record(record)
+    key = decoded.stringFeatures[layout.key_feature_id]
+    assert decoded.discreteFeatures[layout.key_id_feature_id] is not None
+    _, embedding, others = general_decode(
+        serialize(data_thrift.DataRecord(discreteFeatures={layout.key_feature_id: 0}, tensors=decoded.tensors)),
+        layout)
+    return (key.encode("utf-8") if isinstance(key, str) else key), embedding, others
+
+
+def test_a_string_key_export_reads_with_its_keys(tmp_path):
+    keys = ["user-1", "ünïcode", "with#hash", "a" * 300, "x"]
+    rows = [_one_row(seed) for seed in range(len(keys))]
+    path = tmp_path / "part-00000-of-00001.tfrecord.gz"
+    with TFRecordWriter(str(path), compression="gzip") as writer:
+        for key, row in zip(keys, rows):
+            writer.write(string_key_record(key, row, [1, 0, 2, 3, 4, 5]))
+    manifest = {**_manifest([path.name], "gzip"), "key_type": "string",
+                "key_id_feature": {"name": "meta.user_id.id", "id": KEY_ID_FEATURE}}
+    (tmp_path / "_MANIFEST.json").write_text(json.dumps(manifest))
+    (tmp_path / "_SUCCESS").write_text("")
+    assert read_export_layout(str(tmp_path)) == ExportLayout(
+        (str(path),), "gzip", KEY_ID, LAYOUT.outputs, "string", KEY_ID_FEATURE)
+    got = list(export_dataset(str(tmp_path)).as_numpy_iterator())
+    assert [g[0] for g in got] == [k.encode("utf-8") for k in keys]
+    for parsed, record in zip(got, read_tfrecords(str(path))):
+        assert_same((0, parsed[1], parsed[2]), (0, *general_decode_string_key(record, STRING_LAYOUT)[1:]))
+    batched = next(iter(export_dataset(str(tmp_path), batch_size=8)))
+    assert batched[0].dtype == tf.string and batched[1].shape == (5, 5)
+
+
+def test_string_key_records_decode_right_or_fail_loudly_on_every_byte():
+    record = string_key_record("user-42", _one_row(), [4, 0, 1, 2, 3, 5])
+    parser = tf.function(lambda r: parse_exported_records(r, STRING_LAYOUT),
+                         input_signature=[tf.TensorSpec([None], tf.string)])
+    key, embedding, others = parser(tf.constant([record]))
+    assert key.numpy()[0] == b"user-42"
+    loud = right = 0
+    for pos in range(len(record)):
+        bad = bytearray(record)
+        bad[pos] ^= 0x01
+        bad = bytes(bad)
+        try:
+            key, embedding, others = parser(tf.constant([bad]))
+        except tf.errors.InvalidArgumentError:
+            loud += 1
+            continue
+        try:
+            want = general_decode_string_key(bad, STRING_LAYOUT)
+        except (RecordFormatError, KeyError, ValueError, TypeError) as err:
+            pytest.fail(f"byte {pos}: the graph parser decoded a record the general decoder refuses ({err})")
+        assert_same((0, embedding.numpy()[0], {k: v.numpy()[0] for k, v in others.items()}), (0, *want[1:]))
+        assert key.numpy()[0] == want[0]
+        right += 1
+    assert loud and right and loud + right == len(record)
+    for wrong in (thrift_record(0, _one_row(), stringFeatures={KEY_ID: "u"}),   # no key id
+                  string_key_record("u", _one_row()) [:-1],
+                  serialize(data_thrift.DataRecord(discreteFeatures={KEY_ID_FEATURE: 1},
+                                                   stringFeatures={KEY_ID: "u", feature_id("y"): "v"},
+                                                   tensors=decode_data_record(record).tensors))):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="exported DataRecord"):
+            parser(tf.constant([wrong]))

@@ -16,7 +16,7 @@ feature, a list tensor instead of a rawTypedTensor, ...) is valid Thrift that th
 not recognise: it fails with an InvalidArgumentError that says what differs, never returns
 numbers from bytes it did not understand. ``twml.decode`` remains the general decoder.
 
-Supported: TFRecord exports, plain or gzip, whose outputs are numeric (float32, float64, int32,
+Supported: TFRecord exports, plain or gzip, with int64 or string keys, whose outputs are numeric (float32, float64, int32,
 int64, uint8, bool) with every dim known (the manifest lists them). Other exports are refused
 when the dataset is built, with what to use instead.
 """
@@ -63,8 +63,10 @@ class ExportLayout:
     """What the parser needs to know about an export, read from its manifest."""
     files: Tuple[str, ...]
     compression: str                     # "none" or "gzip"
-    key_feature_id: int
+    key_feature_id: int                  # int64 keys: in discreteFeatures; string keys: in stringFeatures
     outputs: Tuple[ExportedOutput, ...]  # the embedding first, then the others in record order
+    key_type: str = "int64"              # "int64" or "string"
+    key_id_feature_id: Optional[int] = None   # string keys: where the key's int64 id is (discreteFeatures)
 
     @property
     def embedding(self) -> ExportedOutput:
@@ -110,7 +112,11 @@ def read_export_layout(export_dir: str) -> ExportLayout:
     if outputs[0].feature_id != int(manifest["embedding_feature"]["id"]):
         raise ValueError(f"{export_dir}: the manifest's first output is not its embedding_feature")
     files = tuple(posixpath.join(export_dir, shard["file"]) for shard in manifest["shards"])
-    return ExportLayout(files, compression, int(manifest["key_feature"]["id"]), tuple(outputs))
+    key_type = manifest.get("key_type", "int64")
+    if key_type not in ("int64", "string"):
+        raise ValueError(f"{export_dir}: unknown key_type {key_type!r} in the manifest")
+    key_id = int(manifest["key_id_feature"]["id"]) if key_type == "string" else None
+    return ExportLayout(files, compression, int(manifest["key_feature"]["id"]), tuple(outputs), key_type, key_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,6 +129,11 @@ def _field(ttype: int, fid: int) -> bytes:
 def _key_head(key_feature_id: int) -> bytes:
     """Field 3 discreteFeatures map<i64, i64> of one entry, up to its value (the key)."""
     return _field(_T_MAP, 3) + struct.pack(">bbi", _T_I64, _T_I64, 1) + struct.pack(">q", key_feature_id)
+
+
+def _string_key_head(key_feature_id: int) -> bytes:
+    """Field 4 stringFeatures map<i64, string> of one entry, up to its value (i32 length, bytes)."""
+    return _field(_T_MAP, 4) + struct.pack(">bbi", _T_I64, _T_STRING, 1) + struct.pack(">q", key_feature_id)
 
 
 def _tensors_head(count: int) -> bytes:
@@ -170,8 +181,10 @@ def parse_exported_records(records: tf.Tensor, layout: ExportLayout
       records: string ``[B]``, one serialized DataRecord each.
       layout: the export's layout (``read_export_layout``).
     Returns:
-      (keys int64 ``[B]``, embeddings float32 ``[B, D]``, {output name: ``[B, *shape]``} of the
-      other outputs, bool outputs as tf.bool).
+      (keys ``[B]``, embeddings float32 ``[B, D]``, {output name: ``[B, *shape]``} of the other
+      outputs, bool outputs as tf.bool). Keys are int64, or for an export of string keys
+      (manifest ``key_type: string``) the strings themselves (their int64 id, in field 3, is
+      ``twml.feature_id(key)``; the parser checks where it is, not its value).
     Raises:
       tf.errors.InvalidArgumentError (when run) on any record not laid out as the export writes
       it, up to the order of the ``tensors`` map entries; the message says which part differs.
@@ -179,30 +192,51 @@ def parse_exported_records(records: tf.Tensor, layout: ExportLayout
     records = tf.convert_to_tensor(records, tf.string)
     outputs = layout.outputs
     n = len(outputs)
-    key_head = _key_head(layout.key_feature_id)
+    string_keys = layout.key_type == "string"
+    key_head = _key_head(layout.key_id_feature_id if string_keys else layout.key_feature_id)
+    string_head = _string_key_head(layout.key_feature_id) if string_keys else b""
     tensors_head = _tensors_head(n)
     fids = [struct.pack(">q", o.feature_id) for o in outputs]
     prefixes = [_entry_prefix(o) for o in outputs]
     suffixes = [_entry_suffix(o) for o in outputs]
     sizes = [len(p) + o.content_bytes + len(s) for o, p, s in zip(outputs, prefixes, suffixes)]
-    record_length = len(key_head) + 8 + len(tensors_head) + sum(_FID_BYTES + s for s in sizes) + 1
+    # Every byte but a string key's: the record length is this plus the key's length.
+    fixed_length = (len(key_head) + 8 + (len(string_head) + 4 if string_keys else 0) + len(tensors_head)
+                    + sum(_FID_BYTES + s for s in sizes) + 1)
+    what = f"{'string ' if string_keys else ''}key, then {n} tensors: {', '.join(o.name for o in outputs)}"
 
     lengths = tf.strings.length(records, unit="BYTE")
-    checks = [_assert_all(tf.equal(lengths, record_length),
-                          f"exported DataRecord: expected {record_length} bytes (key, then {n} tensors: "
-                          f"{', '.join(o.name for o in outputs)}), a record has another length")]
+    checks = [_assert_all(tf.greater_equal(lengths, fixed_length) if string_keys else tf.equal(lengths, fixed_length),
+                          f"exported DataRecord: expected {fixed_length} bytes"
+                          f"{' plus the key' if string_keys else ''} ({what}), a record has another length")]
     with tf.control_dependencies(checks):
         checks = [_assert_all(tf.equal(_substr(records, 0, len(key_head)), key_head),
                               f"exported DataRecord: does not start with field 3 discreteFeatures holding "
-                              f"one entry for key feature id {layout.key_feature_id}")]
+                              f"one entry for feature id {layout.key_id_feature_id if string_keys else layout.key_feature_id}"
+                              f"{' (the key id)' if string_keys else ' (the key)'}")]
     with tf.control_dependencies(checks):
-        keys = tf.reshape(tf.io.decode_raw(_substr(records, len(key_head), 8), tf.int64,
-                                           little_endian=False), [-1])
+        key_ids = tf.reshape(tf.io.decode_raw(_substr(records, len(key_head), 8), tf.int64,
+                                              little_endian=False), [-1])
+        keys = key_ids
         pos = len(key_head) + 8
+    if string_keys:
+        with tf.control_dependencies(checks):
+            checks = [_assert_all(tf.equal(_substr(records, pos, len(string_head)), string_head),
+                                  f"exported DataRecord: field 3 is not followed by field 4 stringFeatures "
+                                  f"holding one entry for key feature id {layout.key_feature_id}", key_ids)]
+        with tf.control_dependencies(checks):
+            pos += len(string_head)
+            key_length = tf.reshape(tf.io.decode_raw(_substr(records, pos, 4), tf.int32, little_endian=False), [-1])
+            checks = [_assert_all(tf.logical_and(key_length >= 0, tf.equal(lengths, fixed_length + key_length)),
+                                  "exported DataRecord: the string key's length does not fit the record", key_ids)]
+        with tf.control_dependencies(checks):
+            keys = _substr(records, pos + 4, key_length)
+            pos = pos + 4 + key_length
+    with tf.control_dependencies(checks):
         checks = [_assert_all(tf.equal(_substr(records, pos, len(tensors_head)), tensors_head),
-                              f"exported DataRecord: field 3 is not followed by field 8 tensors "
-                              f"map<i64, GeneralTensor> of exactly {n} entries", keys)]
-    pos = tf.fill(tf.shape(records), tf.constant(pos + len(tensors_head), tf.int32))
+                              f"exported DataRecord: field {4 if string_keys else 3} is not followed by field 8 "
+                              f"tensors map<i64, GeneralTensor> of exactly {n} entries", keys)]
+    pos = tf.broadcast_to(tf.cast(pos + len(tensors_head), tf.int32), tf.shape(records))
     fid_table = tf.constant(fids)
     prefix_table = tf.constant(prefixes)
     suffix_table = tf.constant(suffixes)
@@ -256,7 +290,8 @@ def export_dataset(export_dir: str, batch_size: Optional[int] = None, parse_batc
                    num_parallel_reads: Optional[int] = None, deterministic: bool = True) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` over every record of a finished TFRecord export (plain or gzip).
 
-    Elements are ``(key, embedding, others)``: int64 key, float32 ``[D]`` embedding and a dict
+    Elements are ``(key, embedding, others)``: the key (int64, or a string for an export of
+    string keys), float32 ``[D]`` embedding and a dict
     {output name: tensor} of the other outputs; with ``batch_size``, each is batched (the last
     batch may be smaller). Records come shard by shard, in file order, unless
     ``num_parallel_reads`` interleaves the shards.
