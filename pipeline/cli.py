@@ -239,20 +239,30 @@ def _demo(args, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _verbose_flag(argv: Sequence[str]) -> bool:
+    """Whether -v/--verbose comes before the subcommand (read ahead of the parser)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg in ("-v", "--verbose"):
+            return True
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO = None) -> int:
     """Run the command line; returns the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
+    # First, before anything imports TF or Beam (their start-up notices are decided at import).
+    setup_logging(_verbose_flag(own))
     if own and own[0] in ("verify", "inspect"):
-        setup_logging(verbose=False)   # before the tools import TF or Beam
         if own[0] == "verify":
             from pipeline.verify import main as verify_main
             return verify_main(own[1:])
         from pipeline.inspection import main as inspect_main
         return inspect_main(own[1:])
     args = build_parser().parse_args(own)
-    setup_logging(args.verbose)
     if args.command == "run":
         return _run(args, beam_args, out, err)
     if beam_args:
