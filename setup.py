@@ -23,7 +23,8 @@ setup(
     version=VERSION,
     description="Export user embeddings in Twitter's DataRecord format with Apache Beam",
     python_requires=">=3.11",   # typing.Self
-    packages=["twml", "twml.io", "twml.layers", "twml.idl", "transforms", "pipeline"],
+    packages=["twml", "twml.io", "twml.layers", "twml.idl", "transforms", "transforms.inputs", "pipeline",
+              "pipeline.tools", "pipeline.demo"],
     package_dir={"twml.idl": "thrift"},
     package_data={"twml.idl": ["*.thrift"]},
     include_package_data=True,

@@ -110,12 +110,13 @@ def test_a_dataflow_launch_prints_its_job_id_and_console_url():
 
 def test_run_export_hands_the_launched_result_to_on_launch(tmp_path):
     from pipeline.job import run_export
+    from pipeline.plan import preflight
     from pipeline.runner_options import launch_notice
 
     write_users(str(tmp_path / "in"), 50, files=1)
     config = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(tmp_path / "out"), num_shards=2)
     seen = []
-    manifest = run_export(config, on_launch=lambda result, options: seen.append((result, options)))
+    manifest = run_export(preflight(config), on_launch=lambda result, options: seen.append((result, options)))
     assert len(seen) == 1 and manifest["rows_written"] == 50
     result, options = seen[0]
     assert hasattr(result, "wait_until_finish") and launch_notice(result, options) is None

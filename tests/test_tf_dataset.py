@@ -121,7 +121,7 @@ def test_every_dtype_and_shape_matches_the_general_decoder(tmp_path, compression
 
 
 def test_the_demo_export_reads_as_the_general_decoder_says(tmp_path):
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
 
     manifest = run_demo(str(tmp_path / "demo"), 1500, stream=open(os.devnull, "w"))
     export = str(tmp_path / "demo" / "export")
@@ -130,12 +130,13 @@ def test_the_demo_export_reads_as_the_general_decoder_says(tmp_path):
 
 def test_a_gzip_export_with_two_outputs_reads_as_the_general_decoder_says(tmp_path):
     from pipeline.job import run_export
+    from pipeline.plan import preflight
     from pipeline_fixtures import tiny_config, tiny_model, write_users
 
     paths = write_users(str(tmp_path / "in"), 600, files=2)
     config = tiny_config(os.path.join(str(tmp_path / "in"), "*.parquet"), tiny_model(), str(tmp_path / "out"),
                          num_shards=3, compression="gzip")
-    manifest = run_export(config)
+    manifest = run_export(preflight(config))
     assert len(paths) == 2 and manifest["compression"] == "gzip"
     assert [o["output"] for o in manifest["outputs"]] == ["embedding", "score"]
     assert check_every_record(str(tmp_path / "out")) == manifest["rows_written"] == 600
