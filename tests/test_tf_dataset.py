@@ -410,3 +410,10 @@ def test_string_key_records_decode_right_or_fail_loudly_on_every_byte():
                                                    tensors=decode_data_record(record).tensors))):
         with pytest.raises(tf.errors.InvalidArgumentError, match="exported DataRecord"):
             parser(tf.constant([wrong]))
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, STRING_LAYOUT], ids=["int64 keys", "string keys"])
+def test_an_empty_batch_parses_to_empty_tensors(layout):
+    keys, embeddings, others = parse_exported_records(tf.constant([], tf.string), layout)
+    assert keys.shape == (0,) and embeddings.shape == (0, 5)
+    assert others["pair"].shape == (0, 2, 3) and others["count"].shape == (0,)

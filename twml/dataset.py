@@ -173,7 +173,9 @@ def _assert_all(condition: tf.Tensor, message: str, keys: Optional[tf.Tensor] = 
     if keys is None:
         return tf.debugging.Assert(ok, [message])
     failing = tf.logical_not(condition)
-    first = tf.gather(keys, tf.argmax(tf.cast(failing, tf.int32), output_type=tf.int32))
+    # A sentinel entry so that an empty batch has a "first" too.
+    index = tf.argmax(tf.concat([tf.cast(failing, tf.int32), [1]], 0), output_type=tf.int32)
+    first = tf.gather(tf.concat([keys, tf.zeros([1], keys.dtype)], 0), index)
     if first.dtype != tf.string:
         first = tf.strings.as_string(first)
     return tf.debugging.Assert(ok, [message, "records concerned:", tf.reduce_sum(tf.cast(failing, tf.int32)),
