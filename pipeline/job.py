@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
-from pipeline.local_engines import PRISM_RUNNERS, announce_prism_fallback, note_once, resolve_local_engine
+from pipeline.local_engines import note_once, resolve_local_engine
 from pipeline.progress import ReportRowsRead
 from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
@@ -56,8 +56,6 @@ def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> Pip
     runner, options, note = resolve_local_engine(config.runner.name, [*config.runner.options, *beam_args])
     if note:
         note_once(note)
-    if runner in PRISM_RUNNERS:
-        announce_prism_fallback()
     return PipelineOptions([f"--runner={runner}", *options])
 
 
@@ -123,7 +121,8 @@ def _export_error(err: BaseException) -> Optional[str]:
 _EXPORT_ERROR_LINE = re.compile(r"^(?:\w+\.)*ExportError: (.+)$", re.MULTILINE)
 
 
-def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None) -> Dict:
+def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None,
+               on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]] = None) -> Dict:
     """Run the export ``plan`` to completion and return its manifest.
 
     The plan is taken as it is (``pipeline.plan.preflight`` made and checked it); Beam's
@@ -134,6 +133,8 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
       plan: the checked plan.
       beam_args: extra Beam options (after the config's runner options, so they win).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+      on_launch: called with the runner's result and the options once the job is submitted,
+        before waiting for it (the CLI prints a Dataflow job's id and console URL from it).
     Raises:
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
     """
@@ -145,6 +146,8 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
         result = p.run()
+        if on_launch is not None:
+            on_launch(result, options)
         state = result.wait_until_finish()
     except Exception as err:
         _discard_scratch(plan)

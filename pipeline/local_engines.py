@@ -5,11 +5,11 @@ unless ``--prism_location`` names one; offline the download fails and the Direct
 to the FnApiRunner, silently. Here a run never downloads anything: ``make engines`` builds Prism
 from Beam's Go module (``.ci/engines/fetch.sh``) into the cache below, and a run on either runner
 is pointed at it. Without the binary, ``PrismRunner`` is refused and ``DirectRunner`` runs on the
-FnApiRunner, saying so in one line.
+FnApiRunner, saying so in one line. (When Prism is there but fails to start a job, Beam's own
+fallback is said in one line by ``pipeline.logs``.)
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -18,14 +18,12 @@ import apache_beam
 
 from pipeline.config import ConfigError
 
-__all__ = ["announce_prism_fallback", "cache_dir", "note_once", "prism_binary", "resolve_local_engine",
-           "PRISM_RUNNERS"]
+__all__ = ["cache_dir", "note_once", "prism_binary", "resolve_local_engine", "PRISM_RUNNERS"]
 
 PRISM_RUNNERS = ("DirectRunner", "PrismRunner")
 PRISM_LOCATION = "--prism_location"
 CACHE_ENV = "EMBEDDING_EXPORT_CACHE"  # .ci/engines/*.sh read the same variable
 PRISM_ENV = "EMBEDDING_EXPORT_PRISM"  # a Prism binary to use instead of the cached one
-_FALLBACK_LOGGER = "apache_beam.runners.direct.direct_runner"
 
 
 def cache_dir() -> str:
@@ -71,36 +69,3 @@ def note_once(note: str) -> None:
     if note not in _noted:
         _noted.add(note)
         print(f"embedding-export: {note}", file=sys.stderr)
-
-
-class _FallbackNotice(logging.Filter):
-    """Beam's DirectRunner logs its fallback from Prism at INFO, with the whole error: say it in one line.
-
-    The logger is opened to INFO so that the fallback is seen; its other records pass only at the
-    level they would have passed before.
-    """
-
-    def __init__(self, level: int):
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith("Exception with PrismRunner"):
-            first = next((line.strip() for line in message.splitlines()[1:] if line.strip()), "")
-            print(f"embedding-export: Prism failed to start the job ({first[:200]}); Beam's DirectRunner "
-                  "runs it on the FnApiRunner", file=sys.stderr)
-            return False
-        if message.startswith("Pipeline failed on PrismRunner"):
-            print("embedding-export: the job failed on Prism at submission; Beam's DirectRunner runs it on "
-                  "the FnApiRunner", file=sys.stderr)
-            return False
-        return record.levelno >= self.level
-
-
-def announce_prism_fallback() -> None:
-    """Make Beam's fallback from Prism one line on stderr, whatever the logging level (idempotent)."""
-    logger = logging.getLogger(_FALLBACK_LOGGER)
-    if not any(isinstance(f, _FallbackNotice) for f in logger.filters):
-        logger.addFilter(_FallbackNotice(logger.getEffectiveLevel()))
-        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
