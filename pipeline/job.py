@@ -17,17 +17,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
+from pipeline.local_engines import note_once, resolve_local_engine
 from pipeline.progress import ReportRowsRead
 from transforms.errors import ExportError
 from transforms.export import ExportEmbeddings
+from transforms.file_listing import list_files
 from transforms.outputdir import JOURNAL_NAME, TEMP_DIR, read_manifest
 from transforms.plan import ExportPlan
 from transforms.write import DEFAULT_BUFFER_BYTES
@@ -38,8 +40,16 @@ _LOG = logging.getLogger(__name__)
 
 
 def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> PipelineOptions:
-    """Beam options: the config's runner and options, then the extra arguments (which win)."""
-    return PipelineOptions([f"--runner={config.runner.name}", *config.runner.options, *beam_args])
+    """Beam options: the config's runner and options, then the extra arguments (which win).
+
+    ``DirectRunner`` and ``PrismRunner`` are pointed at this machine's Prism binary, or (the
+    DirectRunner) run on the FnApiRunner with a one-line note: never a download
+    (``pipeline.local_engines``).
+    """
+    runner, options, note = resolve_local_engine(config.runner.name, [*config.runner.options, *beam_args])
+    if note:
+        note_once(note)
+    return PipelineOptions([f"--runner={runner}", *options])
 
 
 def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
@@ -58,20 +68,32 @@ def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAU
 
 
 def _export_error(err: BaseException) -> Optional[str]:
-    """The message of an ExportError raised on a worker, however the runner wrapped it."""
+    """The message of an ExportError raised on a worker, however the runner wrapped it.
+
+    In-process runners keep the exception chain. Runners with a job service (Prism, portable
+    runners) report only the worker's traceback as text, so the message is read from it.
+    """
     seen = set()
     found = None
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, ExportError):
             found = str(err)  # the innermost one carries the message without runner decoration
+        elif found is None:
+            quoted = _EXPORT_ERROR_LINE.findall(str(err))
+            if quoted:
+                found = quoted[-1]
         err = err.__cause__ or err.__context__
     if found is not None:
         found = re.sub(r" \[while running '[^']*'\]$", "", found)
     return found
 
 
-def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None) -> Dict:
+_EXPORT_ERROR_LINE = re.compile(r"^(?:\w+\.)*ExportError: (.+)$", re.MULTILINE)
+
+
+def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None,
+               on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]] = None) -> Dict:
     """Run the export ``plan`` to completion and return its manifest.
 
     The plan is taken as it is (``pipeline.plan.preflight`` made and checked it); Beam's
@@ -82,6 +104,8 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
       plan: the checked plan.
       beam_args: extra Beam options (after the config's runner options, so they win).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+      on_launch: called with the runner's result and the options once the job is submitted,
+        before waiting for it (the CLI prints a Dataflow job's id and console URL from it).
     Raises:
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
     """
@@ -93,6 +117,8 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
         result = p.run()
+        if on_launch is not None:
+            on_launch(result, options)
         state = result.wait_until_finish()
     except Exception as err:
         _discard_scratch(plan)
@@ -121,7 +147,7 @@ def _discard_scratch(plan: ExportPlan) -> None:
     """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
-        files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
+        files = [m.path for m in list_files(scratch)]
         doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME]
         if doomed:
             FileSystems.delete(doomed)

@@ -18,12 +18,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import PreflightError
+from transforms.model_files import local_model_dir, model_files, tensorflow_opens
 from transforms.specs import KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, ModelSpec, OutputSpec
 from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
 __all__ = ["SignatureTensor", "ModelSpecs", "model_specs", "read_signature", "resolve_inputs", "resolve_outputs",
-           "probe_embedding_dim"]
+           "probe_embedding_dim", "check_model_copyable"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,21 @@ def read_signature(model_path: str, signature: str) -> Tuple[Dict[str, Signature
 
     return ({k: describe(k, v) for k, v in sig.inputs.items()},
             {k: describe(k, v) for k, v in sig.outputs.items()})
+
+
+def check_model_copyable(model_path: str) -> None:
+    """For a model on a scheme TensorFlow cannot open (hdfs://, s3://), check that the workers can
+    copy it to a local directory through Beam's FileSystems (``transforms.model_files``)."""
+    if tensorflow_opens(model_path):
+        return
+    try:
+        names = {name for name, _ in model_files(model_path)}
+    except Exception as err:
+        raise PreflightError(f"model.path {model_path}: TensorFlow cannot open this scheme, and listing the "
+                             f"SavedModel through Beam's file system failed: {err}") from err
+    if "variables/variables.index" not in names:
+        raise PreflightError(f"model.path {model_path}: no variables/variables.index under it; workers copy "
+                             f"the whole SavedModel directory (TensorFlow cannot open this scheme)")
 
 
 def _fmt_shape(shape) -> str:
@@ -149,7 +165,7 @@ def probe_embedding_dim(model, inputs: Sequence[InputSpec]) -> int:
     """Run the model on one neutral row to learn D when the signature leaves it open."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(model.path).signatures[model.signature]
+    fn = tf.saved_model.load(local_model_dir(model.path)).signatures[model.signature]
     feeds = {}
     for spec in inputs:
         shape = (1,) if spec.kind == KIND_SCALAR else (1, spec.length)
@@ -204,6 +220,7 @@ def model_specs(model: Any) -> ModelSpecs:
     """
     model = _section(model)
     sig_inputs, sig_outputs = read_signature(model.path, model.signature)
+    check_model_copyable(model.path)
     inputs = resolve_inputs(model, sig_inputs)
     outputs = resolve_outputs(model, sig_outputs)
     dim = outputs[0].shape[0]
