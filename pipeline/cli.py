@@ -66,6 +66,7 @@ def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
     """What a run would do, for --dry-run."""
+    from pipeline.preflight import key_id_feature
     cfg = plan.config
     rows = ("rows unknown until read (DataRecord files carry no count)" if plan.total_rows is None
             else f"{plan.total_rows:,} rows")
@@ -86,7 +87,12 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
         shape = ", ".join("?" if d is None else str(d) for d in spec.shape)
         lines.append(f"  output {spec.name} {spec.dtype}[B{', ' if shape else ''}{shape}] -> feature "
                      f"{spec.feature} ({spec.feature_id})")
+    if plan.layout.string_keys:
+        lines.append(f"  string key {cfg.input.key} -> stringFeatures {cfg.output.key_feature}, its id "
+                     f"feature_id(key) -> discreteFeatures {key_id_feature(cfg.output)}")
     by = "fmix64(key)" if plan.partition.column is None else f"column {plan.partition.column}"
+    if plan.layout.string_keys and plan.partition.column is None:
+        by = "fmix64(key_id)"
     lines += [
         f"shards:  {plan.partition.num_shards} by {by}",
         f"output:  {plan.layout.path} ({plan.layout.format}, compression {plan.layout.compression})",
@@ -133,7 +139,7 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
             try:
                 plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
             except PreflightError as e:
-                problems.append(str(e))
+                problems.extend(e.problems)   # preflight reports every problem it finds, not only the first
             else:
                 print(format_plan(plan, beam_args), file=out)
     print(format_options_check(check), file=out)

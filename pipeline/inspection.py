@@ -23,22 +23,23 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 from twml.encode import EncodedRecords
 from twml.errors import RecordFormatError
-from twml.feature_ids import feature_id
+from twml.feature_ids import feature_id, string_key_ids
 from twml.io.block import iter_block_records
 from twml.io.tfrecord import iter_tfrecords
 from twml.sharding import shard_of_keys
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "ExportError", "ShardReadError",
-           "ExportManifest", "ShardEntry", "RecordBatch", "parse_manifest", "read_manifest", "shard_file_name",
+           "ExportManifest", "ShardEntry", "OutputEntry", "RecordBatch", "parse_manifest", "read_manifest", "shard_file_name",
            "parse_shard_file_name", "is_remote", "join_path", "is_directory", "list_directory", "file_size",
            "open_binary", "open_records", "iter_record_batches", "record_to_json", "iter_records", "main"]
 
@@ -80,6 +81,19 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
+class OutputEntry:
+    """One ``outputs`` entry of the manifest: a model output and the feature it is exported under.
+
+    ``shape`` is the per-record shape (None for a dim the model left open); ``dtype`` a numpy name.
+    """
+    output: str
+    feature: str
+    id: int
+    dtype: str
+    shape: Tuple[Optional[int], ...]
+
+
+@dataclass(frozen=True)
 class ExportManifest:
     """What ``_MANIFEST.json`` says about an export (only the fields the tools use).
 
@@ -104,6 +118,24 @@ class ExportManifest:
     rows_written: Optional[int]
     rows_rejected: Optional[int]
     feature_names: Dict[int, str]
+    key_type: str = "int64"
+    key_id_feature_name: Optional[str] = None
+    key_id_feature_id: Optional[int] = None
+    outputs: Tuple[OutputEntry, ...] = ()
+
+    @property
+    def string_keys(self) -> bool:
+        return self.key_type == "string"
+
+    @property
+    def int_key_feature_id(self) -> int:
+        """The discreteFeatures entry holding the int64 key: the key itself, or a string key's id."""
+        return self.key_id_feature_id if self.string_keys else self.key_feature_id
+
+    @property
+    def other_outputs(self) -> Tuple[OutputEntry, ...]:
+        """The exported outputs after the embedding, in record order."""
+        return tuple(o for o in self.outputs if o.id != self.embedding_feature_id)
 
 
 def shard_file_name(index: int, num_shards: int, fmt: str, compression: str = "none") -> str:
@@ -202,13 +234,42 @@ def parse_manifest(raw: Any) -> ExportManifest:
         names[key_id] = key_name
     if emb_name:
         names[emb_id] = emb_name
+    key_type = raw.get("key_type") or "int64"
+    if key_type not in ("int64", "string"):
+        raise ExportError(f"{MANIFEST_NAME}: key_type {key_type!r} is not 'int64' or 'string'")
+    key_id_name, key_id_id = (None, None)
+    if key_type == "string":
+        key_id_name, key_id_id = _feature(raw, "key_id_feature")
+        if key_id_name:
+            names[key_id_id] = key_id_name
     return ExportManifest(raw=raw, format=fmt, compression=compression, num_shards=num_shards,
                           shards=tuple(shards), embedding_dim=dim, key_feature_name=key_name,
                           key_feature_id=key_id, embedding_feature_name=emb_name,
                           embedding_feature_id=emb_id, partition_by=partition_by,
                           rows_read=_optional_int(raw, "rows_read"),
                           rows_written=_optional_int(raw, "rows_written"),
-                          rows_rejected=_optional_int(raw, "rows_rejected"), feature_names=names)
+                          rows_rejected=_optional_int(raw, "rows_rejected"), feature_names=names,
+                          key_type=key_type, key_id_feature_name=key_id_name, key_id_feature_id=key_id_id,
+                          outputs=_outputs(raw))
+
+
+def _outputs(raw: Dict[str, Any]) -> Tuple[OutputEntry, ...]:
+    """The manifest's ``outputs`` entries (record order); ExportError for a malformed one."""
+    entries = []
+    for i, entry in enumerate(raw.get("outputs") or []):
+        where = f"outputs[{i}]."
+        if not isinstance(entry, dict):
+            raise ExportError(f"{MANIFEST_NAME}: outputs[{i}] must be an object, got {entry!r}")
+        feature = _field(entry, "feature", str, where)
+        fid = entry.get("id")
+        fid = feature_id(feature) if fid is None else fid
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or any(d is not None and (not isinstance(d, int) or isinstance(d, bool))
+                                              for d in shape):
+            raise ExportError(f"{MANIFEST_NAME}: {where}shape must be a list of ints (or null), got {shape!r}")
+        entries.append(OutputEntry(output=str(entry.get("output", feature)), feature=feature, id=int(fid),
+                                   dtype=_field(entry, "dtype", str, where), shape=tuple(shape)))
+    return tuple(entries)
 
 
 def read_manifest(export_dir: str) -> ExportManifest:
@@ -295,25 +356,30 @@ class RecordBatch:
     Attributes:
       first: index in the shard of ``records[0]``.
       records: the serialized DataRecords.
-      keys, embeddings: the parquet ``key`` / ``embedding`` columns of these rows (None for the
-        framed formats, whose only content is the records).
+      keys, embeddings: the parquet ``key`` (int64 keys) or ``key_id`` (string keys) and
+        ``embedding`` columns of these rows (None for the framed formats, whose only content is
+        the records).
+      key_strings: string keys in parquet: the ``key`` column (object array of str), else None.
     """
     first: int
     records: EncodedRecords
     keys: Optional[np.ndarray] = None
     embeddings: Optional[np.ndarray] = None
+    key_strings: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RecordBatch]:
+def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                        string_keys: bool = False) -> Iterator[RecordBatch]:
     """Stream one shard file as RecordBatches of at most ``batch_size`` records.
 
     Args:
       path: the shard file (gzip is recognised by suffix or magic for the framed formats).
       fmt: "tfrecord", "block" or "parquet".
       batch_size: records a batch; the reader holds about one batch in memory.
+      string_keys: the export has string keys (parquet: ``key`` is a string column, plus ``key_id``).
     Raises:
       ShardReadError with the file, the index of the record where reading failed and, for the
       framed formats, the byte offset: framing, checksum, gzip or parquet errors, and parquet
@@ -322,7 +388,7 @@ def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZ
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if fmt == "parquet":
-        yield from _parquet_batches(path, batch_size)
+        yield from _parquet_batches(path, batch_size, string_keys)
         return
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
@@ -364,12 +430,18 @@ def _binary_column_records(column: pa.Array) -> EncodedRecords:
     return EncodedRecords(buffer, offsets - offsets[0])
 
 
-def _check_parquet_schema(schema: pa.Schema, path: str) -> None:
-    missing = [c for c in PARQUET_COLUMNS if c not in schema.names]
+def _check_parquet_schema(schema: pa.Schema, path: str, string_keys: bool = False) -> None:
+    columns = PARQUET_COLUMNS + (("key_id",) if string_keys else ())
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ShardReadError(f"parquet shard lacks column(s) {missing}; has {schema.names}", path, None, 0)
     key_type, emb_type, rec_type = (schema.field(c).type for c in PARQUET_COLUMNS)
-    if key_type != pa.int64():
+    if string_keys:
+        if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
+            raise ShardReadError(f"column key must be string (string keys), is {key_type}", path, None, 0)
+        if schema.field("key_id").type != pa.int64():
+            raise ShardReadError(f"column key_id must be int64, is {schema.field('key_id').type}", path, None, 0)
+    elif key_type != pa.int64():
         raise ShardReadError(f"column key must be int64, is {key_type}", path, None, 0)
     if not (pa.types.is_fixed_size_list(emb_type) and emb_type.value_type == pa.float32()):
         raise ShardReadError(f"column embedding must be fixed_size_list<float32>, is {emb_type}", path, None, 0)
@@ -377,15 +449,22 @@ def _check_parquet_schema(schema: pa.Schema, path: str) -> None:
         raise ShardReadError(f"column data_record must be binary, is {rec_type}", path, None, 0)
 
 
-def _parquet_batches(path: str, batch_size: int) -> Iterator[RecordBatch]:
+def _parquet_batches(path: str, batch_size: int, string_keys: bool = False) -> Iterator[RecordBatch]:
     count = 0
     stack = contextlib.ExitStack()
+    columns = list(PARQUET_COLUMNS) + (["key_id"] if string_keys else [])
     try:
         source = stack.enter_context(open_binary(path))
         parquet = stack.enter_context(pq.ParquetFile(source))
-        _check_parquet_schema(parquet.schema_arrow, path)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(PARQUET_COLUMNS)):
+        _check_parquet_schema(parquet.schema_arrow, path, string_keys)
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
             keys_col, emb_col, rec_col = (batch.column(c) for c in PARQUET_COLUMNS)
+            key_strings = None
+            if string_keys:
+                if keys_col.null_count:
+                    raise ShardReadError("key column has nulls", path, None, count)
+                key_strings = np.asarray(keys_col.to_pylist(), dtype=object)
+                keys_col = batch.column("key_id")
             if keys_col.null_count or emb_col.null_count:
                 raise ShardReadError("key or embedding column has nulls", path, None, count)
             dim = emb_col.type.list_size
@@ -395,7 +474,7 @@ def _parquet_batches(path: str, batch_size: int) -> Iterator[RecordBatch]:
                 records = _binary_column_records(rec_col)
             except ValueError as err:
                 raise ShardReadError(str(err), path, None, count) from None
-            yield RecordBatch(count, records, keys_col.to_numpy(), embeddings)
+            yield RecordBatch(count, records, keys_col.to_numpy(), embeddings, key_strings)
             count += batch.num_rows
     except ShardReadError:
         raise
@@ -478,15 +557,47 @@ def record_to_json(record, names: Dict[int, str]) -> Dict[str, Any]:
     return out
 
 
-def iter_records(path: str, head: Optional[int] = None, key: Optional[int] = None,
+UserKey = Union[int, str]
+
+
+def lookup_key(manifest: ExportManifest, key: UserKey) -> Tuple[UserKey, int]:
+    """(the key as the export holds it, the int64 id its records and shards go by).
+
+    Integer keys are their own id; a string key's id is ``feature_id(key)``
+    (docs/FORMAT_string_keys.md). ExportError when ``key`` cannot be a key of this export.
+    """
+    if manifest.string_keys:
+        key = str(key)
+        if not key:
+            raise ExportError("the empty string is never a key (empty keys are rejected)")
+        return key, int(string_key_ids([key])[0])
+    try:
+        value = int(key)
+    except ValueError:
+        raise ExportError(f"key {key!r} is not an integer, and this export has int64 keys") from None
+    if not -(1 << 63) <= value < (1 << 63):
+        raise ExportError(f"key {value} does not fit in int64")
+    return value, value
+
+
+def record_key(record, manifest: ExportManifest) -> Optional[UserKey]:
+    """The user key of a decoded record: the int64 key, or the string key (str; bytes if not UTF-8)."""
+    if not manifest.string_keys:
+        return (record.discreteFeatures or {}).get(manifest.key_feature_id)
+    value = (record.stringFeatures or {}).get(manifest.key_feature_id)
+    return _json_bytes(value) if isinstance(value, (bytes, bytearray)) else value
+
+
+def iter_records(path: str, head: Optional[int] = None, key: Optional[UserKey] = None,
                  named: bool = True, batch_size: int = 1024) -> Iterator[Dict[str, Any]]:
     """Decoded records of the export at ``path`` as JSON-ready dicts, in shard order.
 
     Args:
       path: the export directory.
       head: stop after this many records (None: all).
-      key: only records of this user key. With hash placement only the key's own shard is
-        read (a lookup); with column placement every shard is scanned.
+      key: only records of this user key (an int, or a str for string keys). With hash
+        placement only the key's own shard is read (a lookup); with column placement every
+        shard is scanned.
       named: show feature ids by their names where the manifest knows them (else decimal ids).
       batch_size: records read and decoded at a time.
     Yields:
@@ -498,28 +609,84 @@ def iter_records(path: str, head: Optional[int] = None, key: Optional[int] = Non
     if head is not None and head <= 0:
         return
     files = [entry.file for entry in manifest.shards]
-    if key is not None and manifest.partition_by == "hash":
-        shard = int(shard_of_keys(np.array([key], np.int64), manifest.num_shards)[0])
-        files = files[shard:shard + 1]
+    key_id = None
+    if key is not None:
+        key, key_id = lookup_key(manifest, key)
+        if manifest.partition_by == "hash":
+            shard = int(shard_of_keys(np.array([key_id], np.int64), manifest.num_shards)[0])
+            files = files[shard:shard + 1]
     names = manifest.feature_names if named else {}
     emitted = 0
     for file_name in files:
         shard_path = join_path(path, file_name)
-        for batch in iter_record_batches(shard_path, manifest.format, batch_size):
+        for batch in iter_record_batches(shard_path, manifest.format, batch_size, manifest.string_keys):
             rows = range(len(batch))
             if key is not None:
-                keys, _ = decode_embeddings(batch.records, manifest.key_feature_id,
+                keys, _ = decode_embeddings(batch.records, manifest.int_key_feature_id,
                                             manifest.embedding_feature_id, shard_path)
-                rows = np.flatnonzero(keys == key).tolist()
+                rows = np.flatnonzero(keys == key_id).tolist()
             for i in rows:
                 offset = int(batch.records.offsets[i])
                 record = decode_data_record(batch.records[i], shard_path, offset)
-                user = (record.discreteFeatures or {}).get(manifest.key_feature_id)
+                user = record_key(record, manifest)
+                if key is not None and user != key:
+                    continue   # another string with the same id (the export refuses those; be exact anyway)
                 yield {"file": file_name, "record": batch.first + i, "key": user,
                        **record_to_json(record, names)}
                 emitted += 1
                 if head is not None and emitted >= head:
                     return
+
+
+def find_rejected(path: str, key: UserKey) -> List[Dict[str, Any]]:
+    """The rejected rows of user ``key`` in the export at ``path``, from the rejected-rows files
+    its manifest lists: [{"rejected": True, "file" (relative to the export), "row" (index in
+    that file), then the row's columns: the input columns, reason, source_file, source_row, error}]."""
+    manifest = read_manifest(path)
+    key, _ = lookup_key(manifest, key)
+    config = manifest.raw.get("config") or {}
+    column = ((config.get("input") or {}) if isinstance(config, dict) else {}).get("key")
+    found: List[Dict[str, Any]] = []
+    if not isinstance(column, str):
+        return found
+    for entry in manifest.raw.get("rejected_files") or []:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        try:
+            with open_binary(join_path(path, name)) as handle:
+                table = pq.read_table(handle)
+        except (OSError, pa.ArrowException) as err:
+            raise ExportError(f"{join_path(path, name)}: unreadable rejected-rows file: {err}") from None
+        if column not in table.column_names:
+            continue
+        values = table.column(column)
+        if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+            target = pa.scalar(str(key).encode("utf-8"), values.type)
+        elif pa.types.is_integer(values.type) and isinstance(key, int):
+            target = pa.scalar(key, pa.int64())
+        elif (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and isinstance(key, str):
+            target = pa.scalar(key, values.type)
+        else:
+            continue
+        matches = np.flatnonzero(pc.equal(values, target).fill_null(False).to_numpy(zero_copy_only=False))
+        for row in matches.tolist():
+            values_of_row = {k: _json_value(v) for k, v in table.slice(row, 1).to_pylist()[0].items()}
+            found.append({"rejected": True, "file": name, "row": row, **values_of_row})
+    return found
+
+
+def _json_value(value: Any) -> Any:
+    """A rejected row's value as JSON: bytes as text (or base64), floats spelled out when not finite."""
+    if isinstance(value, (bytes, bytearray)):
+        return _json_bytes(value)
+    if isinstance(value, float):
+        return _json_number(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,9 +701,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", type=int, default=None, metavar="N",
                         help="print the first N records (default 10 unless --key, --all or --plot)")
     parser.add_argument("--all", action="store_true", help="print every record")
-    parser.add_argument("--key", type=int, default=None, metavar="K",
-                        help="print the record(s) of user key K (reads only K's shard when "
-                             "placement is by hash)")
+    parser.add_argument("--key", default=None, metavar="K",
+                        help="print the record(s) of user key K, an integer or, for an export with "
+                             "string keys, the string (reads only K's shard when placement is by "
+                             "hash); a rejected user's rejected row(s) instead, with the reason and "
+                             "the file (exit 1: no exported record)")
     parser.add_argument("--ids", action="store_true", help="show raw feature ids instead of names")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="write shard balance, embedding-norm histogram and a 2-D PCA "
@@ -544,6 +713,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="records sampled for the plot's histogram and scatter (default 20000)")
     return parser
+
+
+def _explain_missing_key(path: str, key: str) -> None:
+    """No exported record has ``key``: print its rejected rows (stdout, JSON lines) and say why
+    and where (stderr), or that the export has no such user at all."""
+    from transforms.validate import REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN  # owner of the names
+
+    rejected = find_rejected(path, key)
+    if not rejected:
+        print(f"inspect: no record with key {key} in {path}, and no rejected row either", file=sys.stderr)
+        return
+    for row in rejected:
+        sys.stdout.write(json.dumps(row) + "\n")
+        print(f"inspect: key {key} was rejected: {row.get(REASON_COLUMN)} (input {row.get(SOURCE_COLUMN)} row "
+              f"{row.get(SOURCE_ROW_COLUMN)}); its row is {join_path(path, row['file'])} row {row['row']}",
+              file=sys.stderr)
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
@@ -569,7 +754,7 @@ def main(args: Optional[Sequence[str]] = None) -> int:
             for found, row in enumerate(rows, start=1):
                 sys.stdout.write(json.dumps(row) + "\n")
         if opts.key is not None and found == 0:
-            print(f"inspect: no record with key {opts.key} in {opts.path}", file=sys.stderr)
+            _explain_missing_key(opts.path, opts.key)
             return 1
     except (ExportError, RecordFormatError) as err:
         print(f"inspect: {err}", file=sys.stderr)

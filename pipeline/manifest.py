@@ -14,7 +14,7 @@ from typing import Dict, Optional
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.preflight import ExportPlan
+from pipeline.preflight import ExportPlan, key_id_feature
 from transforms.finalize import MANIFEST_NAME, SUCCESS_NAME
 
 __all__ = ["manifest_base", "versions", "read_manifest"]
@@ -41,6 +41,24 @@ def versions() -> Dict[str, Optional[str]]:
     }
 
 
+# How a string key becomes its int64 id and its shard (docs/FORMAT_string_keys.md).
+KEY_ID_RULE = ("feature_id(key): the first 64 bits (h1, little-endian, signed) of MurmurHash3_x64_128, "
+               "seed 0, over the key's UTF-16LE code units (twml's feature id function, '#' rule included)")
+KEY_ID_SHARD_RULE = "fmix64(uint64(key_id)) % num_shards"
+
+
+def _key_entries(plan: ExportPlan) -> Dict:
+    """key_type and key_feature; string keys add key_id_feature (where the id is) and key_id (how)."""
+    cfg = plan.config
+    layout = plan.layout
+    if not layout.string_keys:
+        return {"key_type": "int64", "key_feature": {"name": cfg.output.key_feature, "id": layout.key_feature_id}}
+    return {"key_type": "string",
+            "key_feature": {"name": cfg.output.key_feature, "id": layout.key_string_feature_id},
+            "key_id_feature": {"name": key_id_feature(cfg.output), "id": layout.key_feature_id},
+            "key_id": KEY_ID_RULE}
+
+
 def manifest_base(plan: ExportPlan) -> Dict:
     """Everything in the manifest that is known before the run starts."""
     cfg = plan.config
@@ -49,14 +67,15 @@ def manifest_base(plan: ExportPlan) -> Dict:
         "format": cfg.output.format,
         "compression": cfg.output.compression,
         "num_shards": plan.partition.num_shards,
-        "key_feature": {"name": cfg.output.key_feature, "id": plan.layout.key_feature_id},
+        **_key_entries(plan),
         "embedding_feature": {"name": first.feature, "id": first.feature_id},
         "embedding_dim": plan.embedding_dim,
         "outputs": [{"output": o.name, "feature": o.feature, "id": o.feature_id, "dtype": o.dtype,
                      "shape": list(o.shape)} for o in plan.outputs],
         "model": {"path": cfg.model.path, "signature": cfg.model.signature},
         "partition": {"by": cfg.partition.by, "column": cfg.partition.column,
-                      "hash": "fmix64(uint64(key)) % num_shards" if cfg.partition.by == "hash" else None},
+                      "hash": ((KEY_ID_SHARD_RULE if plan.layout.string_keys else "fmix64(uint64(key)) % num_shards")
+                               if cfg.partition.by == "hash" else None)},
         "input": {"path": cfg.input.path, "files": len(plan.files), "rows": plan.total_rows,
                   # unreadable footers (on_bad_file: skip): the rows they hold are not known
                   "skipped_files": [{"file": p, "rows": None, "error": e} for p, e in plan.skipped_files]},

@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import ExportConfig
+from pipeline.config import ExportConfig, OutputConfig
 from transforms.arrow_columns import is_list_type
 from transforms.finalize import MANIFEST_NAME, TEMP_DIR
 from transforms.isolate import ERROR_COLUMN
+from transforms.keys import default_key_id_feature, is_integer_key_type, is_string_key_type
 from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, publish_siblings, take_inventory
 from transforms.rejected_columns import rejected_layout, union_schema, unread_columns
 from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, OutputLayout, OutputSpec,
@@ -39,7 +40,7 @@ from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
 __all__ = ["PreflightError", "InputFile", "ExportPlan", "preflight", "absolute_path", "read_signature",
-           "SignatureTensor", "find_placeholders"]
+           "SignatureTensor", "find_placeholders", "schema_problems", "key_id_feature"]
 
 _LOG = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
@@ -47,7 +48,39 @@ _FOOTER_THREADS = 16
 
 
 class PreflightError(ValueError):
-    """The job cannot run as configured; the message names the file, column or key and the problem."""
+    """The job cannot run as configured; the message names the file, column or key and the problem.
+
+    ``problems`` lists each problem found (preflight reports every one it can find at once)."""
+
+    def __init__(self, message: str, problems: Optional[Sequence[str]] = None):
+        super().__init__(message)
+        self.problems: List[str] = list(problems) if problems else [message]
+
+    @classmethod
+    def of(cls, problems: Sequence[str]) -> "PreflightError":
+        """One error for several problems: the problem itself when there is one, else a list."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        return cls(f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems), problems)
+
+
+class _Problems:
+    """Collects the PreflightErrors of independent checks, so all are reported together."""
+
+    def __init__(self):
+        self.found: List[str] = []
+
+    def run(self, check, *args, **kwargs):
+        """``check(*args, **kwargs)``, or None after noting its problems."""
+        try:
+            return check(*args, **kwargs)
+        except PreflightError as err:
+            self.found.extend(err.problems)
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise PreflightError.of(self.found)
 
 
 @dataclass(frozen=True)
@@ -310,36 +343,50 @@ def _value_type_accepts(value_type: pa.DataType, dtype: str) -> bool:
     return False
 
 
-def _check_schema(path: str, schema: pa.Schema, config: ExportConfig, inputs: Sequence[InputSpec]) -> None:
-    def column(name: str, role: str) -> pa.DataType:
+def schema_problems(path: str, schema: pa.Schema, config: ExportConfig, inputs: Sequence[InputSpec]) -> List[str]:
+    """Every way the columns of ``schema`` do not fit the config and signature inputs."""
+    problems: List[str] = []
+
+    def column(name: str, role: str) -> Optional[pa.DataType]:
         if name not in schema.names:
-            raise PreflightError(f"{path}: column {name!r} ({role}) does not exist; the file has "
-                                 f"{schema.names}")
+            problems.append(f"{path}: column {name!r} ({role}) does not exist; the file has {schema.names}")
+            return None
         return schema.field(name).type
 
     key_type = column(config.input.key, "input.key")
-    if not pa.types.is_integer(key_type) or key_type == pa.uint64():
-        raise PreflightError(f"{path}: key column {config.input.key!r} has type {key_type}; it must be an "
-                             "integer type that fits int64 (keys are exported as int64)")
+    if key_type is not None and not (is_integer_key_type(key_type) or is_string_key_type(key_type)):
+        problems.append(f"{path}: key column {config.input.key!r} has type {key_type}; it must be an integer "
+                        "type that fits int64, or a string (string, large_string, binary: see "
+                        "docs/FORMAT_string_keys.md)")
     if config.partition.column:
         ptype = column(config.partition.column, "partition.column")
-        if not pa.types.is_integer(ptype):
-            raise PreflightError(f"{path}: partition column {config.partition.column!r} has type {ptype}; "
-                                 "it must be an integer type (the shard id)")
+        if ptype is not None and not pa.types.is_integer(ptype):
+            problems.append(f"{path}: partition column {config.partition.column!r} has type {ptype}; "
+                            "it must be an integer type (the shard id)")
     for spec in inputs:
         ctype = column(spec.column, f"model.inputs.{spec.name}.column")
+        if ctype is None:
+            continue
         role = f"column {spec.column!r} (feeds {spec.dtype} input {spec.name!r})"
         if spec.kind == KIND_SCALAR:
             if is_list_type(ctype) or not _value_type_accepts(ctype, spec.dtype):
-                raise PreflightError(f"{path}: {role} has type {ctype}; expected a scalar column "
-                                     f"convertible to {spec.dtype}")
+                problems.append(f"{path}: {role} has type {ctype}; expected a scalar column "
+                                f"convertible to {spec.dtype}")
         else:
             if not is_list_type(ctype) or not _value_type_accepts(ctype.value_type, spec.dtype):
-                raise PreflightError(f"{path}: {role} has type {ctype}; expected a list column of values "
-                                     f"convertible to {spec.dtype}")
+                problems.append(f"{path}: {role} has type {ctype}; expected a list column of values "
+                                f"convertible to {spec.dtype}")
     for reserved in (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, ERROR_COLUMN, SOURCE_TAG, SOURCE_ROW_TAG):
         if reserved in _read_columns(config, inputs):
-            raise PreflightError(f"input column {reserved!r} clashes with a column of the rejected-rows output")
+            problems.append(f"input column {reserved!r} clashes with a column of the rejected-rows output")
+    return problems
+
+
+def _check_schema(path: str, schema: pa.Schema, config: ExportConfig, inputs: Sequence[InputSpec]) -> None:
+    """PreflightError listing every problem of ``schema_problems``."""
+    problems = schema_problems(path, schema, config, inputs)
+    if problems:
+        raise PreflightError.of(problems)
 
 
 def _read_columns(config: ExportConfig, inputs: Sequence[InputSpec]) -> List[str]:
@@ -498,6 +545,25 @@ def _warn_small_row_groups(files: Sequence[InputFile], batch_size: int) -> None:
                      "at least %d rows for full batches", rows / groups, batch_size, batch_size)
 
 
+def key_id_feature(output: OutputConfig) -> str:
+    """The discrete feature holding a string key's int64 id: output.key_id_feature or its default."""
+    return output.key_id_feature or default_key_id_feature(output.key_feature)
+
+
+def _check_key_features(config: ExportConfig, string_keys: bool) -> None:
+    """String keys: the key-id feature is no model output feature; integer keys: none is configured."""
+    if not string_keys:
+        if config.output.key_id_feature is not None:
+            _LOG.warning("output.key_id_feature %r is not used: key column %r holds integers (the key is "
+                         "exported as it is)", config.output.key_id_feature, config.input.key)
+        return
+    name = key_id_feature(config.output)
+    taken = {o.feature for o in config.model.outputs.values()} | {config.output.key_feature}
+    if name in taken:
+        raise PreflightError(f"output.key_id_feature {name!r} (where string keys put their int64 id) is also "
+                             "the key feature or a model output feature; set output.key_id_feature to another name")
+
+
 def new_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -527,30 +593,46 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     if overwrite != config.output.overwrite:
         config = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": overwrite})})
 
-    sig_inputs, sig_outputs = read_signature(config.model.path, config.model.signature)
-    inputs = _resolve_inputs(config, sig_inputs)
-    outputs = _resolve_outputs(config, sig_outputs)
+    # Independent checks all run, so a run (and --dry-run) reports every problem at once: a wrong
+    # signature does not hide an input column that is missing or an output directory in use.
+    problems = _Problems()
+    inputs = outputs = None
+    signature = problems.run(read_signature, config.model.path, config.model.signature)
+    if signature is not None:
+        sig_inputs, sig_outputs = signature
+        inputs = problems.run(_resolve_inputs, config, sig_inputs)
+        outputs = problems.run(_resolve_outputs, config, sig_outputs)
+    if config.input.format == "datarecord":
+        from pipeline.datarecord_input import scan_datarecord_inputs  # it imports this module
+        scanned = problems.run(scan_datarecord_inputs, config, inputs or ())
+        if scanned is not None:
+            scanned = scanned + (None,)
+    else:
+        scanned = problems.run(_scan_inputs, config, inputs or ())
+    inventory = problems.run(_check_output_dir, config.output.path, overwrite)
+    string_keys = False
+    if scanned is not None:
+        string_keys = is_string_key_type(scanned[2].field(config.input.key).type)
+        problems.run(_check_key_features, config, string_keys)
+    problems.raise_any()
+    files, skipped, read_schema, input_schema = scanned
+    if config.input.format != "datarecord":
+        _warn_small_row_groups(files, config.model.batch_size)
     dim = outputs[0].shape[0]
     if dim is None:
         dim = _probe_embedding_dim(config, inputs)
         first = outputs[0]
         outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
-
-    if config.input.format == "datarecord":
-        from pipeline.datarecord_input import scan_datarecord_inputs  # it imports this module
-        files, skipped, read_schema = scan_datarecord_inputs(config, inputs)
-        input_schema = None
-    else:
-        files, skipped, read_schema, input_schema = _scan_inputs(config, inputs)
-        _warn_small_row_groups(files, config.model.batch_size)
-    inventory = _check_output_dir(config.output.path, overwrite)
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)
+    key_feature_id, key_string_feature_id = feature_id(config.output.key_feature), None
+    if string_keys:
+        key_feature_id, key_string_feature_id = feature_id(key_id_feature(config.output)), key_feature_id
     layout = OutputLayout(path=config.output.path, run_id=run_id, format=config.output.format,
                           compression=config.output.compression, num_shards=config.partition.num_shards,
-                          key_feature_id=feature_id(config.output.key_feature),
-                          records_per_block=config.output.records_per_block)
+                          key_feature_id=key_feature_id, records_per_block=config.output.records_per_block,
+                          key_string_feature_id=key_string_feature_id)
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     return ExportPlan(config=config, run_id=run_id, files=files, skipped_files=skipped,
                       read_schema=read_schema, inputs=inputs, outputs=outputs, partition=partition,

@@ -33,6 +33,8 @@ from rich.progress import (BarColumn, Progress, ProgressColumn, TextColumn, Time
 from rich.table import Table
 from rich.text import Text
 
+from transforms.finalize import REJECTED_DIR
+
 __all__ = ["progress_wanted", "is_local_run", "rows_done", "ReportRowsRead", "RunProgress", "summary_rows",
            "format_summary_lines", "summary_table", "print_summary"]
 
@@ -240,6 +242,11 @@ def summary_rows(manifest: Dict, seconds: float, output_path: str) -> List[Tuple
             ("rows rejected", f"{int(manifest.get('rows_rejected', 0)):,}")]
     for reason, count in (manifest.get("rejected_by_reason") or {}).items():
         rows.append((f"  {reason}", f"{count:,}"))
+    rejected_files = manifest.get("rejected_files") or []
+    if int(manifest.get("rows_rejected", 0)) and rejected_files:
+        rows.append(("  rejected rows in", f"{output_path.rstrip('/')}/{REJECTED_DIR}/ ({len(rejected_files)} "
+                                           f"file{'s' if len(rejected_files) != 1 else ''}; inspect --key K "
+                                           "explains a user's)"))
     compression = manifest.get("compression")
     rows += [
         ("shards", f"{len(shards)} x {manifest.get('format')}"

@@ -61,13 +61,14 @@ def test_signature_is_read_without_loading_the_model():
      "not in the signature: \\['ids'\\]; not configured: \\['sparse_ids'\\]"),
     ({"model__inputs__sparse_ids__length": 5}, "model.inputs.sparse_ids.length is 5 but the signature input has shape \\[None, 4\\]"),
     ({"model__outputs": {"score": {"feature": "s"}, "embedding": {"feature": "output"}}},
-     "model.outputs.score is the embedding \\(the first output\\) and must be float32 \\[batch, D\\]; the signature gives float32 \\[None\\]"),
+     "model.outputs.score is the embedding \\(the first output written\\) and must be float32 \\[batch, D\\]; the signature gives float32 \\[None\\]"),
     ({"model__outputs": {"embedding": {"feature": "output"}, "logits": {"feature": "l"}}},
      "model.outputs \\['logits'\\] are not outputs of model"),
     ({"input__key": "uid"}, "users-000.parquet: column 'uid' \\(input.key\\) does not exist"),
     ({"model__inputs__dense__column": "country"},
      "users-000.parquet: column 'country' \\(feeds float32 input 'dense'\\) has type string; expected a list column"),
-    ({"input__key": "country"}, "key column 'country' has type string; it must be an integer type"),
+    ({"input__key": "dense"}, "key column 'dense' has type list<.*>; it must be an integer type that fits "
+                              "int64, or a string"),
     ({"partition": {"num_shards": 4, "by": "column", "column": "country"}},
      "partition column 'country' has type string; it must be an integer type"),
 ])

@@ -17,6 +17,7 @@ from pipeline_fixtures import tiny_config, tiny_model, write_users
 
 MANIFEST = {"rows_read": 1234, "rows_written": 1230, "rows_rejected": 4, "format": "block", "compression": "gzip",
             "rejected_by_reason": {"null_key": 3, "non_finite:dense": 1},
+            "rejected_files": [{"file": "_rejected/part-00000-of-00001.parquet", "records": 4, "bytes": 900}],
             "shards": [{"bytes": 2 ** 20}, {"bytes": 2 ** 20}]}
 
 
@@ -120,6 +121,7 @@ def test_summary_plain_lines_and_rich_table():
     assert plain == format_summary(MANIFEST, 2.0, "/out")
     assert plain.splitlines() == [
         "rows read     1,234", "rows written  1,230", "rows rejected 4", "  null_key: 3", "  non_finite:dense: 1",
+        "  rejected rows in: /out/_rejected/ (1 file; inspect --key K explains a user's)",
         "shards        2 x block (gzip), 2.0 MiB", "time          2.0 s (617 rows/s)", "output        /out"]
     stream = io.StringIO()
     Console(file=stream, force_terminal=True, width=80, color_system=None).print(summary_table(rows))

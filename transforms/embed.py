@@ -32,6 +32,7 @@ from apache_beam.utils import shared
 from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
 from transforms.isolate import ModelFailureIsolation
+from transforms.keys import key_arrays
 from transforms.specs import InputSpec, OutputSpec
 from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
 
@@ -291,7 +292,7 @@ class _EmbedFn(beam.DoFn):
             if array.shape[:1] != (rows,):
                 raise RuntimeError(f"model output {spec.name!r} has shape {array.shape}, "
                                    f"expected {rows} rows (dim 0 = batch size)")
-        keys = to_numpy(as_array(table.column(self._key_column))).astype(np.int64, copy=False)
+        keys, key_strings = key_arrays(table.column(self._key_column))
         partition_ids = None
         if self._partition_column is not None:
             partition_ids = to_numpy(as_array(table.column(self._partition_column))).astype(np.int64)
@@ -305,7 +306,7 @@ class _EmbedFn(beam.DoFn):
                 Metrics.counter(self._handler.get_metrics_namespace(), f"rows_rejected.{reason}").inc(count)
                 yield beam.pvalue.TaggedOutput(REJECTED, rejected_from_tagged(table, bad, reason))
                 good &= ~bad
-        batch = EmbeddedBatch(keys, arrays, partition_ids)
+        batch = EmbeddedBatch(keys, arrays, partition_ids, key_strings)
         if not good.all():
             batch = batch.take(np.flatnonzero(good))
         if len(batch):
@@ -318,7 +319,7 @@ class EmbedBatches(beam.PTransform):
 
     Args:
       handler: loads and runs the model.
-      key_column: the integer user-key column.
+      key_column: the user-key column (integer, or string: ``transforms.keys.key_arrays``).
       partition_column: the partition-id column carried to the partition step, or None.
       max_failed_rows: rows the model may fail on (after bisection) before the job stops early,
         certain to exceed output.max_reject_fraction; None for no limit.

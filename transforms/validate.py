@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 
 import transforms.elements  # noqa: F401  registers the coder of pa.Table that our outputs use
 from transforms.arrow_columns import as_array, list_values_and_lengths, to_numpy
+from transforms.keys import EMPTY_KEY, INVALID_UTF8_KEY, empty_key_rows, invalid_utf8_rows, is_string_key_type
 from transforms.specs import KIND_FIXED, KIND_SCALAR, InputSpec, PartitionSpec
 
 __all__ = ["ValidationRules", "ValidateAndBatch", "row_problems", "rejected_table", "REJECTED",
@@ -61,7 +62,7 @@ class ValidationRules:
     """What a row needs to be exported.
 
     Args:
-      key_column: the integer user-key column.
+      key_column: the user-key column (integer, or string: ``transforms.keys``).
       inputs: the signature inputs and their columns.
       partition: shard count and optional partition-id column.
       schema: the columns read, with their types (every input table is cast to it, so tables
@@ -75,6 +76,10 @@ class ValidationRules:
     def checks(self) -> List[Check]:
         """The checks in the order they are applied (a row's reason is its first failure)."""
         checks: List[Check] = [("null_key", _null_rows(self.key_column))]
+        if is_string_key_type(self.schema.field(self.key_column).type):
+            key = self.key_column
+            checks += [(EMPTY_KEY, lambda t: empty_key_rows(t.column(key))),
+                       (INVALID_UTF8_KEY, lambda t: invalid_utf8_rows(t.column(key)))]
         pcol = self.partition.column
         if pcol is not None:
             checks += [("null_partition_id", _null_rows(pcol)),

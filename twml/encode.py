@@ -27,7 +27,7 @@ import numpy as np
 
 from twml.feature_ids import resolve_feature_id
 
-__all__ = ["EncodedRecords", "TensorColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records", "encode_fixed_rows",
+__all__ = ["EncodedRecords", "TensorColumn", "StringColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records", "encode_fixed_rows",
            "encode_continuous_records", "encode_tensor_record",
            "encode_batch_prediction_response"]
 
@@ -319,12 +319,23 @@ def _check_columns(tensors: Sequence[TensorColumn], batch: Optional[int]) -> int
     return batch
 
 
+StringColumn = Tuple[int, Sequence[Union[str, bytes]]]
+"""A (feature id, one string per record) pair: a stringFeatures (field 4) entry in every record."""
+
+
 def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[int],
-                         tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]
+                         tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
+                         strings: Sequence[StringColumn] = ()
                          ) -> Tuple[Optional[np.ndarray], Optional[int], List[TensorColumn], int]:
     """The checked inputs of a DataRecord batch: (keys, key id, [(id, array)], B)."""
     columns = _resolve_ids(list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors))
     batch = None
+    for fid, values in strings:
+        if batch is None:
+            batch = len(values)
+        elif len(values) != batch:
+            raise ValueError(f"string feature {fid}: {len(values)} values, expected {batch} "
+                             "(one per record)")
     if keys is not None:
         keys = np.asarray(keys)
         if keys.ndim != 1 or keys.dtype.kind not in "iu":
@@ -332,18 +343,29 @@ def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[in
         if key_feature_id is None:
             raise ValueError("key_feature_id is required when keys are given")
         key_feature_id = resolve_feature_id(key_feature_id)
+        if batch is not None and len(keys) != batch:
+            raise ValueError(f"{len(keys)} keys but {batch} string values (one per record)")
         batch = len(keys)
     batch = _check_columns(columns, batch)
     return keys, key_feature_id, columns, batch
 
 
+def _string_entries(values: Sequence[Union[str, bytes]]) -> List[bytes]:
+    """Per record: the Thrift string (i32 length, bytes) of its value; str is written as UTF-8."""
+    return [_i32(len(data)) + data for data in map(_string_bytes, values)]
+
+
 def _data_record_segments(keys: Optional[np.ndarray], key_feature_id: Optional[int],
-                          columns: List[TensorColumn]) -> List[Segment]:
+                          columns: List[TensorColumn], strings: Sequence[StringColumn] = ()) -> List[Segment]:
     segments: List[Segment] = []
     if keys is not None:
         segments += [
             _Const(_field(T_MAP, 3) + struct.pack(">bbi", T_I64, T_I64, 1) + _i64(key_feature_id)),
             _Fixed(_as_be_rows(keys, ">i8"))]
+    if strings:
+        segments.append(_Const(_field(T_MAP, 4) + struct.pack(">bbi", T_I64, T_STRING, len(strings))))
+        for fid, values in strings:
+            segments += [_Const(_i64(resolve_feature_id(fid))), _Variable(_string_entries(values))]
     if columns:
         segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
         for fid, array in columns:
@@ -353,12 +375,16 @@ def _data_record_segments(keys: Optional[np.ndarray], key_feature_id: Optional[i
 
 
 def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int],
-                        tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> EncodedRecords:
-    """Encode B DataRecords: record i = {3: {key_feature_id: keys[i]}, 8: {fid: row i, ...}}.
+                        tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
+                        strings: Sequence[StringColumn] = ()) -> EncodedRecords:
+    """Encode B DataRecords: record i = {3: {key_feature_id: keys[i]}, 4: {sid: strings[i]},
+    8: {fid: row i, ...}}.
 
     Args:
       keys: int64 [B] user keys, or None to leave out field 3 (discreteFeatures).
       key_feature_id: the feature id (or name) the key is stored under (required with keys).
+      strings: (feature id or name, B strings) pairs written as field 4 (stringFeatures) in the
+        given order (a string user key); str values are written as UTF-8. Empty -> no field 4.
       tensors: (feature id or name, array) pairs, or a mapping, in the order the entries are
         written; each id at most once.
         Each array has dim 0 = B; row i (shape = dims[1:]) becomes a rawTypedTensor (numeric
@@ -366,8 +392,8 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
     Returns:
       EncodedRecords with B records.
     """
-    keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors)
-    return _assemble(batch, _data_record_segments(keys, key_feature_id, columns))
+    keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors, strings)
+    return _assemble(batch, _data_record_segments(keys, key_feature_id, columns, strings))
 
 
 def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],

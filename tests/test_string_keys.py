@@ -1,0 +1,203 @@
+"""String user keys (docs/FORMAT_string_keys.md): the string in stringFeatures under the key
+feature, its int64 id ``feature_id(key)`` in discreteFeatures under the key-id feature, the shard
+``fmix64(uint64(key_id)) % num_shards``; null, empty and non-UTF-8 keys rejected with a reason.
+
+The bytes are checked against thriftpy2 (an independent encoder and decoder of the IDL) and the
+ids against a pure-Python MurmurHash3 (tests/test_feature_ids.py), not against the exporter's code.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.inspection import find_rejected, iter_records
+from pipeline.inspection import main as inspect_main
+from pipeline.job import run_export
+from pipeline.preflight import preflight
+from pipeline.verify import verify_export
+from pipeline_fixtures import EMB_DIM, EMB_ID, bad_rows, fmix64_reference, shard_records, tiny_config, tiny_model, user_table
+from test_feature_ids import expected_feature_id
+from transforms.duplicates import duplicate_counts
+from transforms.finalize import ExportError
+from transforms.keys import empty_key_rows, invalid_utf8_rows, key_arrays
+from twml.encode import encode_data_records
+from twml.feature_ids import feature_id, string_key_ids
+from twml.io.tfrecord import encode_tfrecords, frame_tfrecords
+from twml.schema import data_thrift, deserialize, serialize, tensor_thrift
+
+KEY_FEATURE = "meta.user_id"
+KEY_ID_FEATURE = "meta.user_id.id"
+STRING_ID = feature_id(KEY_FEATURE)
+KEY_ID = feature_id(KEY_ID_FEATURE)
+STRANGE = ["user-1", "Ünïcödé", "emoji-\U0001F600", "with#hash", "#lead", "a" * 300, "tab\tand space "]
+
+
+def test_key_ids_are_twml_feature_ids_by_an_independent_murmur3():
+    ids = string_key_ids(STRANGE)
+    assert ids.dtype == np.int64
+    assert ids.tolist() == [expected_feature_id(k) for k in STRANGE]
+    assert string_key_ids([k.encode("utf-8") for k in STRANGE]).tolist() == ids.tolist()  # bytes are UTF-8
+    with pytest.raises(UnicodeDecodeError):
+        string_key_ids([b"\xff"])
+
+
+def test_string_feature_bytes_equal_thriftpy2():
+    keys = np.array(STRANGE, dtype=object)
+    ids = string_key_ids(keys)
+    emb = np.arange(len(keys) * 3, dtype=np.float32).reshape(len(keys), 3)
+    records = encode_data_records(ids, KEY_ID, [(EMB_ID, emb)], [(STRING_ID, keys)])
+    for i, key in enumerate(STRANGE):
+        expected = data_thrift.DataRecord(
+            discreteFeatures={KEY_ID: int(ids[i])}, stringFeatures={STRING_ID: key},
+            tensors={EMB_ID: tensor_thrift.GeneralTensor(rawTypedTensor=tensor_thrift.RawTypedTensor(
+                dataType=0, content=emb[i].astype("<f4").tobytes(), shape=[3]))})
+        assert records[i] == serialize(expected)
+        back = deserialize(data_thrift.DataRecord, records[i])
+        assert back.stringFeatures[STRING_ID] in (key, key.encode("utf-8"))
+    framed = encode_tfrecords(ids, KEY_ID, [(EMB_ID, emb)], [(STRING_ID, keys)])
+    assert framed.tobytes() == frame_tfrecords(records).tobytes()
+    with pytest.raises(ValueError, match="one per record"):
+        encode_data_records(ids[:2], KEY_ID, [], [(STRING_ID, keys)])
+
+
+def test_key_checks_and_arrays():
+    column = pa.array([b"ok", b"", None, b"\xff\xfe", "é".encode()], pa.binary())
+    assert empty_key_rows(column).tolist() == [False, True, False, False, False]
+    assert invalid_utf8_rows(column).tolist() == [False, False, False, True, False]
+    strings = pa.array(["a", "", None, "b"], pa.large_string())
+    assert empty_key_rows(strings).tolist() == [False, True, False, False]
+    assert not invalid_utf8_rows(strings).any()
+    ids, held = key_arrays(pa.array(["a", "é"]))
+    assert held.tolist() == [b"a", "é".encode()] and ids.tolist() == [expected_feature_id("a"), expected_feature_id("é")]
+    ids, held = key_arrays(pa.array([3, -4], pa.int32()))
+    assert held is None and ids.dtype == np.int64 and ids.tolist() == [3, -4]
+
+
+def test_duplicates_and_hash_collisions():
+    ids = np.array([5, 5, 7, 9, 9], np.int64)
+    assert duplicate_counts(ids, np.array([b"a", b"a", b"b", b"c", b"c"], object)) == (2, 2)
+    with pytest.raises(ExportError, match=r"string keys 'x' and 'y' have the same key id 9 .*collision"):
+        duplicate_counts(ids, np.array([b"a", b"a", b"b", b"x", b"y"], object))
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+GOOD_USERS = 120
+BAD_KEYS = {None: "null_key", b"": "empty_key", b"bad-\xff\xfe": "invalid_utf8_key"}
+NAN_USER = "nan-user"   # a good key on a row rejected for its features (non_finite:dense)
+
+
+def _string_users(directory, key_type=pa.binary()):
+    """Two Parquet files keyed by strings (``key_type``), plus a null, an empty and (binary
+    only) a non-UTF-8 key in the first."""
+    os.makedirs(directory, exist_ok=True)
+    names = [f"user-{i:04d}" if i % 5 else f"ü{i}#x" for i in range(GOOD_USERS)]
+    paths = []
+    for part, chunk in enumerate(np.array_split(np.arange(GOOD_USERS), 2)):
+        table = user_table(np.asarray(chunk, np.int64), seed=part)
+        keys = [names[i].encode("utf-8") for i in chunk]
+        if part == 0:
+            bad = [k for k in BAD_KEYS if key_type == pa.binary() or k is None or k == b""]
+            extra = user_table(np.arange(len(bad), dtype=np.int64), seed=9)
+            nan_row = bad_rows(0).slice(3, 1)   # dense with a NaN
+            table = pa.concat_tables([table, extra, nan_row])
+            keys += bad + [NAN_USER.encode()]
+        values = pa.array(keys, pa.binary())
+        if key_type != pa.binary():
+            values = values.cast(key_type)
+        table = table.set_column(0, "user_id", values)
+        path = os.path.join(directory, f"users-{part}.parquet")
+        pq.write_table(table, path, row_group_size=50)
+        paths.append(path)
+    return names
+
+
+@pytest.mark.parametrize("fmt,key_type", [("tfrecord", pa.binary()), ("parquet", pa.string())])
+def test_string_key_export_end_to_end(tmp_path, fmt, key_type):
+    names = _string_users(str(tmp_path / "in"), key_type)
+    out = str(tmp_path / "out")
+    config = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=3, fmt=fmt,
+                         batch_size=32, max_reject_fraction=0.5)
+    plan = preflight(config)
+    assert plan.layout.key_string_feature_id == STRING_ID and plan.layout.key_feature_id == KEY_ID
+    manifest = run_export(config, plan=plan)
+    reasons = {r: 1 for k, r in BAD_KEYS.items() if key_type == pa.binary() or k is None or k == b""}
+    reasons["non_finite:dense"] = 1
+    assert manifest["rows_read"] == GOOD_USERS + len(reasons) and manifest["rows_written"] == GOOD_USERS
+    assert manifest["rejected_by_reason"] == reasons
+    assert manifest["key_type"] == "string"
+    assert manifest["key_feature"] == {"name": KEY_FEATURE, "id": STRING_ID}
+    assert manifest["key_id_feature"] == {"name": KEY_ID_FEATURE, "id": KEY_ID}
+    assert manifest["partition"]["hash"] == "fmix64(uint64(key_id)) % num_shards"
+
+    seen = {}
+    for shard, records in shard_records(out, manifest).items():
+        for data in records:
+            record = deserialize(data_thrift.DataRecord, data)   # thriftpy2, not the job's decoder
+            key = record.stringFeatures[STRING_ID]
+            key = key.decode("utf-8") if isinstance(key, bytes) else key
+            key_id = record.discreteFeatures[KEY_ID]
+            assert key_id == expected_feature_id(key)
+            assert fmix64_reference(key_id) % 3 == shard
+            assert len(record.tensors[EMB_ID].rawTypedTensor.content) == 4 * EMB_DIM
+            seen[key] = shard
+    assert sorted(seen) == sorted(names)
+    if fmt == "parquet":
+        table = pa.concat_tables([pq.read_table(os.path.join(out, s["file"])) for s in manifest["shards"]])
+        assert table.schema.field("key").type == pa.string() and table.schema.field("key_id").type == pa.int64()
+        assert sorted(table.column("key").to_pylist()) == sorted(names)
+        assert table.column("key_id").to_pylist() == [expected_feature_id(k) for k in table.column("key").to_pylist()]
+
+    report = verify_export(out)
+    assert report.ok, [str(p) for p in report.problems]
+    [row] = iter_records(out, key=names[5])
+    assert row["key"] == names[5] and row["file"] == manifest["shards"][seen[names[5]]]["file"]
+    assert row["stringFeatures"] == {KEY_FEATURE: names[5]} and KEY_ID_FEATURE in row["discreteFeatures"]
+    assert list(iter_records(out, key="nobody")) == []
+    [rejected] = find_rejected(out, "nan-user")
+    assert rejected["reason"] == "non_finite:dense" and rejected["user_id"] == "nan-user"
+    assert rejected["file"].startswith("_rejected/part-") and rejected["source_file"].endswith("users-0.parquet")
+
+
+def test_inspect_key_of_a_rejected_string_user(tmp_path, capsys):
+    _string_users(str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2, batch_size=32,
+                          max_reject_fraction=0.5))
+    assert inspect_main([out, "--key", "user-0001"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["key"] == "user-0001"
+    assert inspect_main([out, "--key", ""]) == 1
+    assert "empty string is never a key" in capsys.readouterr().err
+    assert inspect_main([out, "--key", "nan-user"]) == 1   # no exported record: exit 1, and why
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["reason"] == "non_finite:dense"
+    assert "key nan-user was rejected: non_finite:dense (input " in captured.err
+    assert re.search(r"its row is \S+/out/_rejected/part-00000-of-00001.parquet row \d+$", captured.err.strip())
+
+
+def test_verify_names_a_wrong_key_id(tmp_path):
+    _string_users(str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=1,
+                                      batch_size=32, max_reject_fraction=0.5))
+    # Rewrite the shard with one record whose key id is not feature_id(key): verify must say so.
+    shard = os.path.join(out, manifest["shards"][0]["file"])
+    records = shard_records(out, manifest)[0]
+    record = deserialize(data_thrift.DataRecord, records[0])
+    record.discreteFeatures = {KEY_ID: record.discreteFeatures[KEY_ID] + 1}
+    records[0] = serialize(record)
+    from twml.encode import EncodedRecords
+    data = frame_tfrecords(EncodedRecords.from_list(records)).tobytes()
+    with open(shard, "wb") as f:
+        f.write(data)
+    manifest["shards"][0].update(bytes=len(data), crc32c=None)
+    with open(os.path.join(out, "_MANIFEST.json"), "w") as f:
+        json.dump(manifest, f)
+    report = verify_export(out)
+    assert not report.ok
+    assert any("is not feature_id(" in str(p) for p in report.problems), [str(p) for p in report.problems]
