@@ -247,6 +247,10 @@ def summary_rows(manifest: Dict, seconds: float, output_path: str) -> List[Tuple
         rows.append(("  rejected rows in", f"{output_path.rstrip('/')}/{REJECTED_DIR}/ ({len(rejected_files)} "
                                            f"file{'s' if len(rejected_files) != 1 else ''}; inspect --key K "
                                            "explains a user's)"))
+    collisions = (manifest.get("key_id_collisions") or {}).get("ids", 0)
+    if collisions:  # string keys whose int64 ids coincide: consumers joining on the id must know
+        rows.append(("key id collisions", f"{collisions:,} id(s) shared by different string keys "
+                                          "(listed in _MANIFEST.json key_id_collisions)"))
     compression = manifest.get("compression")
     rows += [
         ("shards", f"{len(shards)} x {manifest.get('format')}"

@@ -22,6 +22,7 @@ prints a summary table (rich on a terminal, plain text otherwise) and returns 0 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import multiprocessing
@@ -155,6 +156,7 @@ class _ShardChecker:
         self.first: Dict[str, Problem] = {}
         self.counts: Dict[str, int] = {}
         self.keys: List[np.ndarray] = []
+        self.strings: List[np.ndarray] = []   # string keys: the keys themselves (``keys`` holds their ids)
         self.norm_min = np.inf
         self.norm_max = -np.inf
         self.norm_sum = 0.0
@@ -176,6 +178,8 @@ class _ShardChecker:
             self._check_parquet_key_strings(batch, decoded, index, strings)
         keys, embeddings = keys[decoded], embeddings[decoded]
         self.keys.append(keys)
+        if strings is not None:
+            self.strings.append(strings[decoded])
         if embeddings.shape[1] != self.manifest.embedding_dim:
             self.note("dim", int(index[0]), f"embedding has dimension {embeddings.shape[1]}, "
                       f"the manifest says {self.manifest.embedding_dim}", count=len(index))
@@ -204,6 +208,22 @@ class _ShardChecker:
             self.norm_sum += float(norms.sum())
             self.norm_count += len(norms)
             self.zero_vectors += int((norms == 0).sum())
+
+    def _string_key_warnings(self, outcome: "ShardOutcome") -> None:
+        """String keys: duplicate keys (one string twice) and key ids shared by different strings."""
+        ids, strings = np.concatenate(self.keys), np.concatenate(self.strings)
+        unique, counts = np.unique(strings.astype(str), return_counts=True)
+        if len(unique) != len(strings):
+            outcome.warnings.append(f"{self.shard.file}: {len(strings) - len(unique)} duplicate key(s), "
+                                    f"e.g. key {unique[np.argmax(counts)]!r} x{int(counts.max())}")
+        shared = collections.defaultdict(set)
+        for key_id, key in zip(ids.tolist(), strings.tolist()):
+            shared[key_id].add(key)
+        collided = sorted((key_id, sorted(keys)) for key_id, keys in shared.items() if len(keys) > 1)
+        if collided:
+            key_id, keys = collided[0]
+            outcome.warnings.append(f"{self.shard.file}: {len(collided)} key id(s) shared by different keys, e.g. "
+                                    f"{key_id} by {keys} (a hash collision; the manifest lists key_id_collisions)")
 
     def _check_parquet_key_strings(self, batch: RecordBatch, decoded: np.ndarray, index: np.ndarray,
                                    strings: np.ndarray) -> None:
@@ -244,7 +264,9 @@ class _ShardChecker:
             if count > 1:
                 message += f" ({count} records of this shard have this problem)"
             outcome.add(Problem(message, problem.file, problem.record, problem.offset), count)
-        if self.keys:
+        if self.strings:
+            self._string_key_warnings(outcome)
+        elif self.keys:
             keys = np.concatenate(self.keys)
             unique, counts = np.unique(keys, return_counts=True)
             if len(unique) != len(keys):

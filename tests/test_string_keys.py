@@ -22,7 +22,6 @@ from pipeline.verify import verify_export
 from pipeline_fixtures import EMB_DIM, EMB_ID, bad_rows, fmix64_reference, shard_records, tiny_config, tiny_model, user_table
 from test_feature_ids import expected_feature_id
 from transforms.duplicates import duplicate_counts
-from transforms.finalize import ExportError
 from transforms.keys import empty_key_rows, invalid_utf8_rows, key_arrays
 from twml.encode import encode_data_records
 from twml.feature_ids import feature_id, string_key_ids
@@ -78,10 +77,11 @@ def test_key_checks_and_arrays():
 
 
 def test_duplicates_and_hash_collisions():
-    ids = np.array([5, 5, 7, 9, 9], np.int64)
-    assert duplicate_counts(ids, np.array([b"a", b"a", b"b", b"c", b"c"], object)) == (2, 2)
-    with pytest.raises(ExportError, match=r"string keys 'x' and 'y' have the same key id 9 .*collision"):
-        duplicate_counts(ids, np.array([b"a", b"a", b"b", b"x", b"y"], object))
+    ids = np.array([5, 5, 7, 9, 9, 9], np.int64)
+    assert duplicate_counts(ids) == (2, 3, ())
+    assert duplicate_counts(ids, np.array([b"a", b"a", b"b", b"c", b"c", b"c"], object)) == (2, 3, ())
+    # One id, different strings: different users (a collision), not duplicates; "x" twice is one.
+    assert duplicate_counts(ids, np.array([b"a", b"a", b"b", b"x", b"y", b"x"], object)) == (2, 2, ((9, ("x", "y")),))
 
 
 # -- end to end -----------------------------------------------------------------------------------
@@ -201,3 +201,32 @@ def test_verify_names_a_wrong_key_id(tmp_path):
     report = verify_export(out)
     assert not report.ok
     assert any("is not feature_id(" in str(p) for p in report.problems), [str(p) for p in report.problems]
+
+
+def test_a_key_id_collision_is_published_and_listed(tmp_path, monkeypatch):
+    """Two different keys with one id (forced: a real 64-bit collision cannot be found) are both
+    exported, each with its own string, and the manifest and the summary say so."""
+    import transforms.keys
+    real = transforms.keys.string_key_ids
+
+    def colliding(keys):
+        ids = real(keys)
+        ids[[k in (b"user-0002", "user-0002") for k in keys]] = expected_feature_id("user-0001")
+        return ids
+    monkeypatch.setattr(transforms.keys, "string_key_ids", colliding)
+    _string_users(str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2,
+                                      batch_size=32, max_reject_fraction=0.5))
+    assert manifest["rows_written"] == GOOD_USERS and manifest["duplicate_keys"] == {"keys": 0, "rows": 0}
+    assert manifest["key_id_collisions"] == {
+        "ids": 1, "examples": [{"key_id": expected_feature_id("user-0001"), "keys": ["user-0001", "user-0002"]}]}
+    assert [row["key"] for row in iter_records(out, key="user-0001")] == ["user-0001"]   # the string decides
+    monkeypatch.setattr("pipeline.verify.string_key_ids", colliding)   # verify derives ids the same way
+    report = verify_export(out)
+    assert report.ok, [str(p) for p in report.problems]
+    assert any(f"1 key id(s) shared by different keys, e.g. {expected_feature_id('user-0001')} by "
+               "['user-0001', 'user-0002']" in w for w in report.warnings), report.warnings
+    from pipeline.progress import summary_rows
+    assert ("key id collisions", "1 id(s) shared by different string keys (listed in _MANIFEST.json "
+            "key_id_collisions)") in summary_rows(manifest, 1.0, out)

@@ -72,6 +72,7 @@ __all__ = ["ExportError", "FinalizeExport", "publish", "MANIFEST_NAME", "SUCCESS
 MANIFEST_NAME = "_MANIFEST.json"
 SUCCESS_NAME = "_SUCCESS"
 REJECTED_DIR = "_rejected"
+MAX_COLLISIONS_LISTED = 100  # key-id collisions the manifest spells out (all are counted)
 TEMP_DIR = "_temporary"
 RENAME_BATCH = 100  # files per FileSystems.rename call (object stores copy a batch at a time)
 MODE_DIRECTORY = "directory"  # the journal's "mode": assembled in a sibling directory, then swapped in
@@ -188,7 +189,8 @@ def _remove_empty_local_dirs(root: str) -> None:
 
 def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read: int,
               rejected: Sequence[Tuple[RejectedPart, str]], by_reason: Dict[str, int], unreadable: Sequence,
-              duplicate_keys: Optional[Dict[str, int]]) -> Dict:
+              duplicate_keys: Optional[Dict[str, int]],
+              key_id_collisions: Optional[Sequence[Tuple[int, Sequence[str]]]] = None) -> Dict:
     """The manifest: what the run wrote and counted, then the static entries of ``base``."""
     manifest = {key: base[key] for key in ("format", "compression", "num_shards") if key in base}
     manifest.update({
@@ -202,6 +204,11 @@ def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read
         "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
         "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
     })
+    if key_id_collisions is not None:  # string keys: ids that different keys share
+        ordered = sorted(key_id_collisions)
+        manifest["key_id_collisions"] = {
+            "ids": len(ordered),
+            "examples": [{"key_id": key_id, "keys": list(keys)} for key_id, keys in ordered[:MAX_COLLISIONS_LISTED]]}
     manifest.update({k: v for k, v in base.items() if k not in manifest})
     if isinstance(manifest.get("input"), dict):
         manifest["input"] = {**manifest["input"], "unreadable_row_groups": [
@@ -214,7 +221,8 @@ def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             rejected: Iterable[RejectedPart], manifest_base: Dict, expected_rows: Optional[int] = None,
             max_reject_fraction: float = 1.0, stale: Sequence[str] = (), unreadable: Iterable = (),
-            duplicate_keys: Optional[Dict[str, int]] = None) -> Dict:
+            duplicate_keys: Optional[Dict[str, int]] = None,
+            key_id_collisions: Optional[Sequence[Tuple[int, Sequence[str]]]] = None) -> Dict:
     """Check, move into place (by swapping directories, or file by file: see the module
     docstring), write the manifest and ``_SUCCESS``; return the manifest.
 
@@ -232,6 +240,8 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
       unreadable: row groups that could not be read (``input.on_bad_file: skip``): objects with
         ``path``, ``row_group``, ``rows`` and ``error``.
       duplicate_keys: {"keys": keys written more than once, "rows": rows beyond each key's first}.
+      key_id_collisions: string keys: (key id, the different keys sharing it) for every shared
+        id (manifest ``key_id_collisions``); None for integer keys.
     Raises:
       ExportError: a check failed; the output directory is left as it was, except that on too
         many rejected rows the rejected rows are published to ``_rejected/<run_id>/``.
@@ -275,7 +285,7 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
     rejected_names = [_join(REJECTED_DIR, shard_file_name(i, len(rejected), ".parquet"))
                       for i in range(len(rejected))]
     manifest = _manifest(manifest_base, layout.run_id, results, rows_read, list(zip(rejected, rejected_names)),
-                         by_reason, unreadable, duplicate_keys)
+                         by_reason, unreadable, duplicate_keys, key_id_collisions)
     manifest_data = json.dumps(manifest, indent=2).encode("utf-8") + b"\n"
 
     creates = {r.final_name: r.bytes for r in results}
@@ -505,9 +515,10 @@ class _FinalizeFn(beam.DoFn):
         self._stale = stale
 
     def process(self, _run_id, shards, rows_read, rejected, unreadable, duplicates):
-        keys, rows = duplicates
+        keys, rows, collisions = duplicates
         yield publish(self._layout, shards, int(rows_read), rejected, self._base, self._expected,
-                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)})
+                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)},
+                      list(collisions) if self._layout.string_keys else None)
 
 
 class FinalizeExport(beam.PTransform):
@@ -522,7 +533,7 @@ class FinalizeExport(beam.PTransform):
       stale: absolute paths of this job's earlier files to remove (``ExportPlan.stale_files``).
 
     Inputs "unreadable" (row groups skipped by ``on_bad_file: skip``) and "duplicates" (one
-    (keys, rows) pair per key bucket, ``transforms.duplicates``) are optional.
+    (keys, rows, key-id collisions) per key bucket, ``transforms.duplicates``) are optional.
     """
 
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int] = None,
@@ -542,8 +553,8 @@ class FinalizeExport(beam.PTransform):
         unreadable = unreadable | "CollectUnreadable" >> beam.combiners.ToList()
         duplicates = inputs.get("duplicates")
         if duplicates is None:
-            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0)])
-        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_pairs)
+            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0, ())])
+        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_duplicates)
         return (p
                 | "Once" >> beam.Create([layout.run_id])
                 | "Publish" >> beam.ParDo(_FinalizeFn(*self._args),  # side inputs in process()'s order
@@ -554,9 +565,12 @@ class FinalizeExport(beam.PTransform):
                                           beam.pvalue.AsSingleton(duplicates)))
 
 
-def _sum_pairs(pairs: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
+def _sum_duplicates(counts: Iterable[Tuple[int, int, Tuple]]) -> Tuple[int, int, Tuple]:
+    """(keys, rows, collisions) of every key bucket -> their sums (collisions concatenated)."""
     keys = rows = 0
-    for a, b in pairs:
+    collisions: List = []
+    for a, b, shared in counts:
         keys += int(a)
         rows += int(b)
-    return keys, rows
+        collisions.extend(shared)
+    return keys, rows, tuple(collisions)
