@@ -72,7 +72,8 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
             else f"{plan.total_rows:,} rows")
     lines = [f"input:   {cfg.input.path}: {len(plan.files)} file(s), {rows}"]
     if cfg.input.format == "datarecord":
-        lines.append(f"  {cfg.input.container} files of DataRecords, key <- discrete feature {cfg.input.key}")
+        kind = "string" if cfg.input.key_type == "string" else "discrete"
+        lines.append(f"  {cfg.input.container} files of DataRecords, key <- {kind} feature {cfg.input.key}")
         for name, column in (cfg.input.features or {}).items():
             names = column.names
             shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, ..., {names[-1]} ({len(names)})"

@@ -70,6 +70,9 @@ class InputConfig(_Strict):
     key: str = Field("user_id", min_length=1,
                      description="user key: an integer or string column (parquet), or a discrete feature "
                                  "name (datarecord); string keys: docs/FORMAT_string_keys.md")
+    key_type: Optional[Literal["int64", "string"]] = Field(
+        None, description="datarecord only: the key is a discrete feature (int64, the default) or a string "
+                          "feature; parquet reads the key type from the files")
     on_bad_file: Literal["fail", "skip"] = "fail"
     container: Optional[Literal["tfrecord", "block"]] = Field(None, description="datarecord only: the file container")
     features: Optional[Dict[str, DataRecordColumn]] = Field(None, description="datarecord only: column -> features")
@@ -77,7 +80,7 @@ class InputConfig(_Strict):
     @model_validator(mode="after")
     def _datarecord_keys(self) -> "InputConfig":
         if self.format == "parquet":
-            extra = [k for k in ("container", "features") if getattr(self, k) is not None]
+            extra = [k for k in ("container", "features", "key_type") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{' and '.join(extra)} apply to format: datarecord only")
             return self

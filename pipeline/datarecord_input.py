@@ -58,7 +58,7 @@ def datarecord_source(config: ExportConfig) -> DataRecordSource:
                                      default=default))
     return DataRecordSource(container=inp.container or "tfrecord", key_column=inp.key,
                             key_feature_id=feature_id(inp.key), columns=tuple(columns),
-                            rows_per_table=config.model.batch_size)
+                            rows_per_table=config.model.batch_size, string_key=inp.key_type == "string")
 
 
 def probe_file(path: str, container: str) -> Optional[str]:

@@ -230,3 +230,43 @@ def test_a_key_id_collision_is_published_and_listed(tmp_path, monkeypatch):
     from pipeline.progress import summary_rows
     assert ("key id collisions", "1 id(s) shared by different string keys (listed in _MANIFEST.json "
             "key_id_collisions)") in summary_rows(manifest, 1.0, out)
+
+
+def test_datarecord_input_with_a_string_key_feature(tmp_path):
+    """``input.key_type: string``: the key is a stringFeatures entry of the input records."""
+    from test_datarecord_input import DENSE, datarecord_config
+    from twml.io.tfrecord import TFRecordWriter
+
+    rng = np.random.default_rng(3)
+    users = [f"dr-user-{i}" for i in range(90)]
+    keys = [u.encode() for u in users] + [b"", None, b"\xc3\x28"]     # + empty, missing, not UTF-8
+    with TFRecordWriter(str(tmp_path / "in.tfrecord")) as writer:
+        for key in keys:
+            record = data_thrift.DataRecord(
+                continuousFeatures={feature_id(n): float(v) for n, v in zip(DENSE, rng.normal(size=len(DENSE)))},
+                stringFeatures=None if key is None else {feature_id(KEY_FEATURE): key})
+            writer.write(serialize(record))
+    out = str(tmp_path / "out")
+    config = datarecord_config(str(tmp_path / "in.tfrecord"), out, input__key=KEY_FEATURE, input__key_type="string",
+                               output__max_reject_fraction=0.5)
+    manifest = run_export(config)
+    assert manifest["key_type"] == "string" and manifest["rows_written"] == len(users)
+    assert manifest["rejected_by_reason"] == {"empty_key": 1, "null_key": 1, "invalid_utf8_key": 1}
+    exported = {}
+    for shard, records in shard_records(out, manifest).items():
+        for data in records:
+            record = deserialize(data_thrift.DataRecord, data)
+            key = record.stringFeatures[STRING_ID]
+            key = key.decode() if isinstance(key, bytes) else key
+            assert record.discreteFeatures[KEY_ID] == expected_feature_id(key)
+            exported[key] = shard
+    assert sorted(exported) == sorted(users)
+    assert verify_export(out).ok
+
+
+def test_key_type_is_for_datarecord_input_only():
+    from pipeline.config import ConfigError, parse_config
+    raw = tiny_config("in/*.parquet", "model", "out").model_dump(mode="json")
+    raw["input"]["key_type"] = "string"
+    with pytest.raises(ConfigError, match="key_type apply to format: datarecord only"):
+        parse_config(raw)
