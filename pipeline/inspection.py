@@ -39,9 +39,10 @@ from twml.io.tfrecord import iter_tfrecords
 from twml.sharding import shard_of_keys
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "ExportError", "ShardReadError",
-           "ExportManifest", "ShardEntry", "OutputEntry", "RecordBatch", "parse_manifest", "read_manifest", "shard_file_name",
-           "parse_shard_file_name", "is_remote", "join_path", "is_directory", "list_directory", "file_size",
-           "open_binary", "open_records", "iter_record_batches", "record_to_json", "iter_records", "main"]
+           "ExportManifest", "ShardEntry", "OutputEntry", "RecordBatch", "parse_manifest", "read_manifest",
+           "shard_file_name", "parse_shard_file_name", "is_remote", "join_path", "is_directory", "list_directory",
+           "file_size", "open_binary", "open_records", "iter_record_batches", "record_to_json", "iter_records",
+           "lookup_key", "record_key", "find_rejected", "main"]
 
 FORMATS = ("tfrecord", "block", "parquet")
 MANIFEST_NAME = "_MANIFEST.json"
@@ -581,7 +582,7 @@ def lookup_key(manifest: ExportManifest, key: UserKey) -> Tuple[UserKey, int]:
 
 
 def record_key(record, manifest: ExportManifest) -> Optional[UserKey]:
-    """The user key of a decoded record: the int64 key, or the string key (str; bytes if not UTF-8)."""
+    """The user key of a decoded record: the int64 key, or the string key (str; {"base64"} if not UTF-8)."""
     if not manifest.string_keys:
         return (record.discreteFeatures or {}).get(manifest.key_feature_id)
     value = (record.stringFeatures or {}).get(manifest.key_feature_id)

@@ -4,7 +4,7 @@ Everything a run would otherwise discover minutes later on a worker is checked h
 launcher, in seconds: that the config has no unfilled placeholders; that the SavedModel has the
 signature with exactly the configured inputs (dtype, rank, static dims) and outputs (the first
 a float32 [B, D] embedding); that the input pattern matches Parquet files whose footers hold the
-key column (integer) and every configured column with a type the model input accepts, the same
+key column (integer or string) and every configured column with a type the model input accepts, the same
 in every file; and that the output directory holds no earlier export unless overwriting.
 Paths are made absolute (workers may run in another directory). The result is an ``ExportPlan``:
 everything the transforms need, resolved.

@@ -19,7 +19,8 @@ from pipeline.inspection import main as inspect_main
 from pipeline.job import run_export
 from pipeline.preflight import preflight
 from pipeline.verify import verify_export
-from pipeline_fixtures import EMB_DIM, EMB_ID, bad_rows, fmix64_reference, shard_records, tiny_config, tiny_model, user_table
+from pipeline_fixtures import (EMB_DIM, EMB_ID, bad_rows, fmix64_reference, shard_records, tiny_config, tiny_model,
+                               user_table)
 from test_feature_ids import expected_feature_id
 from transforms.duplicates import duplicate_counts
 from transforms.keys import empty_key_rows, invalid_utf8_rows, key_arrays
@@ -71,7 +72,8 @@ def test_key_checks_and_arrays():
     assert empty_key_rows(strings).tolist() == [False, True, False, False]
     assert not invalid_utf8_rows(strings).any()
     ids, held = key_arrays(pa.array(["a", "é"]))
-    assert held.tolist() == [b"a", "é".encode()] and ids.tolist() == [expected_feature_id("a"), expected_feature_id("é")]
+    assert held.tolist() == [b"a", "é".encode()]
+    assert ids.tolist() == [expected_feature_id("a"), expected_feature_id("é")]
     ids, held = key_arrays(pa.array([3, -4], pa.int32()))
     assert held is None and ids.dtype == np.int64 and ids.tolist() == [3, -4]
 

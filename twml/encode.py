@@ -27,7 +27,8 @@ import numpy as np
 
 from twml.feature_ids import resolve_feature_id
 
-__all__ = ["EncodedRecords", "TensorColumn", "StringColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records", "encode_fixed_rows",
+__all__ = ["EncodedRecords", "TensorColumn", "StringColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
+           "encode_fixed_rows",
            "encode_continuous_records", "encode_tensor_record",
            "encode_batch_prediction_response"]
 
