@@ -258,31 +258,71 @@ def _fill_fixed(batch: int, merged: List[Segment]) -> np.ndarray:
     return out
 
 
+# Above this many bytes of padded layout, variable-length records are placed one by one instead.
+_PADDED_LAYOUT_MAX_BYTES = 64 << 20
+
+
 def _fill_variable(batch: int, merged: List[Segment]) -> EncodedRecords:
-    """Records of differing lengths: each segment placed by per-record offsets."""
+    """Records of differing lengths (some segment is variable).
+
+    Vectorised: the records are first laid out as rows of a ``[B, W]`` array in which every
+    segment has a fixed column range, a variable one as wide as its longest item, each item
+    right-aligned in it (so the columns after it do not depend on its length); dropping the
+    padding in front of each item (a boolean mask, row-major) leaves the records back to back.
+    A layout larger than _PADDED_LAYOUT_MAX_BYTES (one very long string) is placed one segment
+    at a time instead.
+    """
     lengths = np.zeros(batch, dtype=np.int64)
-    for seg in merged:
+    item_lengths = {}
+    widths = []
+    for k, seg in enumerate(merged):
         if isinstance(seg, _Variable):
-            lengths += np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
+            item_lengths[k] = np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
+            lengths += item_lengths[k]
+            widths.append(int(item_lengths[k].max()) if batch else 0)
         else:
             lengths += _width(seg)
+            widths.append(_width(seg))
     offsets = np.zeros(batch + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    total = sum(widths)
+    if batch * total > _PADDED_LAYOUT_MAX_BYTES:
+        return EncodedRecords(_place_segments(batch, merged, item_lengths, offsets), offsets)
+    padded = np.zeros((batch, total), dtype=np.uint8)
+    keep = np.ones((batch, total), dtype=bool)
+    col = 0
+    for k, (seg, width) in enumerate(zip(merged, widths)):
+        if isinstance(seg, _Variable):
+            sizes = item_lengths[k]
+            data = np.frombuffer(b"".join(seg.items), dtype=np.uint8)
+            # Item i's bytes go to row i, columns [col + width - sizes[i], col + width).
+            first = np.arange(batch, dtype=np.int64) * total + col + width - sizes
+            starts = np.cumsum(sizes) - sizes
+            padded.reshape(-1)[np.repeat(first - starts, sizes) + np.arange(len(data))] = data
+            keep[:, col:col + width] = np.arange(width)[None, :] >= (width - sizes)[:, None]
+        elif width:
+            padded[:, col:col + width] = (np.frombuffer(seg.data, dtype=np.uint8) if isinstance(seg, _Const)
+                                          else seg.rows)
+        col += width
+    return EncodedRecords(padded[keep], offsets)
+
+
+def _place_segments(batch: int, merged: List[Segment], item_lengths, offsets: np.ndarray) -> np.ndarray:
+    """The records back to back, each segment placed at its per-record offsets (no padded layout)."""
     out = np.empty(int(offsets[-1]), dtype=np.uint8)
     cursor = offsets[:-1].copy()
-    for seg in merged:
+    for k, seg in enumerate(merged):
         if isinstance(seg, _Variable):
-            widths = np.fromiter((len(x) for x in seg.items), dtype=np.int64, count=batch)
             for start, item in zip(cursor.tolist(), seg.items):
                 out[start:start + len(item)] = np.frombuffer(item, dtype=np.uint8)
-            cursor += widths
+            cursor += item_lengths[k]
             continue
         width = _width(seg)
         data = np.frombuffer(seg.data, dtype=np.uint8)[None, :] if isinstance(seg, _Const) else seg.rows
         if width:
             out[cursor[:, None] + np.arange(width)] = data
         cursor += width
-    return EncodedRecords(out, offsets)
+    return out
 
 
 def _assemble(batch: int, segments: List[Segment]) -> EncodedRecords:
@@ -351,9 +391,11 @@ def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[in
     return keys, key_feature_id, columns, batch
 
 
-def _string_entries(values: Sequence[Union[str, bytes]]) -> List[bytes]:
-    """Per record: the Thrift string (i32 length, bytes) of its value; str is written as UTF-8."""
-    return [_i32(len(data)) + data for data in map(_string_bytes, values)]
+def _string_entries(values: Sequence[Union[str, bytes]]) -> List[Segment]:
+    """Segments of one Thrift string per record (i32 length, then the bytes; str as UTF-8)."""
+    data = [v if type(v) is bytes else _string_bytes(v) for v in values]
+    lengths = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
+    return [_Fixed(_as_be_rows(lengths, ">i4")), _Variable(data)]
 
 
 def _data_record_segments(keys: Optional[np.ndarray], key_feature_id: Optional[int],
@@ -366,7 +408,7 @@ def _data_record_segments(keys: Optional[np.ndarray], key_feature_id: Optional[i
     if strings:
         segments.append(_Const(_field(T_MAP, 4) + struct.pack(">bbi", T_I64, T_STRING, len(strings))))
         for fid, values in strings:
-            segments += [_Const(_i64(resolve_feature_id(fid))), _Variable(_string_entries(values))]
+            segments += [_Const(_i64(resolve_feature_id(fid)))] + _string_entries(values)
     if columns:
         segments.append(_Const(_field(T_MAP, 8) + struct.pack(">bbi", T_I64, T_STRUCT, len(columns))))
         for fid, array in columns:

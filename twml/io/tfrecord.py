@@ -25,7 +25,7 @@ import numpy as np
 from twml.encode import EncodedRecords, StringColumn, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
-from twml.io.crc32c_batch import masked_crc32c_into_footer
+from twml.io.crc32c_batch import frame_records, masked_crc32c_into_footer
 
 __all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
            "read_tfrecords"]
@@ -89,17 +89,7 @@ def _frame_fixed(rows: np.ndarray) -> np.ndarray:
 
 
 def _frame_variable(records: EncodedRecords) -> np.ndarray:
-    data = records.buffer.tobytes()
-    bounds = records.offsets.tolist()
-    headers = {}
-    parts = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        body = data[start:end]
-        header = headers.get(end - start)
-        if header is None:
-            header = headers[end - start] = _header(end - start)
-        parts += (header, body, _FOOTER.pack(masked_crc32c(body)))
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return frame_records(records.buffer, records.offsets)
 
 
 class TFRecordWriter(RecordFileWriter):
