@@ -118,7 +118,8 @@ def _string_users(directory, key_type=pa.binary()):
     return names
 
 
-@pytest.mark.parametrize("fmt,key_type", [("tfrecord", pa.binary()), ("parquet", pa.string())])
+@pytest.mark.parametrize("fmt,key_type", [("tfrecord", pa.binary()), ("parquet", pa.string()),
+                                          ("block", pa.large_string())])
 def test_string_key_export_end_to_end(tmp_path, fmt, key_type):
     names = _string_users(str(tmp_path / "in"), key_type)
     out = str(tmp_path / "out")
