@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.config import ExportConfig, OutputConfig
+from pipeline.config import ExportConfig, ModelInput, OutputConfig
 from transforms.arrow_columns import is_list_type
 from transforms.finalize import MANIFEST_NAME, TEMP_DIR
 from transforms.isolate import ERROR_COLUMN
@@ -251,36 +251,38 @@ def _resolve_inputs(config: ExportConfig, sig_inputs: Dict[str, SignatureTensor]
             + (f"not in the signature: {unknown}; " if unknown else "")
             + (f"not configured: {unfed}; " if unfed else "")
             + f"the signature takes {sorted(sig_inputs)}")
-    specs = []
-    for name, cfg in model.inputs.items():
-        tensor = sig_inputs[name]
-        key = f"model.inputs.{name}"
-        if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
-            raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
-                                 "float32/float64/int32/int64/bool inputs from Parquet columns")
-        shape = tensor.shape
-        if shape is None or len(shape) not in (1, 2):
-            raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
-                                 "[batch] (a scalar column) or [batch, n] (a list column)")
-        if shape[0] is not None:
-            raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
-                                 "the job needs [None, ...]")
-        if len(shape) == 1:
-            if cfg.length is not None:
-                raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
-                                     f"(shape {_fmt_shape(shape)})")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR))
-        elif cfg.length is not None:
-            if shape[1] is not None and shape[1] != cfg.length:
-                raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
-                                     f"{_fmt_shape(shape)}")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad))
-        elif shape[1] is None:
-            raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
-                                 f"set {key}.length to pad/truncate the lists to a fixed length")
-        else:
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1]))
+    problems = _Problems()
+    specs = [problems.run(_resolve_input, name, cfg, sig_inputs[name]) for name, cfg in model.inputs.items()]
+    problems.raise_any()   # every input that does not fit, not only the first
     return tuple(specs)
+
+
+def _resolve_input(name: str, cfg: ModelInput, tensor: SignatureTensor) -> InputSpec:
+    key = f"model.inputs.{name}"
+    if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
+        raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
+                             "float32/float64/int32/int64/bool inputs from Parquet columns")
+    shape = tensor.shape
+    if shape is None or len(shape) not in (1, 2):
+        raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
+                             "[batch] (a scalar column) or [batch, n] (a list column)")
+    if shape[0] is not None:
+        raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
+                             "the job needs [None, ...]")
+    if len(shape) == 1:
+        if cfg.length is not None:
+            raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
+                                 f"(shape {_fmt_shape(shape)})")
+        return InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR)
+    if cfg.length is not None:
+        if shape[1] is not None and shape[1] != cfg.length:
+            raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
+                                 f"{_fmt_shape(shape)}")
+        return InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad)
+    if shape[1] is None:
+        raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
+                             f"set {key}.length to pad/truncate the lists to a fixed length")
+    return InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1])
 
 
 def _resolve_outputs(config: ExportConfig, sig_outputs: Dict[str, SignatureTensor]) -> Tuple[OutputSpec, ...]:
@@ -289,22 +291,25 @@ def _resolve_outputs(config: ExportConfig, sig_outputs: Dict[str, SignatureTenso
     if missing:
         raise PreflightError(f"model.outputs {missing} are not outputs of model {model.path} signature "
                              f"{model.signature!r}; it has {sorted(sig_outputs)}")
-    specs = []
-    for name in model.ordered_outputs:
-        cfg = model.outputs[name]
-        tensor = sig_outputs[name]
-        key = f"model.outputs.{name}"
-        if tensor.shape is None or len(tensor.shape) < 1:
-            raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
-        if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
-            how = "model.embedding names it" if model.embedding else "the first output written"
-            raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
-                                 f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
-        if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
-            raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
-        specs.append(OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string",
-                                tuple(tensor.shape[1:])))
+    problems = _Problems()
+    specs = [problems.run(_resolve_output, config, name, sig_outputs[name]) for name in model.ordered_outputs]
+    problems.raise_any()   # every output that does not fit, not only the first
     return tuple(specs)
+
+
+def _resolve_output(config: ExportConfig, name: str, tensor: SignatureTensor) -> OutputSpec:
+    model = config.model
+    cfg = model.outputs[name]
+    key = f"model.outputs.{name}"
+    if tensor.shape is None or len(tensor.shape) < 1:
+        raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
+    if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
+        how = "model.embedding names it" if model.embedding else "the first output written"
+        raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
+                             f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
+    if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
+        raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
+    return OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string", tuple(tensor.shape[1:]))
 
 
 def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> int:

@@ -184,3 +184,17 @@ def test_plot_draws_the_embedding_and_summarises_the_other_outputs(tmp_path):
     assert "PCA" in summary and "other outputs: user.score median" in summary
     image = matplotlib.image.imread(str(png))
     assert image.shape[1] == 2266   # four panels (17 * 4 / 3 inches at 100 dpi), the fourth for the score
+
+
+def test_every_input_and_output_that_does_not_fit_is_named(export_with_rejects):
+    root, _, _ = export_with_rejects
+    config = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(root / "other"))
+    raw = config.model_dump(mode="json")
+    raw["model"]["inputs"]["dense"]["length"] = 3          # dense is [None, 8]: a fixed list, no length
+    raw["model"]["inputs"]["sparse_ids"]["length"] = 9     # the signature says 4
+    raw["model"]["outputs"] = {"score": {"feature": "s"}, "embedding": {"feature": "output"}}  # 1-d first
+    from pipeline.config import parse_config
+    with pytest.raises(PreflightError) as err:
+        preflight(parse_config(raw))
+    assert [p.split(":")[0].split(" ")[0] for p in err.value.problems] == [
+        "model.inputs.dense.length", "model.inputs.sparse_ids.length", "model.outputs.score"]
