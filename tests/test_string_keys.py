@@ -273,3 +273,10 @@ def test_key_type_is_for_datarecord_input_only():
     raw["input"]["key_type"] = "string"
     with pytest.raises(ConfigError, match="key_type apply to format: datarecord only"):
         parse_config(raw)
+
+
+def test_string_keys_benchmark_runs_small():
+    from benchmarks.string_keys_bench import run_string_keys_benchmark
+    result = run_string_keys_benchmark(batch=64, dim=4, key_length=12, repeats=2)
+    assert result["same_bytes"] is True
+    assert set(result) >= {"int_ms", "string_ms", "hash_ms", "string_vs_int", "spread", "string_rows_per_s"}
