@@ -62,5 +62,12 @@ def string_key_ids(keys: Iterable[Union[str, bytes]]) -> np.ndarray:
     feature names, so any twml install (``twml_get_feature_id``) derives the same id from the
     string. ``bytes`` keys are UTF-8 (a key that is not raises UnicodeDecodeError). Not cached:
     user keys are mostly seen once."""
-    return np.fromiter((_feature_id(k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else k)
-                        for k in keys), dtype=np.int64)
+    hash64 = mmh3.hash64
+    ids = []
+    for key in keys:
+        text = key.decode("utf-8") if isinstance(key, (bytes, bytearray)) else key
+        if "#" in text[1:]:
+            ids.append(_feature_id(text))   # the two-stage rule
+        else:
+            ids.append(hash64(text.encode("utf-16-le"), 0, True, True)[0])
+    return np.array(ids, dtype=np.int64)
