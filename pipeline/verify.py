@@ -8,10 +8,13 @@ What is checked (SPEC sections 4 to 6):
   rows_rejected, and the shard counts add up to rows_written;
 - every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
   pages), every record decoded, the key and an embedding of the manifest's dimension present,
-  every value finite, the record in the shard its key hashes to (hash placement only: exports
-  placed by an input column cannot be checked from the records, and the summary says so), for
-  parquet the ``key``/``embedding`` columns equal to the decoded record, and the record and byte
-  counts equal to the manifest's (plus the file's crc32c when the manifest records one);
+  every value finite, every further output the manifest lists present with its dtype and shape
+  and finite, a string key non-empty UTF-8 with ``feature_id(key)`` as its key id
+  (docs/FORMAT_string_keys.md), the record in the shard its key (id) hashes to (hash placement
+  only: exports placed by an input column cannot be checked from the records, and the summary
+  says so), for parquet the ``key`` (and ``key_id``) and ``embedding`` columns equal to the
+  decoded record, and the record and byte counts equal to the manifest's (plus the file's crc32c
+  when the manifest records one);
 - the rejected-rows files the manifest lists: present, with the row counts it gives.
 
 Memory is bounded by the batch size: a shard is never loaded whole (only its keys are kept, 8
