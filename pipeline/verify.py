@@ -290,7 +290,7 @@ def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, check
     The batch decoder reads every record (byte-checking those laid out as the exporter writes
     them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
     a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
-    outputs, a string key) is decoded strictly on its own, so SPEC 4's form (FLOAT rawTypedTensor
+    outputs, a string key) is decoded strictly on its own, so the exported form (FLOAT rawTypedTensor
     of shape [D]) is held to in every batch, and every further output and the string key are
     checked against the manifest. When the batch decoder refuses a batch, its records are decoded
     one by one to name the bad ones.
@@ -359,7 +359,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
 def _decode_one(data: bytes, manifest: ExportManifest, path: str
                 ) -> Tuple[int, np.ndarray, Optional[str], List[Tuple[str, str]]]:
     """(int64 key or key id, embedding, string key or None, [(kind, problem)] of the further
-    outputs) of one record, strictly as SPEC 4 writes them (FLOAT rawTypedTensor, 1-D); a
+    outputs) of one record, strictly as the job writes them (FLOAT rawTypedTensor, 1-D); a
     string key must be non-empty UTF-8 with ``feature_id(key)`` as its key id."""
     record = decode_data_record(data, path)
     key_name = manifest.key_id_feature_name if manifest.string_keys else manifest.key_feature_name

@@ -103,7 +103,8 @@ def key_strings_column(batch: EmbeddedBatch, key_string_feature_id: Optional[int
 
 def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequence[int],
                  key_string_feature_id: Optional[int] = None) -> EncodedRecords:
-    """One DataRecord per user of ``batch`` (SPEC section 4; string keys add field 4)."""
+    """One DataRecord per user of ``batch``: the key, the outputs; string keys add field 4
+    (docs/FORMAT_string_keys.md)."""
     return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)),
                                key_strings_column(batch, key_string_feature_id))
 
