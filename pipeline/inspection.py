@@ -645,8 +645,7 @@ def find_rejected(path: str, key: UserKey) -> List[Dict[str, Any]]:
     that file), then the row's columns: the input columns, reason, source_file, source_row, error}]."""
     manifest = read_manifest(path)
     key, _ = lookup_key(manifest, key)
-    config = manifest.raw.get("config") or {}
-    column = ((config.get("input") or {}) if isinstance(config, dict) else {}).get("key")
+    column = _config_section(manifest.raw, "input").get("key")   # the rejected rows keep the input's columns
     found: List[Dict[str, Any]] = []
     if not isinstance(column, str):
         return found
@@ -655,13 +654,20 @@ def find_rejected(path: str, key: UserKey) -> List[Dict[str, Any]]:
         if not isinstance(name, str):
             continue
         try:
-            with open_binary(join_path(path, name)) as handle:
-                table = pq.read_table(handle)
+            found += _rejected_rows(join_path(path, name), name, column, key)
         except (OSError, pa.ArrowException) as err:
             raise ExportError(f"{join_path(path, name)}: unreadable rejected-rows file: {err}") from None
-        if column not in table.column_names:
-            continue
-        values = table.column(column)
+    return found
+
+
+def _rejected_rows(file_path: str, name: str, column: str, key: UserKey) -> List[Dict[str, Any]]:
+    """The rows of one rejected-rows file whose ``column`` is ``key``: the key column is read
+    whole, then only the row groups holding a match."""
+    with open_binary(file_path) as handle:
+        parquet = pq.ParquetFile(handle)
+        if column not in parquet.schema_arrow.names:
+            return []
+        values = parquet.read(columns=[column]).column(column)
         if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
             target = pa.scalar(str(key).encode("utf-8"), values.type)
         elif pa.types.is_integer(values.type) and isinstance(key, int):
@@ -669,12 +675,17 @@ def find_rejected(path: str, key: UserKey) -> List[Dict[str, Any]]:
         elif (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and isinstance(key, str):
             target = pa.scalar(key, values.type)
         else:
-            continue
+            return []
         matches = np.flatnonzero(pc.equal(values, target).fill_null(False).to_numpy(zero_copy_only=False))
-        for row in matches.tolist():
-            values_of_row = {k: _json_value(v) for k, v in table.slice(row, 1).to_pylist()[0].items()}
-            found.append({"rejected": True, "file": name, "row": row, **values_of_row})
-    return found
+        ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
+        rows = []
+        for group in sorted(set(np.searchsorted(ends, matches, side="right").tolist())):
+            table = parquet.read_row_group(group)
+            first = int(ends[group - 1]) if group else 0
+            for row in matches[(matches >= first) & (matches < ends[group])].tolist():
+                values_of_row = {k: _json_value(v) for k, v in table.slice(row - first, 1).to_pylist()[0].items()}
+                rows.append({"rejected": True, "file": name, "row": row, **values_of_row})
+        return rows
 
 
 def _json_value(value: Any) -> Any:
