@@ -280,3 +280,21 @@ def test_string_keys_benchmark_runs_small():
     result = run_string_keys_benchmark(batch=64, dim=4, key_length=12, repeats=2)
     assert result["same_bytes"] is True
     assert set(result) >= {"int_ms", "string_ms", "hash_ms", "string_vs_int", "spread", "string_rows_per_s"}
+
+
+def test_dry_run_shows_the_string_key_layout(tmp_path):
+    import io
+
+    import yaml
+
+    from pipeline.cli import main as cli_main
+    _string_users(str(tmp_path / "in"))
+    raw = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(tmp_path / "out"),
+                      key_id_feature="user.key_hash").model_dump(mode="json")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_main(["run", "--config", str(tmp_path / "run.yaml"), "--dry-run"], out=out, err=err) == 0, err.getvalue()
+    text = out.getvalue()
+    assert ("string key user_id -> stringFeatures meta.user_id, its id feature_id(key) -> discreteFeatures "
+            "user.key_hash") in text
+    assert "shards:  4 by fmix64(key_id)" in text
