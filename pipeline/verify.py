@@ -287,14 +287,17 @@ def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, check
     """(keys, embeddings, decoded mask, string keys or None) of a batch; records that do not
     decode become problems. ``keys`` are the int64 keys, or a string-key export's key ids.
 
-    The batch decoder reads every record (byte-checking those laid out as the exporter writes
-    them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
-    a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
-    outputs, a string key) is decoded strictly on its own, so the exported form (FLOAT rawTypedTensor
-    of shape [D]) is held to in every batch, and every further output and the string key are
-    checked against the manifest. When the batch decoder refuses a batch, its records are decoded
-    one by one to name the bad ones.
+    An export with further outputs or string keys has every record decoded strictly on its own
+    (once), so each output and the string key are checked against the manifest. Otherwise the
+    batch decoder reads every record (byte-checking those laid out as the exporter writes them,
+    fully decoding the rest) and the records it accepts are re-encoded from what was decoded: a
+    record whose bytes differ from the encoder's (a DOUBLE embedding, another layout) is decoded
+    strictly on its own, so the exported form (FLOAT rawTypedTensor of shape [D]) is held to in
+    every batch. When the batch decoder refuses a batch, its records are decoded one by one to
+    name the bad ones.
     """
+    if manifest.string_keys or manifest.other_outputs:   # every record is checked whole: decode each once
+        return _decode_each(batch, np.arange(len(batch)), manifest, path, checker)
     try:
         keys, embeddings = decode_embeddings(batch.records, manifest.int_key_feature_id,
                                              manifest.embedding_feature_id, path)
@@ -314,10 +317,8 @@ def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, check
 def _differs_from_encoder(batch: RecordBatch, keys: np.ndarray, embeddings: np.ndarray,
                           manifest: ExportManifest) -> np.ndarray:
     """Indices of the records whose bytes are not what ``encode_data_records`` writes for a key and
-    an embedding alone (all of them when the export has further outputs or string keys)."""
+    an embedding alone."""
     n = len(batch)
-    if manifest.string_keys or manifest.other_outputs:
-        return np.arange(n)
     expected = encode_data_records(keys, manifest.key_feature_id,
                                    [(manifest.embedding_feature_id, embeddings)])
     length = expected.fixed_length()
