@@ -47,16 +47,11 @@ KEY_ID_RULE = ("feature_id(key): the first 64 bits (h1, little-endian, signed) o
 KEY_ID_SHARD_RULE = "fmix64(uint64(key_id)) % num_shards"
 
 
-def _key_entries(plan: ExportPlan) -> Dict:
-    """key_type and key_feature; string keys add key_id_feature (where the id is) and key_id (how)."""
-    cfg = plan.config
+def _key_feature(plan: ExportPlan) -> Dict:
+    """{name, id} of the feature holding the key: discreteFeatures (int64), stringFeatures (string)."""
     layout = plan.layout
-    if not layout.string_keys:
-        return {"key_type": "int64", "key_feature": {"name": cfg.output.key_feature, "id": layout.key_feature_id}}
-    return {"key_type": "string",
-            "key_feature": {"name": cfg.output.key_feature, "id": layout.key_string_feature_id},
-            "key_id_feature": {"name": key_id_feature(cfg.output), "id": layout.key_feature_id},
-            "key_id": KEY_ID_RULE}
+    fid = layout.key_string_feature_id if layout.string_keys else layout.key_feature_id
+    return {"name": plan.config.output.key_feature, "id": fid}
 
 
 def manifest_base(plan: ExportPlan) -> Dict:
@@ -67,7 +62,12 @@ def manifest_base(plan: ExportPlan) -> Dict:
         "format": cfg.output.format,
         "compression": cfg.output.compression,
         "num_shards": plan.partition.num_shards,
-        **_key_entries(plan),
+        "key_type": "string" if plan.layout.string_keys else "int64",
+        "key_feature": _key_feature(plan),
+        # String keys only (null otherwise): where the key's int64 id is, and how it is derived.
+        "key_id_feature": ({"name": key_id_feature(cfg.output), "id": plan.layout.key_feature_id}
+                           if plan.layout.string_keys else None),
+        "key_id": KEY_ID_RULE if plan.layout.string_keys else None,
         "embedding_feature": {"name": first.feature, "id": first.feature_id},
         "embedding_dim": plan.embedding_dim,
         "outputs": [{"output": o.name, "feature": o.feature, "id": o.feature_id, "dtype": o.dtype,

@@ -204,7 +204,8 @@ def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read
         "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
         "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
     })
-    if key_id_collisions is not None:  # string keys: ids that different keys share
+    manifest["key_id_collisions"] = None   # integer keys: ids are the keys
+    if key_id_collisions is not None:      # string keys: ids that different keys share
         ordered = sorted(key_id_collisions)
         manifest["key_id_collisions"] = {
             "ids": len(ordered),
