@@ -33,7 +33,7 @@ from rich.progress import (BarColumn, Progress, ProgressColumn, TextColumn, Time
 from rich.table import Table
 from rich.text import Text
 
-from transforms.finalize import REJECTED_DIR
+from transforms.outputdir import REJECTED_DIR
 
 __all__ = ["progress_wanted", "is_local_run", "rows_done", "ReportRowsRead", "RunProgress", "summary_rows",
            "format_summary_lines", "summary_table", "print_summary"]

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from pipeline.cli import main as cli_main
-from pipeline.inspection import main as inspect_main
+from pipeline.tools.inspection import main as inspect_main
 from pipeline.job import run_export
-from pipeline.plots import plot_export, sample_embeddings
-from pipeline.inspection import read_manifest
-from pipeline.preflight import PreflightError, preflight
-from pipeline.verify import verify_export
+from pipeline.tools.plots import plot_export, sample_embeddings
+from transforms.outputdir import read_manifest
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import (BAD_ROW_REASONS, EMB_DIM, SCORE_ID, build_tiny_model, cache_dir, shard_records,
                                tiny_config, tiny_model, write_users)
 from twml.encode import EncodedRecords
@@ -24,6 +25,11 @@ from twml.io.tfrecord import frame_tfrecords
 from twml.schema import data_thrift, deserialize, serialize, tensor_thrift
 
 DENSE_NAN_KEY = 10 ** 12 + 3   # write_users(bad=True): this user's dense features hold a NaN
+
+
+def export(config):
+    """Plan the config (checks included), run it, return the manifest."""
+    return run_export(preflight(config))
 
 
 def run_cli(*argv):
@@ -146,7 +152,7 @@ def _score(values: np.ndarray):
 def test_verify_checks_every_output(tmp_path, change, message):
     write_users(str(tmp_path / "in"), 60, files=1)
     out = str(tmp_path / "out")
-    run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2))
+    export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2))
     report = verify_export(out)
     assert report.ok and report.outputs_checked == ["output", "user.score"]
     _rewrite_first_record(out, change)
@@ -174,7 +180,7 @@ def test_plot_draws_the_embedding_and_summarises_the_other_outputs(tmp_path):
     raw["model"]["outputs"] = {"score": {"feature": "user.score"}, "user_vec": {"feature": "user.vec"}}
     raw["model"]["embedding"] = "user_vec"
     from pipeline.config import parse_config
-    run_export(parse_config(raw))
+    export(parse_config(raw))
     manifest = read_manifest(out)
     sample = sample_embeddings(out, manifest, 50)
     assert sample.embeddings.shape == (50, EMB_DIM)        # the embedding, not the score

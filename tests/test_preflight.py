@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config, parse_config
-from pipeline.preflight import PreflightError, find_placeholders, preflight, read_signature
+from pipeline.plan import find_placeholders, preflight, read_signature
+from transforms.errors import PreflightError
 from pipeline_fixtures import DENSE_DIM, EMB_DIM, IDS_LEN, tiny_config, tiny_model, user_table, write_users
 from transforms.specs import KIND_FIXED, KIND_PADDED
 

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inspection import find_rejected, iter_records
-from pipeline.inspection import main as inspect_main
+from pipeline.tools.inspection import find_rejected, iter_records
+from pipeline.tools.inspection import main as inspect_main
 from pipeline.job import run_export
-from pipeline.preflight import preflight
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import (EMB_DIM, EMB_ID, bad_rows, fmix64_reference, shard_records, tiny_config, tiny_model,
                                user_table)
 from test_feature_ids import expected_feature_id
@@ -34,6 +34,11 @@ KEY_ID_FEATURE = "meta.user_id.id"
 STRING_ID = feature_id(KEY_FEATURE)
 KEY_ID = feature_id(KEY_ID_FEATURE)
 STRANGE = ["user-1", "Ünïcödé", "emoji-\U0001F600", "with#hash", "#lead", "a" * 300, "tab\tand space "]
+
+
+def export(config):
+    """Plan the config (checks included), run it, return the manifest."""
+    return run_export(preflight(config))
 
 
 def test_key_ids_are_twml_feature_ids_by_an_independent_murmur3():
@@ -127,7 +132,7 @@ def test_string_key_export_end_to_end(tmp_path, fmt, key_type):
                          batch_size=32, max_reject_fraction=0.5)
     plan = preflight(config)
     assert plan.layout.key_string_feature_id == STRING_ID and plan.layout.key_feature_id == KEY_ID
-    manifest = run_export(config, plan=plan)
+    manifest = run_export(plan)
     reasons = {r: 1 for k, r in BAD_KEYS.items() if key_type == pa.binary() or k is None or k == b""}
     reasons["non_finite:dense"] = 1
     assert manifest["rows_read"] == GOOD_USERS + len(reasons) and manifest["rows_written"] == GOOD_USERS
@@ -169,7 +174,7 @@ def test_string_key_export_end_to_end(tmp_path, fmt, key_type):
 def test_inspect_key_of_a_rejected_string_user(tmp_path, capsys):
     _string_users(str(tmp_path / "in"))
     out = str(tmp_path / "out")
-    run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2, batch_size=32,
+    export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2, batch_size=32,
                           max_reject_fraction=0.5))
     assert inspect_main([out, "--key", "user-0001"]) == 0
     line = json.loads(capsys.readouterr().out)
@@ -186,7 +191,7 @@ def test_inspect_key_of_a_rejected_string_user(tmp_path, capsys):
 def test_verify_names_a_wrong_key_id(tmp_path):
     _string_users(str(tmp_path / "in"))
     out = str(tmp_path / "out")
-    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=1,
+    manifest = export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=1,
                                       batch_size=32, max_reject_fraction=0.5))
     # Rewrite the shard with one record whose key id is not feature_id(key): verify must say so.
     shard = os.path.join(out, manifest["shards"][0]["file"])
@@ -219,13 +224,13 @@ def test_a_key_id_collision_is_published_and_listed(tmp_path, monkeypatch):
     monkeypatch.setattr(transforms.keys, "string_key_ids", colliding)
     _string_users(str(tmp_path / "in"))
     out = str(tmp_path / "out")
-    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2,
+    manifest = export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=2,
                                       batch_size=32, max_reject_fraction=0.5))
     assert manifest["rows_written"] == GOOD_USERS and manifest["duplicate_keys"] == {"keys": 0, "rows": 0}
     assert manifest["key_id_collisions"] == {
         "ids": 1, "examples": [{"key_id": expected_feature_id("user-0001"), "keys": ["user-0001", "user-0002"]}]}
     assert [row["key"] for row in iter_records(out, key="user-0001")] == ["user-0001"]   # the string decides
-    monkeypatch.setattr("pipeline.verify.string_key_ids", colliding)   # verify derives ids the same way
+    monkeypatch.setattr("pipeline.tools.verify.string_key_ids", colliding)   # verify derives ids the same way
     report = verify_export(out)
     assert report.ok, [str(p) for p in report.problems]
     assert any(f"1 key id(s) shared by different keys, e.g. {expected_feature_id('user-0001')} by "
@@ -252,7 +257,7 @@ def test_datarecord_input_with_a_string_key_feature(tmp_path):
     out = str(tmp_path / "out")
     config = datarecord_config(str(tmp_path / "in.tfrecord"), out, input__key=KEY_FEATURE, input__key_type="string",
                                output__max_reject_fraction=0.5)
-    manifest = run_export(config)
+    manifest = export(config)
     assert manifest["key_type"] == "string" and manifest["rows_written"] == len(users)
     assert manifest["rejected_by_reason"] == {"empty_key": 1, "null_key": 1, "invalid_utf8_key": 1}
     exported = {}

@@ -19,8 +19,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from pipeline.inspection import (DEFAULT_BATCH_SIZE, ExportManifest, file_size, iter_record_batches, join_path,
-                                 read_manifest)
+from pipeline.tools.exports import DEFAULT_BATCH_SIZE, file_size, iter_record_batches
+from transforms.outputdir import ExportManifest, join_path, read_manifest
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 
 __all__ = ["DEFAULT_SAMPLE", "MAX_SAMPLED_SHARDS", "EmbeddingSample", "sample_embeddings", "pca_2d",
