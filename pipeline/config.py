@@ -69,7 +69,7 @@ class InputConfig(_Strict):
     path: str = Field(..., min_length=1, description="file pattern, local, gs:// or hdfs://")
     key: str = Field("user_id", min_length=1,
                      description="user key: an integer or string column (parquet), or a discrete feature "
-                                 "name (datarecord); string keys: docs/FORMAT_string_keys.md")
+                                 "name (datarecord); string keys: docs/FORMAT.md section 5")
     key_type: Optional[Literal["int64", "string"]] = Field(
         None, description="datarecord only: the key is a discrete feature (int64, the default) or a string "
                           "feature; parquet reads the key type from the files")

@@ -246,7 +246,7 @@ def schema_problems(path: str, schema: pa.Schema, config: ExportConfig, inputs: 
     if key_type is not None and not (is_integer_key_type(key_type) or is_string_key_type(key_type)):
         problems.append(f"{path}: key column {config.input.key!r} has type {key_type}; it must be an integer "
                         "type that fits int64, or a string (string, large_string, binary: see "
-                        "docs/FORMAT_string_keys.md)")
+                        "docs/FORMAT.md section 5)")
     if config.partition.column:
         ptype = column(config.partition.column, "partition.column")
         if ptype is not None and not pa.types.is_integer(ptype):

@@ -1,4 +1,4 @@
-"""String user keys (docs/FORMAT_string_keys.md): the string in stringFeatures under the key
+"""String user keys (docs/FORMAT.md section 5): the string in stringFeatures under the key
 feature, its int64 id ``feature_id(key)`` in discreteFeatures under the key-id feature, the shard
 ``fmix64(uint64(key_id)) % num_shards``; null, empty and non-UTF-8 keys rejected with a reason.
 

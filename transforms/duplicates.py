@@ -45,7 +45,7 @@ def duplicate_counts(keys: np.ndarray, strings: Optional[np.ndarray] = None) -> 
 
     With ``strings`` (string keys: ``keys`` are their int64 ids) a key is its string: rows with
     one id but different strings are different users whose ids collide (a 64-bit hash
-    collision), listed in ``collisions`` (docs/FORMAT_string_keys.md), not counted as duplicates.
+    collision), listed in ``collisions`` (docs/FORMAT.md section 5), not counted as duplicates.
     """
     if len(keys) == 0:
         return 0, 0, ()

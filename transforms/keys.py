@@ -4,7 +4,7 @@ An integer key column is exported as it is (int64). A string key column (Arrow s
 large_string, binary or large_binary: Parquet BYTE_ARRAY with or without the UTF8 annotation)
 is exported as the string itself plus an int64 id derived from it
 (``twml.feature_ids.string_key_ids``); the id is what shards, duplicate counts and twml
-consumers that need an integer use. The rules are written down in docs/FORMAT_string_keys.md.
+consumers that need an integer use. The rules are written down in docs/FORMAT.md section 5.
 
 A string key must be UTF-8 and non-empty; rows that are not are rejected with
 ``EMPTY_KEY`` / ``INVALID_UTF8_KEY`` (nulls with ``null_key``, as for integer keys).

@@ -148,7 +148,7 @@ def versions() -> Dict[str, Optional[str]]:
     }
 
 
-# How a string key becomes its int64 id and its shard (docs/FORMAT_string_keys.md).
+# How a string key becomes its int64 id and its shard (docs/FORMAT.md section 5).
 KEY_ID_RULE = ("feature_id(key): the first 64 bits (h1, little-endian, signed) of MurmurHash3_x64_128, "
                "seed 0, over the key's UTF-16LE code units (twml's feature id function, '#' rule included)")
 KEY_ID_SHARD_RULE = "fmix64(uint64(key_id)) % num_shards"
@@ -167,7 +167,7 @@ def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature:
       key_feature / key_feature_id: the feature holding the key (discreteFeatures for int64
         keys, stringFeatures for string keys).
       key_id_feature / key_id_feature_id: string keys only: the discreteFeatures entry holding
-        the key's int64 id (docs/FORMAT_string_keys.md); None for int64 keys.
+        the key's int64 id (docs/FORMAT.md section 5); None for int64 keys.
       outputs: the exported outputs (``transforms.specs.OutputSpec``), the embedding first.
       partition_column: the partition-id column, None for hash placement.
       files / rows: input files and their rows (None: not known before reading).

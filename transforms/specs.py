@@ -50,7 +50,7 @@ class OutputSpec:
 
     Args:
       name: the signature's output name.
-      feature: the feature name; ``feature_id`` its int64 id (SPEC section 3).
+      feature: the feature name; ``feature_id`` its int64 id (docs/FORMAT.md section 4).
       dtype: numpy dtype name of the output.
       shape: the per-row shape (dims after the batch dim); None for a dim the signature leaves open.
     """
@@ -80,7 +80,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How users are placed into shards (SPEC section 5).
+    """How users are placed into shards (docs/FORMAT.md section 6).
 
     Args:
       num_shards: number of shard files.
@@ -101,7 +101,7 @@ class OutputLayout:
       compression: "none" or "gzip" (tfrecord and block).
       num_shards: number of shard files.
       key_feature_id: the discreteFeatures id the int64 user key is stored under: the key
-        feature for integer keys, the key-id feature for string keys (docs/FORMAT_string_keys.md).
+        feature for integer keys, the key-id feature for string keys (docs/FORMAT.md section 5).
       records_per_block: records per block of the block format.
       key_string_feature_id: string keys only: the stringFeatures id the key itself is stored
         under (the key feature); None for integer keys.

@@ -112,7 +112,7 @@ def lookup_key(manifest: ExportManifest, key: UserKey) -> Tuple[UserKey, int]:
     """(the key as the export holds it, the int64 id its records and shards go by).
 
     Integer keys are their own id; a string key's id is ``feature_id(key)``
-    (docs/FORMAT_string_keys.md). ExportError when ``key`` cannot be a key of this export.
+    (docs/FORMAT.md section 5). ExportError when ``key`` cannot be a key of this export.
     """
     if manifest.string_keys:
         key = str(key)
@@ -308,6 +308,13 @@ def _inspect(opts: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     head = None if opts.all else opts.head
     if head is None and not opts.all and opts.key is None:
         head = 0 if opts.plot else 10
+    if opts.plot:
+        from pipeline.extras import MissingExtra, require
+        try:
+            require("matplotlib", "inspect --plot")
+        except MissingExtra as error:
+            print(f"inspect: {error}", file=err)
+            return 2
     try:
         if opts.plot:
             from pipeline.tools.plots import DEFAULT_SAMPLE, plot_export   # matplotlib only when asked

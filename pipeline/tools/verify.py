@@ -1,16 +1,16 @@
 """``embedding-export verify DIR``: check that an export is complete and every record is sound.
 
-What is checked (SPEC sections 4 to 6):
+What is checked (docs/FORMAT.md):
 
 - the directory: ``_MANIFEST.json`` parses, ``_SUCCESS`` exists, every shard the manifest lists
-  exists under the name SPEC 5 gives it, and no other ``part-*`` file is there;
+  exists under the name docs/FORMAT.md section 1 gives it, and no other ``part-*`` file is there;
 - the manifest: one entry per shard, feature ids match their names, rows_read == rows_written +
   rows_rejected, and the shard counts add up to rows_written;
 - every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
   pages), every record decoded, the key and an embedding of the manifest's dimension present,
   every value finite, every further output the manifest lists present with its dtype and shape
   and finite, a string key non-empty UTF-8 with ``feature_id(key)`` as its key id
-  (docs/FORMAT_string_keys.md), the record in the shard its key (id) hashes to (hash placement
+  (docs/FORMAT.md section 5), the record in the shard its key (id) hashes to (hash placement
   only: exports placed by an input column cannot be checked from the records, and the summary
   says so), for parquet the ``key`` (and ``key_id``) and ``embedding`` columns equal to the
   decoded record, and the record and byte counts equal to the manifest's (plus the file's crc32c
@@ -344,7 +344,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
         try:
             key, vector, string, issues = _decode_one(batch.records[i], manifest, path)
         except RecordFormatError as err:
-            checker.note("decode", record_index, f"record does not decode as SPEC 4 writes it: {err.reason}")
+            checker.note("decode", record_index, f"record does not decode as the export writes it: {err.reason}")
             continue
         if vector.shape[0] != dim:
             checker.note("dim", record_index, f"embedding has dimension {vector.shape[0]}, "
@@ -705,13 +705,37 @@ def _summary_lines(report: VerifyReport) -> List[str]:
     return lines
 
 
+def _print_plain_report(report: VerifyReport, stream) -> None:
+    """``print_report`` without rich (the ``tools`` extra): the same facts as plain lines."""
+    for shard in _shard_rows(report):
+        records = str(shard.records) if not shard.missing else "-"
+        size = str(shard.bytes) if shard.bytes is not None else "-"
+        print(f"{shard.file}  records {records}  manifest {shard.manifest_records}  bytes {size}  "
+              f"{_status(shard)}", file=stream)
+    for line in _summary_lines(report):
+        print(line, file=stream)
+    for warning in report.warnings[:20]:
+        print(f"warning: {warning}", file=stream)
+    if report.ok:
+        print(f"OK: {report.records} records in {len(report.shards)} shards verified", file=stream)
+        return
+    print(f"FAILED: {report.problem_count} problem(s); the first {len(report.problems)}:", file=stream)
+    for problem in report.problems:
+        print(f"  {problem}", file=stream)
+
+
 def print_report(report: VerifyReport, stream=None) -> None:
     """The summary table, then warnings and the first problems; rich on a terminal, plain text otherwise."""
+    from pipeline.extras import available
+
+    stream = stream or sys.stdout
+    if not available("rich"):
+        _print_plain_report(report, stream)
+        return
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    stream = stream or sys.stdout
     tty = stream.isatty()
     console = Console(file=stream, force_terminal=tty, no_color=not tty, highlight=False,
                       width=None if tty else 200, soft_wrap=not tty)

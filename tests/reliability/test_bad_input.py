@@ -64,7 +64,7 @@ def config(pattern, out, **extra):
      r"b.parquet: column 'dense' \(feeds float32 input 'dense'\) has type list<element: string>"),
     (lambda t: t.set_column(0, "user_id", pa.array([float(k) for k in t.column("user_id").to_pylist()])),
      r"b.parquet: key column 'user_id' has type double"),
-    # String keys are keys too (docs/FORMAT_string_keys.md), but every file must have the same key type.
+    # String keys are keys too (docs/FORMAT.md section 5), but every file must have the same key type.
     (lambda t: t.set_column(0, "user_id", pa.array([str(k) for k in t.column("user_id").to_pylist()])),
      r"b.parquet: column types differ from .*a.parquet: user_id: int64 vs string"),
 ])

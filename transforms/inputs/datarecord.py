@@ -25,7 +25,7 @@ become which column:
   twml sees the ids it was trained on. A missing feature is an empty list.
 - the key is the discrete feature ``key_feature_id``; a record without it has a null key (rejected).
   With ``input.key_type: string`` it is the string feature (field 4) ``key_feature_id`` instead,
-  as bytes (docs/FORMAT_string_keys.md); such inputs are decoded one record at a time.
+  as bytes (docs/FORMAT.md section 5); such inputs are decoded one record at a time.
 
 Every row also carries ``record_index``, the record's index in its file, so that any rejected
 row can be found in the input; the emitted tables carry it a second time as the hidden
