@@ -147,7 +147,7 @@ def datarecords_of_table(table: pa.Table, dense_dim: int) -> List[bytes]:
     """
     import struct
 
-    from twml.encode import encode_continuous_records
+    from twml.encode import T_I64, T_MAP, T_SET, T_STRING, encode_continuous_records
     from twml.feature_ids import feature_id
 
     rows = table.num_rows
@@ -156,14 +156,14 @@ def datarecords_of_table(table: pa.Table, dense_dim: int) -> List[bytes]:
                                            dense.astype(np.float64))
     keys = table.column("user_id").to_numpy().tolist()
     id_lists = table.column("sparse_ids").to_pylist()
-    # 3: map<i64, i64> {key id: key}; 5: map<i64, set<string>> {interests id: {...}}; 11 = string.
-    key_head = struct.pack(">bhbbiq", 13, 3, 10, 10, 1, feature_id(DATARECORD_KEY))
-    set_head = struct.pack(">bhbbiq", 13, 5, 10, 14, 1, feature_id(DATARECORD_INTERESTS))
+    # Field 3, discreteFeatures {key id: key}; field 5, sparseBinaryFeatures {interests id: {...}}.
+    key_head = struct.pack(">bhbbiq", T_MAP, 3, T_I64, T_I64, 1, feature_id(DATARECORD_KEY))
+    set_head = struct.pack(">bhbbiq", T_MAP, 5, T_I64, T_SET, 1, feature_id(DATARECORD_INTERESTS))
     out = []
-    for i, (record, key, ids) in enumerate(zip(continuous, keys, id_lists)):
+    for record, key, ids in zip(continuous, keys, id_lists):
         strings = [str(x).encode() for x in ids]
         out.append(b"".join([record[:-1], key_head, struct.pack(">q", key), set_head,
-                             struct.pack(">bi", 11, len(strings)),
+                             struct.pack(">bi", T_STRING, len(strings)),
                              *[struct.pack(">i", len(x)) + x for x in strings], b"\x00"]))
     return out
 

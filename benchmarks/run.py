@@ -1,16 +1,19 @@
-"""The benchmark harness of SPEC section 7: the export vs the model's limit vs the naive job.
+"""The benchmark harness: the export against its floor, the model's limit and the naive job.
 
-    python benchmarks/run.py --rows N [--naive-rows M] [--json FILE] [--model reference|demo|small]
-                             [--repeats R] [--workdir DIR] [--set section.key=value ...]
+    python benchmarks/run.py --rows N [--naive-rows M] [--datarecord-rows D] [--json FILE]
+                             [--model reference|demo|small] [--repeats R] [--workdir DIR]
+                             [--set section.key=value ...]
 
-Generates the reference model and 2N users of its shape once (in a temp dir), then measures, each
-in a fresh child process: the bare model in a plain loop (``limit``: the faster of TF's default
-threads and the export's thread setting, see ``benchmarks/limit.py``), the real job
-(``pipeline.job.run_export``), and the naive job (``benchmarks/naive.py``), each at N and 2N rows
-(the naive job at M and 2M), plus the batch encoder against thriftpy2 (``benchmarks/
-encode_bench.py``). Throughputs are marginal, rows / (time(2N) - time(N)), so start-up and other
-fixed costs cancel and the ratios compare per-row cost with per-row cost. Prints one JSON object
-(and writes it to FILE); see benchmarks/README.md for the fields.
+Generates the reference model and 2N users of its shape once (in a temp dir; the DataRecord form
+of 2D of them too), then measures, each in a fresh child process: the bare model in a plain loop
+(``limit``, see ``benchmarks/limit.py``), the floor (reading the same input + feeds + model, no
+Beam, the job's threading: ``benchmarks/floor.py``), the real job (``pipeline.job.run_export``),
+the DataRecord-input job and its floor, and the naive job (``benchmarks/naive.py``), each at N and
+2N rows, plus the batch encoder against thriftpy2 (``benchmarks/encode_bench.py``). Every rate
+is the median of R or more estimates with its spread (``benchmarks.estimate``): rows / seconds of
+each loop run, N / (t(2N) - t(N)) of each back-to-back pair of job runs. Prints one JSON object
+(and writes it to FILE); exits with EXIT_INVALID when the result is not to be trusted
+(``invalid_reasons``). See benchmarks/README.md for the fields.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@
 runs ``pipeline.job.run_export`` on N x each step generated rows (default N, 2N and 4N; one
 fresh process each, so the peak RSS of each run is its own) and prints rows/s, marginal rows/s
 between the steps, peak RSS per run, its growth and the change of rows/s from the first size to
-the last, and with ``--verify`` whether the largest export verifies. ``run_child`` / ``run_export_child`` are also what
-``benchmarks/run.py`` uses.
+the last, and with ``--verify`` whether the largest export verifies. ``run_child`` /
+``run_export_child`` are also what ``benchmarks/run.py`` uses.
 """
 from __future__ import annotations
 
