@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from benchmarks.window import TimedWindow  # noqa: E402
+from benchmarks.window import TimedWindow, own_peak_rss_mb  # noqa: E402
 
 __all__ = ["EmbedRows", "data_record_bytes", "build_naive_export", "run_naive", "main"]
 
@@ -109,7 +109,7 @@ def run_naive(input_pattern: str, model_path: str, output_prefix: str, batch_siz
         result = pipeline.run()
         result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("rows_embedded"))["counters"]
-    return {"seconds": window.wall_s, "window": window.result(),
+    return {"seconds": window.wall_s, "window": window.result(), "own_peak_rss_mb": own_peak_rss_mb(),
             "rows_written": int(sum(c.committed or 0 for c in counters))}
 
 

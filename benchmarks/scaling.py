@@ -41,7 +41,9 @@ class ChildRun:
 
     Args:
       result: the JSON object the child wrote to its ``--result`` file.
-      peak_rss_mb: the peak resident set of the child (and of any process it waited for), MiB.
+      peak_rss_mb: the peak resident set of the child, MiB: the VmHWM it reported
+        (``own_peak_rss_mb``) when it did, else ``wait4``'s figure (which also counts processes
+        it waited for, and the parent's size at the fork: see ``own_peak_rss_mb``).
       wall_s: wall time of the whole process, start-up included.
       log: the file holding the child's stdout and stderr.
     """
@@ -66,8 +68,9 @@ def _tail(path: str, lines: int = 40) -> str:
 def run_child(module: str, args: Sequence[str], log_path: str) -> ChildRun:
     """Run ``python -m benchmarks.<module> ARGS --result FILE`` and collect its result and peak RSS.
 
-    The peak RSS comes from wait4() on that one process, so it is the child's alone (Linux folds
-    in the peak of processes the child itself waited for, e.g. multi-process runner workers).
+    The peak RSS is the child's own VmHWM when its result carries ``own_peak_rss_mb``, else
+    wait4()'s on that one process (Linux folds in the peak of processes the child itself waited
+    for, e.g. multi-process runner workers, and the parent's resident set at the fork).
     """
     result_path = log_path + ".result.json"
     if os.path.exists(result_path):
@@ -95,7 +98,8 @@ def run_child(module: str, args: Sequence[str], log_path: str) -> ChildRun:
     except (OSError, ValueError) as err:
         raise ChildFailed(f"{module} child wrote no readable result ({err}); end of {log_path}:\n"
                           f"{_tail(log_path)}") from None
-    return ChildRun(result, _maxrss_mb(usage.ru_maxrss), wall, log_path)
+    own = result.get("own_peak_rss_mb") if isinstance(result, dict) else None
+    return ChildRun(result, own if own else _maxrss_mb(usage.ru_maxrss), wall, log_path)
 
 
 def run_export_child(raw_config: Dict[str, Any], workdir: str, label: str) -> ChildRun:
@@ -119,7 +123,7 @@ def run_export_child(raw_config: Dict[str, Any], workdir: str, label: str) -> Ch
 
 def _export_once(config_path: str) -> Dict[str, Any]:
     """Child side of run_export_child: one export, timed around run_export alone."""
-    from benchmarks.window import TimedWindow
+    from benchmarks.window import TimedWindow, own_peak_rss_mb
     from pipeline.config import load_config
     from pipeline.job import run_export
 
@@ -136,7 +140,8 @@ def _export_once(config_path: str) -> Dict[str, Any]:
         "rows_rejected": int(manifest["rows_rejected"]),
         "num_shards": len(shards),
         "output_bytes": sum(int(s.get("bytes", 0)) for s in shards),
-        "self_peak_rss_mb": _maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+        "own_peak_rss_mb": own_peak_rss_mb(),
+        "wait4_style_peak_rss_mb": _maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
     }
 
 

@@ -18,7 +18,7 @@ import resource
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["TimedWindow", "machine_busy_seconds", "usable_cores", "load_average"]
+__all__ = ["TimedWindow", "machine_busy_seconds", "usable_cores", "load_average", "own_peak_rss_mb"]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -48,6 +48,23 @@ def _own_cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def own_peak_rss_mb() -> Optional[float]:
+    """This process's own peak resident set (VmHWM of /proc/self/status), MiB; None off Linux.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux folds into it the resident set of the image the
+    process replaced at exec, i.e. its parent's at the fork (``exec_mmap``), so every child of a
+    large parent (the harness holding generated data) reports at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def load_average() -> Optional[float]:

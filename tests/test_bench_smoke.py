@@ -199,6 +199,18 @@ def test_timed_window_sees_own_cpu_and_others_share():
     assert result["foreign_cpu_share"] is None or 0 <= result["foreign_cpu_share"] <= 1
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_a_childs_own_peak_rss_does_not_include_its_parents():
+    """ru_maxrss of a child counts the parent's resident set at the fork; VmHWM does not."""
+    held = np.ones(300 * 2**20, np.uint8)  # 300 MiB resident in this (the parent) process
+    code = ("import json, resource; from benchmarks.window import own_peak_rss_mb; "
+            "print(json.dumps([own_peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))")
+    own, maxrss = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                                            text=True, check=True).stdout)
+    assert held.sum() == 300 * 2**20
+    assert own < 200 <= 300 <= maxrss
+
+
 def test_datarecords_of_table_hold_the_users():
     from twml.decode import decode_data_record
     from twml.feature_ids import feature_id
