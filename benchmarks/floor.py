@@ -7,7 +7,7 @@ For each input (the same files the export of that many rows reads) it reads the 
 the job does and calls the model, nothing else:
 
 - Parquet (``input.format: parquet``): every row group of every file with pyarrow's
-  ``read_row_group``, the columns the job reads (``pipeline.preflight``'s read schema);
+  ``read_row_group``, the columns the job reads (``pipeline.plan.preflight``'s read schema);
 - DataRecord (``input.format: datarecord``): every file's records in batches of
   ``model.batch_size`` (``iter_file_records``), decoded into a table by ``records_to_table``
   (the job's decoder);
@@ -48,8 +48,8 @@ def floor_tables(config, pattern: str, columns: List[str]) -> Iterator:
     if not files:
         raise FileNotFoundError(f"no input files match {pattern}")
     if config.input.format == "datarecord":
-        from pipeline.datarecord_input import datarecord_source
-        from transforms.read_datarecord import _chunks, iter_file_records, open_record_file, records_to_table
+        from pipeline.plan import datarecord_source
+        from transforms.inputs.datarecord import _chunks, iter_file_records, open_record_file, records_to_table
 
         source = datarecord_source(config)
         for path in files:
@@ -88,12 +88,12 @@ def measure_floor(config_path: str, inputs: Dict[int, str], repeats: int = 3) ->
     """Time ``run_floor`` over each input ``repeats`` times; {"runs": {rows: [window, ...]}, ...}."""
     from benchmarks.window import TimedWindow
     from pipeline.config import load_config
-    from pipeline.preflight import preflight
+    from pipeline.plan import preflight
     from transforms.arrow_columns import table_to_feeds
     from transforms.embed import MODEL_CALLS_QUEUED, SavedModelHandler
 
-    config = load_config(config_path)
-    plan = preflight(config, overwrite=True)
+    plan = preflight(load_config(config_path), overwrite=True)
+    config = plan.config
     handler = SavedModelHandler(config.model.path, config.model.signature, plan.inputs, plan.outputs,
                                 config.model.intra_op_threads, config.model.inter_op_threads)
     model = handler.load_model()

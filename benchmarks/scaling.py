@@ -126,10 +126,11 @@ def _export_once(config_path: str) -> Dict[str, Any]:
     from benchmarks.window import TimedWindow, own_peak_rss_mb
     from pipeline.config import load_config
     from pipeline.job import run_export
+    from pipeline.plan import preflight
 
     config = load_config(config_path)
     with TimedWindow() as window:
-        manifest = run_export(config, overwrite=True)
+        manifest = run_export(preflight(config, overwrite=True))
     seconds = window.wall_s
     shards = manifest.get("shards") or []
     return {
@@ -173,7 +174,7 @@ def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] 
     """Run the real job at rows x each step; rows/s, marginal rows/s and peak RSS at each size.
 
     With ``repeats`` > 1 each size runs that many times: the fastest time and the largest peak
-    count. With ``verify`` the last (largest) export is checked by ``pipeline.verify.verify_export``
+    count. With ``verify`` the last (largest) export is checked by ``pipeline.tools.verify.verify_export``
     (every shard, record and count) and ``verified`` says whether it held.
     """
     from benchmarks import data
@@ -211,7 +212,7 @@ def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] 
               "rate_change": round(points[-1]["rows_per_s"] / points[0]["rows_per_s"] - 1.0, 4),
               "machine": machine_info()}
     if verify:
-        from pipeline.verify import verify_export
+        from pipeline.tools.verify import verify_export
 
         out_dir = os.path.join(workdir, "out", f"pipeline-{sizes[-1]}")
         log(f"verifying the {sizes[-1]:,}-row export")

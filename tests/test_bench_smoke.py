@@ -215,7 +215,7 @@ def test_datarecords_of_table_hold_the_users():
     from twml.decode import decode_data_record
     from twml.feature_ids import feature_id
 
-    from pipeline.demo import user_table
+    from pipeline.demo.users import user_table
 
     table = user_table(np.array([7, -3, 12], np.int64), seed=1, dense_dim=4, max_sparse=3)
     records = data.datarecords_of_table(table, 4)
