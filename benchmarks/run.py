@@ -1,4 +1,5 @@
-"""The benchmark harness: the export against its floor, the model's limit and the naive job.
+"""The benchmark harness (benchmarks/README.md): the export against its floor, the model's limit
+and the naive job.
 
     python benchmarks/run.py --rows N [--naive-rows M] [--datarecord-rows D] [--json FILE]
                              [--model reference|demo|small] [--repeats R] [--workdir DIR]
@@ -357,7 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "0 leaves them out)")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--model", choices=MODELS, default="reference",
-                        help="the model and data of its shape (default: SPEC section 7's reference model)")
+                        help="the model and data of its shape (default: the reference model of benchmarks/README.md)")
     parser.add_argument("--small", dest="model", action="store_const", const="small",
                         help="= --model small: a tiny model (for smoke tests)")
     parser.add_argument("--workdir", help="keep data, model, logs and outputs here (default: a temp dir, removed)")
