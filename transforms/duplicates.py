@@ -76,6 +76,9 @@ class _KeysByBucketFn(beam.DoFn):
     def process(self, batch: EmbeddedBatch) -> Iterable[Tuple[int, Tuple[np.ndarray, Optional[np.ndarray]]]]:
         keys = np.asarray(batch.keys, dtype=np.int64)
         strings = batch.key_strings
+        if self._buckets == 1:  # every key in bucket 0 (inputs under KEYS_PER_BUCKET rows): no hash, no sort
+            yield 0, (keys, strings)
+            return
         for bucket, rows in split_by_shard(shard_of_keys(keys, self._buckets)):
             yield bucket, (keys[rows], None if strings is None else strings[rows])
 
