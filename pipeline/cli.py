@@ -182,6 +182,9 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
         with RunProgress(plan.total_rows, console=Console(file=err), enabled=live) as progress:
             manifest = run_export(plan.config, beam_args, overwrite=plan.overwrite, plan=plan,
                                   progress_dir=progress.directory)
+    except PreflightError as e:  # another run claimed the output directory meanwhile
+        print(f"embedding-export: {e}", file=err)
+        return EXIT_USAGE
     except ExportError as e:
         print(f"embedding-export: export failed: {e}", file=err)
         return EXIT_FAILED

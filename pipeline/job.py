@@ -27,11 +27,12 @@ from apache_beam.runners.runner import PipelineState
 from pipeline.config import ExportConfig
 from pipeline.datarecord_input import datarecord_source
 from pipeline.manifest import manifest_base, read_manifest
-from pipeline.preflight import ExportPlan, preflight
+from pipeline.preflight import ExportPlan, PreflightError, preflight, recheck_output
 from pipeline.progress import ReportRowsRead
+from transforms.claim import ClaimRefused, Heartbeat, acquire, release
 from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
-from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport
+from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport, rejected_dir_of_failed_run
 from transforms.formats import make_format
 from transforms.isolate import with_error_column
 from transforms.ownership import JOURNAL_NAME
@@ -101,7 +102,7 @@ def build_pipeline(p: beam.Pipeline, plan: Union[ExportPlan, ExportConfig],
     return (finalize_inputs
             | "Finalize" >> FinalizeExport(plan.layout, manifest_base(plan), expected_rows=plan.total_rows,
                                            max_reject_fraction=cfg.output.max_reject_fraction,
-                                           stale=plan.stale_files))
+                                           stale=plan.stale_files, require_claim=plan.claimed))
 
 
 def _failure_budget(plan: ExportPlan) -> Optional[int]:
@@ -136,8 +137,12 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
       overwrite: replace an earlier export in the output directory.
       plan: an already checked plan (skips the preflight).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+    The run claims the output directory before it launches (``transforms.claim``) and checks it
+    again (``pipeline.preflight.recheck_output``); the claim is released when the run ends.
+
     Raises:
-      PreflightError: the config, model or input does not fit (raised before launching).
+      PreflightError: the config, model or input does not fit, or another run holds the output
+        directory (raised before launching).
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
     """
     options = pipeline_options(config, beam_args)
@@ -146,8 +151,26 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
     FileSystems.set_options(options)
     plan = plan or preflight(config, overwrite=overwrite, beam_args=beam_args)
     _restore_symlinked_output(plan.layout.path)
-    _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files),
-              plan.layout.path, plan.run_id)
+    out = plan.layout.path
+    try:
+        claim = acquire(out, plan.run_id)
+    except ClaimRefused as err:
+        raise PreflightError(str(err)) from None
+    try:
+        plan = recheck_output(plan)
+    except PreflightError:
+        release(out, plan.run_id)
+        raise
+    _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files), out, plan.run_id)
+    try:
+        with Heartbeat(out, claim):
+            _run_pipeline(plan, options, progress_dir)
+    finally:
+        release(out, plan.run_id)
+    return read_manifest(out)
+
+
+def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Optional[str]) -> None:
     p = beam.Pipeline(options=options)
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
@@ -162,7 +185,6 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
     if state != PipelineState.DONE:
         _discard_scratch(plan)
         raise ExportError(f"the pipeline ended in state {state}; nothing was published to {plan.layout.path}")
-    return read_manifest(plan.layout.path)
 
 
 def _restore_symlinked_output(path: str) -> None:
@@ -176,12 +198,15 @@ def _discard_scratch(plan: ExportPlan) -> None:
     """After a failed run, remove its own scratch files (``_temporary/<run_id>``), nothing else.
 
     The publish journal stays when there is one: finalize had started moving files into place,
-    and the journal is what tells the next run that those files are this job's.
+    and the journal is what tells the next run that those files are this job's. So do the
+    rejected rows a run kept in its scratch directory (too many rejected rows beside a finished
+    export, ``transforms.finalize.rejected_dir_of_failed_run``).
     """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
         files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
-        doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME]
+        kept = rejected_dir_of_failed_run(plan.layout.path, plan.run_id, True).rstrip("/") + "/"
+        doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME and not f.startswith(kept)]
         if doomed:
             FileSystems.delete(doomed)
         if "://" not in scratch:  # the empty local directories left: the run's, then _temporary

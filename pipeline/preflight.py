@@ -11,6 +11,7 @@ everything the transforms need, resolved.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -27,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig
 from transforms.arrow_columns import is_list_type
+from transforms.claim import LEASE_SECONDS, describe_live, live_claims
 from transforms.finalize import MANIFEST_NAME, TEMP_DIR
 from transforms.isolate import ERROR_COLUMN
 from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, publish_siblings, take_inventory
@@ -89,6 +91,8 @@ class ExportPlan:
       stale_files: files in the output directory that this job wrote earlier (an earlier export
         when overwriting, or what an unfinished run left): finalize removes these and no others.
       previous_runs: run ids of unfinished runs whose files are among them.
+      claimed: the run holds the claim on the output directory (``pipeline.job.run_export``
+        claims it and sets this); finalize then checks it still does before publishing.
     """
     config: ExportConfig
     run_id: str
@@ -105,6 +109,7 @@ class ExportPlan:
     stale_files: Tuple[str, ...] = ()
     previous_runs: Tuple[str, ...] = ()
     input_schema: Optional[pa.Schema] = None
+    claimed: bool = False  # the run holds the output directory's claim (transforms.claim): finalize checks it
 
     @property
     def total_rows(self) -> Optional[int]:
@@ -448,7 +453,7 @@ def _note_killed_publish(path: str) -> None:
                      "aside); the run makes it again", path, os.path.realpath(path))
 
 
-def _check_output_dir(path: str, overwrite: bool) -> Inventory:
+def _check_output_dir(path: str, overwrite: bool, own_run: Optional[str] = None) -> Inventory:
     """What the output directory holds, and whether this run may write there.
 
     Allowed: an empty or missing directory; one holding only what an unfinished run of this job
@@ -457,13 +462,20 @@ def _check_output_dir(path: str, overwrite: bool) -> Inventory:
     removed while foreign files stay, unless a foreign file has a name the export uses or a
     loader reads (then the run is refused: the job neither deletes nor mixes with it).
     """
-    _note_killed_publish(path)
+    if own_run is None:
+        _note_killed_publish(path)
     if "://" not in path and os.path.isfile(path):
         raise PreflightError(f"output.path {path} is a file; it must be a directory")
     try:
-        inventory = take_inventory(path)
+        inventory = take_inventory(path, skip_run=own_run)
     except Exception as err:
         raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
+    live = live_claims(path, except_run=own_run) if inventory.runs else []
+    if live:
+        raise PreflightError(f"output.path {path} is claimed by {describe_live(live)}: another export is "
+                             "writing there; wait for it to finish or stop it (the claim of a killed run is "
+                             "taken over: on this host at once, from another host "
+                             f"{LEASE_SECONDS:g} s after its last heartbeat)")
     if inventory.empty:
         return inventory
     if inventory.debris_only:
@@ -496,6 +508,16 @@ def _warn_small_row_groups(files: Sequence[InputFile], batch_size: int) -> None:
         _LOG.warning("input row groups hold %.0f rows on average, model.batch_size is %d: batches never "
                      "span row groups, so model calls will be small; write the input with row groups of "
                      "at least %d rows for full batches", rows / groups, batch_size, batch_size)
+
+
+def recheck_output(plan: ExportPlan) -> ExportPlan:
+    """The output directory checked again by a run that now holds its claim: what was found at
+    preflight may have changed before the claim (another run finished there meanwhile). Returns
+    the plan with the files this run may remove taken from this listing, marked ``claimed``."""
+    path = plan.config.output.path
+    inventory = _check_output_dir(path, plan.overwrite, own_run=plan.run_id)
+    return dataclasses.replace(plan, claimed=True, previous_runs=inventory.runs,
+                               stale_files=tuple(FileSystems.join(path, name) for name in inventory.ours))
 
 
 def new_run_id() -> str:

@@ -59,6 +59,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.claim import claim_problem
 from transforms.elements import RejectedPart, ShardResult
 from transforms.formats import shard_file_name
 from transforms.ownership import (is_run_id, journal_bytes, journal_name, publish_siblings, sibling_dir,
@@ -66,7 +67,7 @@ from transforms.ownership import (is_run_id, journal_bytes, journal_name, publis
 from transforms.pause_points import pause_point
 from transforms.specs import OutputLayout
 
-__all__ = ["ExportError", "FinalizeExport", "publish", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR",
+__all__ = ["ExportError", "FinalizeExport", "publish", "rejected_dir_of_failed_run", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR",
            "TEMP_DIR", "RENAME_BATCH", "reason_summary"]
 
 MANIFEST_NAME = "_MANIFEST.json"
@@ -136,6 +137,15 @@ def _rename_into_place(pairs: Sequence[Tuple[str, str]], pause: Optional[str] = 
             pause_point(pause)
 
 
+def rejected_dir_of_failed_run(out: str, run_id: str, beside_finished_export: bool) -> str:
+    """Where a run that failed on too many rejected rows leaves them: ``_rejected/<run_id>/``, or,
+    when a finished export is in the directory (which a failed run must leave as it was), the
+    run's own scratch directory, ``_temporary/<run_id>/_rejected/``."""
+    if beside_finished_export:
+        return _join(out, TEMP_DIR, run_id, REJECTED_DIR)
+    return _join(out, REJECTED_DIR, run_id)
+
+
 def _check_shards(shards: Iterable[ShardResult], num_shards: int) -> List[ShardResult]:
     by_shard: Dict[int, ShardResult] = {}
     for result in shards:
@@ -199,7 +209,8 @@ def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read
         "rows_rejected": sum(p.records for p, _ in rejected),
         "rows_unreadable": sum(u.rows for u in unreadable),
         "rejected_by_reason": by_reason,
-        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
+        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes, "crc32c": p.crc32c}
+                           for p, name in rejected],
         "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
     })
     manifest.update({k: v for k, v in base.items() if k not in manifest})
@@ -214,7 +225,7 @@ def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             rejected: Iterable[RejectedPart], manifest_base: Dict, expected_rows: Optional[int] = None,
             max_reject_fraction: float = 1.0, stale: Sequence[str] = (), unreadable: Iterable = (),
-            duplicate_keys: Optional[Dict[str, int]] = None) -> Dict:
+            duplicate_keys: Optional[Dict[str, int]] = None, require_claim: bool = False) -> Dict:
     """Check, move into place (by swapping directories, or file by file: see the module
     docstring), write the manifest and ``_SUCCESS``; return the manifest.
 
@@ -232,6 +243,8 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
       unreadable: row groups that could not be read (``input.on_bad_file: skip``): objects with
         ``path``, ``row_group``, ``rows`` and ``error``.
       duplicate_keys: {"keys": keys written more than once, "rows": rows beyond each key's first}.
+      require_claim: the run must still hold its claim on the output directory
+        (``transforms.claim``), checked before anything is moved.
     Raises:
       ExportError: a check failed; the output directory is left as it was, except that on too
         many rejected rows the rejected rows are published to ``_rejected/<run_id>/``.
@@ -257,19 +270,25 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
 
     out = layout.path
     temp = _join(out, TEMP_DIR, layout.run_id)
+    pause_point("publish.claim")
+    if require_claim:
+        problem = claim_problem(out, layout.run_id)
+        if problem is not None:
+            raise ExportError(f"{problem}; nothing was published")
     if rows_rejected > max_reject_fraction * rows_read:
         # Only the rejected rows are published, for inspection, under this run's own directory
-        # (so they never replace an earlier export's); their footers carry the run-id stamp.
-        names = [_join(REJECTED_DIR, layout.run_id, shard_file_name(i, len(rejected), ".parquet"))
-                 for i in range(len(rejected))]
-        _rename_into_place([(p.path, _join(out, name)) for p, name in zip(rejected, names)])
-        _delete_tree(temp)
+        # (so they never replace an earlier export's); their footers carry the run-id stamp. A
+        # finished export in the directory stays exactly as it was: the rows then stay in this
+        # run's scratch directory (kept, like the journal), not under the export's _rejected/.
+        kept = rejected_dir_of_failed_run(out, layout.run_id, FileSystems.exists(_join(out, SUCCESS_NAME)))
+        names = [_join(kept, shard_file_name(i, len(rejected), ".parquet")) for i in range(len(rejected))]
+        _rename_into_place([(p.path, name) for p, name in zip(rejected, names)])
+        _delete([path for path in _matching(_join(temp, "**")) if not path.startswith(kept.rstrip("/") + "/")])
         _remove_empty_local_dirs(_join(out, TEMP_DIR))
         raise ExportError(
             f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / max(rows_read, 1):.2%}), "
             f"more than output.max_reject_fraction {max_reject_fraction:g}; commonest reasons: "
-            f"{reason_summary(by_reason)}; the rejected rows are in "
-            f"{_join(out, REJECTED_DIR, layout.run_id)}; nothing else was published")
+            f"{reason_summary(by_reason)}; the rejected rows are in {kept}; nothing else was published")
 
     pause_point("publish.start")
     rejected_names = [_join(REJECTED_DIR, shard_file_name(i, len(rejected), ".parquet"))
@@ -497,8 +516,9 @@ def _publish_directory(out: str, staging: str, run_id: str, journal: bytes, move
 
 class _FinalizeFn(beam.DoFn):
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int],
-                 max_reject_fraction: float, stale: Tuple[str, ...]):
+                 max_reject_fraction: float, stale: Tuple[str, ...], require_claim: bool = False):
         self._layout = layout
+        self._require_claim = require_claim
         self._base = manifest_base
         self._expected = expected_rows
         self._max_reject = max_reject_fraction
@@ -507,7 +527,8 @@ class _FinalizeFn(beam.DoFn):
     def process(self, _run_id, shards, rows_read, rejected, unreadable, duplicates):
         keys, rows = duplicates
         yield publish(self._layout, shards, int(rows_read), rejected, self._base, self._expected,
-                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)})
+                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)},
+                      self._require_claim)
 
 
 class FinalizeExport(beam.PTransform):
@@ -520,15 +541,16 @@ class FinalizeExport(beam.PTransform):
       expected_rows: rows by the input footers, or None.
       max_reject_fraction: fail above this fraction of rejected rows.
       stale: absolute paths of this job's earlier files to remove (``ExportPlan.stale_files``).
+      require_claim: check that the run still holds the output directory's claim before publishing.
 
     Inputs "unreadable" (row groups skipped by ``on_bad_file: skip``) and "duplicates" (one
     (keys, rows) pair per key bucket, ``transforms.duplicates``) are optional.
     """
 
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int] = None,
-                 max_reject_fraction: float = 1.0, stale: Sequence[str] = ()):
+                 max_reject_fraction: float = 1.0, stale: Sequence[str] = (), require_claim: bool = False):
         super().__init__()
-        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, tuple(stale))
+        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, tuple(stale), require_claim)
 
     def expand(self, inputs):
         layout = self._args[0]

@@ -208,8 +208,9 @@ def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
     return Inventory(_SUCCESS in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
 
 
-def take_inventory(out: str) -> Inventory:
-    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it."""
+def take_inventory(out: str, skip_run: Optional[str] = None) -> Inventory:
+    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it;
+    ``skip_run``'s own scratch (a run looking at the directory it claimed) is left out."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -217,6 +218,8 @@ def take_inventory(out: str) -> Inventory:
     matched = FileSystems.match([FileSystems.join(out, "**")])[0].metadata_list
     sizes = {m.path[len(prefix):].replace("\\", "/"): int(m.size_in_bytes) for m in matched
              if m.path.startswith(prefix)}
+    if skip_run is not None:
+        sizes = {name: size for name, size in sizes.items() if scratch_run_id(name) != skip_run}
 
     def read_json(name: str) -> object:
         try:
