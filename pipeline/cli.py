@@ -6,7 +6,11 @@
     embedding-export verify DIR          check every shard, record and count of an export
     embedding-export inspect DIR [--head N] [--key K] [--plot FILE.png]
 
-Exit status: 0 done, 1 the export failed, 2 the config, model or input does not fit (nothing ran).
+Exit status: 0 done, 1 the export failed, 2 the config, model, input or output directory does not
+fit (nothing ran), 130 ``run`` stopped by SIGINT (Ctrl-C), 143 ``run`` stopped by SIGTERM. A
+stopped run prints one line, removes its scratch files and its claim on the output directory,
+and publishes nothing (a signal that lands after ``_SUCCESS`` is written leaves the finished
+export, and the line says so).
 
 ``run`` draws live progress on a terminal for local runners (``pipeline.progress``) and ends with a
 summary (a table on a terminal, plain lines otherwise). ``run --dry-run`` resolves and validates
@@ -19,7 +23,9 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
@@ -27,6 +33,68 @@ from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 __all__ = ["main", "build_parser", "format_summary", "format_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE = 128  # + the signal number, as a shell reports a process a signal ended
+
+
+class Interrupted(BaseException):
+    """A signal stopped the run (SIGTERM; SIGINT arrives as KeyboardInterrupt). A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS_RECEIVED: List[int] = []  # Beam re-raises an exception from a DoFn as a RuntimeError: remembered here
+
+
+def _raise_interrupted(signum, _frame):
+    # Later signals are ignored while the first one's exception unwinds and cleans up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SIGNALS_RECEIVED.append(signum)
+    # The runner logs the exception this raises in a DoFn with its traceback: the line printed at
+    # the end says what happened.
+    logging.disable(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+def _run_stopping_on_signals(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``_run``, with SIGTERM and SIGINT turned into one line, the run's scratch removed, and exit
+    status 128 + the signal's number (only in the main thread: elsewhere signals stay as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args, beam_args, out, err)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    published: List[str] = []
+    _SIGNALS_RECEIVED.clear()
+    try:
+        return _run(args, beam_args, out, err, published)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        if published and _finished_by(*published):
+            what = f"the export in {published[0]} had been published (_SUCCESS) before it"
+        else:
+            what = "nothing was published; its scratch files and claim were removed"
+        print(f"embedding-export: stopped by {name} (exit {EXIT_SIGNAL_BASE + signum}): {what}", file=err)
+        err.flush()
+        return EXIT_SIGNAL_BASE + signum
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if _SIGNALS_RECEIVED:
+            logging.disable(logging.NOTSET)
+
+
+def _finished_by(output_path: str, run_id: str) -> bool:
+    """Whether ``output_path`` holds a finished export written by run ``run_id``."""
+    try:
+        from pipeline.manifest import read_manifest
+        return read_manifest(output_path).get("run_id") == run_id
+    except Exception:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +219,7 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
     return EXIT_OK
 
 
-def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
+def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO, published: Optional[List[str]] = None) -> int:
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.config import ConfigError, load_config
@@ -176,6 +244,8 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     from rich.console import Console
 
+    if published is not None:  # where and as which run, for the line a signal prints
+        published[:] = [plan.layout.path, plan.run_id]
     live = progress_wanted(err) and is_local_run(config.runner.name, [*config.runner.options, *beam_args])
     start = time.perf_counter()
     try:
@@ -185,10 +255,12 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
     except PreflightError as e:  # another run claimed the output directory meanwhile
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
-    except ExportError as e:
-        print(f"embedding-export: export failed: {e}", file=err)
-        return EXIT_FAILED
     except Exception as e:  # a worker error, as the runner reports it
+        if _SIGNALS_RECEIVED:  # the signal's exception, wrapped by the runner
+            raise Interrupted(_SIGNALS_RECEIVED[0]) from None
+        if isinstance(e, ExportError):
+            print(f"embedding-export: export failed: {e}", file=err)
+            return EXIT_FAILED
         if args.verbose:
             traceback.print_exc(file=err)
         print(f"embedding-export: export failed: {type(e).__name__}: {e}", file=err)
@@ -225,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO =
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "run":
-        return _run(args, beam_args, out, err)
+        return _run_stopping_on_signals(args, beam_args, out, err)
     if beam_args:
         print("embedding-export: Beam options (after --) apply to `run` only", file=err)
         return EXIT_USAGE

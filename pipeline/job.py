@@ -36,6 +36,7 @@ from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport, rejected_
 from transforms.formats import make_format
 from transforms.isolate import with_error_column
 from transforms.ownership import JOURNAL_NAME
+from transforms.pause_points import pause_point
 from transforms.parquet_input import ReadParquetRowGroups
 from transforms.partition import PartitionBatches
 from transforms.read_datarecord import ReadDataRecords
@@ -156,6 +157,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
         claim = acquire(out, plan.run_id)
     except ClaimRefused as err:
         raise PreflightError(str(err)) from None
+    except OSError as err:  # the first write of the run
+        raise PreflightError(f"output.path {out}: cannot write there: {err}") from None
     try:
         plan = recheck_output(plan)
     except PreflightError:
@@ -163,6 +166,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
         raise
     _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files), out, plan.run_id)
     try:
+        pause_point("run.claimed")
         with Heartbeat(out, claim):
             _run_pipeline(plan, options, progress_dir)
     finally:
@@ -176,8 +180,10 @@ def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Opti
     try:
         result = p.run()
         state = result.wait_until_finish()
-    except Exception as err:
+    except BaseException as err:  # a signal (KeyboardInterrupt, the CLI's SIGTERM) cleans up too
         _discard_scratch(plan)
+        if not isinstance(err, Exception):
+            raise
         message = _export_error(err)
         if message is not None:
             raise ExportError(message) from err

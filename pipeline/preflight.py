@@ -5,8 +5,12 @@ launcher, in seconds: that the config has no unfilled placeholders; that the Sav
 signature with exactly the configured inputs (dtype, rank, static dims) and outputs (the first
 a float32 [B, D] embedding); that the input pattern matches Parquet files whose footers hold the
 key column (integer) and every configured column with a type the model input accepts, the same
-in every file; and that the output directory holds no earlier export unless overwriting.
-Paths are made absolute (workers may run in another directory). The result is an ``ExportPlan``:
+in every file; and that the output directory holds no earlier export unless overwriting. Also:
+that the output and model paths hold no pattern characters (``[ ] * ?``); that the runner exists;
+that the model's variables checkpoint is there and not truncated; that a local output directory
+is writable, not on a read-only mount, has no file where the job needs its ``_temporary`` or
+``_rejected`` directory, and has room for at least the export's raw bytes; and that no other live
+run holds the output directory's claim (``transforms.claim``). Paths are made absolute (workers may run in another directory). The result is an ``ExportPlan``:
 everything the transforms need, resolved.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ import datetime
 import logging
 import os
 import re
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -520,6 +525,121 @@ def recheck_output(plan: ExportPlan) -> ExportPlan:
                                stale_files=tuple(FileSystems.join(path, name) for name in inventory.ours))
 
 
+_PATTERN_CHARACTERS = "[]*?"
+
+
+def _check_literal_paths(config: ExportConfig) -> None:
+    """Refuse an output or model path holding a character that Beam's ``FileSystems.match`` (and
+    TensorFlow's file functions) read as a pattern: the job lists, deletes and loads these paths
+    by pattern, and ``out[1]`` would match ``out1``, not itself."""
+    for key, path in (("output.path", config.output.path), ("model.path", config.model.path)):
+        found = sorted({c for c in path if c in _PATTERN_CHARACTERS})
+        if found:
+            raise PreflightError(f"{key} {path} holds {' '.join(repr(c) for c in found)}: Beam's file systems and "
+                                 "TensorFlow read [ ] * ? in a path as a pattern, so the job could not list, "
+                                 "replace or load exactly this path; use a path without them")
+
+
+def _check_runner(config: ExportConfig) -> None:
+    """The runner exists in this Beam installation (a misspelt runner would fail after the
+    preflight's minutes of footer reading, at launch)."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(config.runner.name)
+    except (ValueError, ImportError) as err:
+        raise PreflightError(f"runner.name {config.runner.name!r}: {err}") from None
+
+
+def _check_variables(model_path: str) -> None:
+    """The SavedModel's ``variables/`` checkpoint is there and whole: the index lists every
+    variable (shape and dtype) and the data files must hold at least their bytes. A missing or
+    truncated checkpoint would otherwise fail on every worker, after launch."""
+    prefix = FileSystems.join(model_path, "variables", "variables")
+    index = prefix + ".index"
+    if not FileSystems.exists(index):
+        raise PreflightError(f"model.path {model_path}: {index} does not exist (the SavedModel's variables are "
+                             "missing: copy the whole SavedModel directory)")
+    data = FileSystems.match([prefix + ".data-*"])[0].metadata_list
+    if not data:
+        raise PreflightError(f"model.path {model_path}: no variables data file ({prefix}.data-*) beside {index}")
+    if "://" in model_path:
+        return  # the sizes below need TensorFlow to read the index: checked for local models only
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        listed = tf.train.list_variables(prefix)
+    except Exception as err:
+        raise PreflightError(f"model.path {model_path}: cannot read the variables index {index}: {err}") from None
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    need = 0
+    for name, shape in listed:
+        dtype = dtypes.get(name)
+        if dtype is not None and dtype != tf.string:
+            need += int(np.prod(shape, dtype=np.int64)) * dtype.size
+    have = sum(m.size_in_bytes for m in data)
+    if have < need:
+        raise PreflightError(f"model.path {model_path}: the variables data files hold {have:,} bytes but the "
+                             f"index lists {need:,} bytes of variables: the checkpoint is truncated")
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _check_output_writable(path: str) -> None:
+    """A local output directory the run can write: ``_temporary`` and ``_rejected`` there are
+    directories if anything, and the directory (or its nearest existing ancestor) is writable
+    and not on a read-only mount."""
+    if "://" in path:
+        return  # object stores and HDFS: permissions are checked by the first write (the claim)
+    for name in ("_temporary", "_rejected"):
+        entry = os.path.join(path, name)
+        if os.path.lexists(entry) and not os.path.isdir(entry):
+            raise PreflightError(f"output.path {path}: {entry} is a file, where the job needs a directory "
+                                 f"({name}/ holds its {'scratch files' if name == '_temporary' else 'rejected rows'}); "
+                                 "move it away")
+    base = _nearest_existing(path)
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        raise PreflightError(f"output.path {path}: {base} is on a read-only file system")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PreflightError(f"output.path {path}: {base} is not writable by this user")
+
+
+def estimated_export_bytes(rows: int, outputs: Sequence[OutputSpec]) -> int:
+    """A lower bound of an uncompressed export's bytes: per record the key (8 bytes) and every
+    output value (open dims counted as 1), no framing or Thrift overhead."""
+    import numpy as np
+
+    per_row = 8
+    for spec in outputs:
+        values = 1
+        for dim in spec.shape:
+            values *= dim or 1
+        per_row += values * (np.dtype(spec.dtype).itemsize if spec.dtype != "string" else 1)
+    return rows * per_row
+
+
+def _check_free_space(config: ExportConfig, outputs: Sequence[OutputSpec], rows: Optional[int]) -> None:
+    """Refuse an export that cannot fit the local disk of the output directory (uncompressed
+    tfrecord and block output, where ``estimated_export_bytes`` is a lower bound)."""
+    path = config.output.path
+    if "://" in path or rows is None or config.output.format == "parquet" or config.output.compression != "none":
+        return
+    need = estimated_export_bytes(rows, outputs)
+    free = shutil.disk_usage(_nearest_existing(path)).free
+    if free < need:
+        raise PreflightError(f"output.path {path}: the export needs at least {need:,} bytes ({rows:,} records of at "
+                             f"least {need // max(rows, 1):,} bytes) but its file system has {free:,} bytes free")
+
+
 def new_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -548,8 +668,11 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     overwrite = overwrite or config.output.overwrite
     if overwrite != config.output.overwrite:
         config = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": overwrite})})
+    _check_literal_paths(config)
+    _check_runner(config)
 
     sig_inputs, sig_outputs = read_signature(config.model.path, config.model.signature)
+    _check_variables(config.model.path)
     inputs = _resolve_inputs(config, sig_inputs)
     outputs = _resolve_outputs(config, sig_outputs)
     dim = outputs[0].shape[0]
@@ -565,7 +688,9 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     else:
         files, skipped, read_schema, input_schema = _scan_inputs(config, inputs)
         _warn_small_row_groups(files, config.model.batch_size)
+    _check_output_writable(config.output.path)
     inventory = _check_output_dir(config.output.path, overwrite)
+    _check_free_space(config, outputs, sum(f.rows for f in files) if all(f.rows is not None for f in files) else None)
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)

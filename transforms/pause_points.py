@@ -7,6 +7,7 @@ sends SIGKILL, so the kill lands at exactly that moment rather than at a guessed
 creates ``<dir>/<name>.resume``, and the run goes on: a test changes something at that moment).
 Without the variable a pause point is one environment lookup. The points:
 
+    run.claimed         the launcher holds the output directory's claim; the pipeline is not built yet
     read.row_group      a row group was read (reading and embedding under way, nothing written)
     publish.claim       every shard file is complete, the counts check out; the claim on the output
                         directory is about to be checked (transforms.claim)
