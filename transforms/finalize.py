@@ -270,8 +270,8 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
 
     out = layout.path
     temp = _join(out, TEMP_DIR, layout.run_id)
-    pause_point("publish.claim")
     if require_claim:
+        pause_point("publish.claim")
         problem = claim_problem(out, layout.run_id)
         if problem is not None:
             raise ExportError(f"{problem}; nothing was published")
@@ -280,10 +280,18 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
         # (so they never replace an earlier export's); their footers carry the run-id stamp. A
         # finished export in the directory stays exactly as it was: the rows then stay in this
         # run's scratch directory (kept, like the journal), not under the export's _rejected/.
-        kept = rejected_dir_of_failed_run(out, layout.run_id, FileSystems.exists(_join(out, SUCCESS_NAME)))
+        beside_export = FileSystems.exists(_join(out, SUCCESS_NAME))
+        kept = rejected_dir_of_failed_run(out, layout.run_id, beside_export)
         names = [_join(kept, shard_file_name(i, len(rejected), ".parquet")) for i in range(len(rejected))]
         _rename_into_place([(p.path, name) for p, name in zip(rejected, names)])
-        _delete([path for path in _matching(_join(temp, "**")) if not path.startswith(kept.rstrip("/") + "/")])
+        if beside_export:  # the rows stay in this run's scratch directory: the rest of it goes
+            _delete([path for path in _matching(_join(temp, "**")) if not path.startswith(kept.rstrip("/") + "/")])
+            if "://" not in temp:
+                for dirpath, _, _ in sorted(os.walk(temp), key=lambda item: -len(item[0])):
+                    if not os.listdir(dirpath):
+                        os.rmdir(dirpath)
+        else:
+            _delete_tree(temp)
         _remove_empty_local_dirs(_join(out, TEMP_DIR))
         raise ExportError(
             f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / max(rows_read, 1):.2%}), "
