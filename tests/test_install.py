@@ -149,8 +149,6 @@ def test_console_script_is_installed(fresh_venv, elsewhere):
 
 
 def test_demo_runs_from_an_unrelated_directory_and_verifies(fresh_venv, elsewhere):
-    if not all((REPO / "pipeline" / name).is_file() for name in ("demo.py", "job.py")):
-        pytest.skip("pipeline/demo.py and pipeline/job.py are not both in the tree yet (issue 4)")
     out = elsewhere / "demo_out"
     _run([fresh_venv / "bin" / "embedding-export", "demo", "--out", out, "--users", "2000"],
          cwd=elsewhere, env=_clean_env(), timeout=600)

@@ -39,6 +39,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
+from transforms.ownership import scratch_name
+
 __all__ = ["CLAIM_NAME", "HEARTBEAT_NAME", "HEARTBEAT_SECONDS", "LEASE_SECONDS", "Claim", "ClaimRefused", "new_claim",
            "claim_bytes", "parse_claim", "holder_alive", "read_claims", "acquire", "claim_problem",
            "release", "Heartbeat"]
@@ -47,7 +49,6 @@ CLAIM_NAME = "_CLAIM.json"
 HEARTBEAT_NAME = "_HEARTBEAT.json"
 HEARTBEAT_SECONDS = 60.0
 LEASE_SECONDS = 600.0
-_TEMP_DIR = "_temporary"  # transforms.ownership's scratch directory (a run's scratch holds its claim)
 
 
 class ClaimRefused(RuntimeError):
@@ -83,7 +84,8 @@ class Claim:
 
 
 def claim_path(out: str, run_id: str, name: str = CLAIM_NAME) -> str:
-    return out.rstrip("/") + f"/{_TEMP_DIR}/{run_id}/{name}"
+    """The claim (or heartbeat) file of run ``run_id``: in its scratch directory."""
+    return out.rstrip("/") + "/" + scratch_name(run_id, name)
 
 
 def _boot_id() -> Optional[str]:
@@ -162,7 +164,7 @@ def _read(path: str) -> Optional[bytes]:
 def read_claims(out: str) -> Dict[str, Tuple[str, Optional[Claim]]]:
     """{run id: (path, claim or None when unreadable)} of every claim file in ``out``."""
     fs = _fs()
-    pattern = fs.join(out, _TEMP_DIR, "*", CLAIM_NAME)
+    pattern = claim_path(out, "*")
     try:
         matched = fs.match([pattern])[0].metadata_list
     except Exception:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 __all__ = ["RUN_ID_PATTERN", "JOURNAL_NAME", "RUN_ID_METADATA_KEY", "Inventory", "classify", "take_inventory",
-           "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
+           "scratch_name", "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
            "SIBLING_KINDS", "sibling_dir", "publish_siblings"]
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
@@ -54,9 +54,14 @@ def is_run_id(text: str) -> bool:
     return bool(RUN_ID_PATTERN.match(text))
 
 
+def scratch_name(run_id: str, name: str) -> str:
+    """``name`` in run ``run_id``'s scratch directory, relative to the output directory."""
+    return f"{_TEMP_DIR}/{run_id}/{name}"
+
+
 def journal_name(run_id: str) -> str:
     """The journal's path relative to the output directory."""
-    return f"{_TEMP_DIR}/{run_id}/{JOURNAL_NAME}"
+    return scratch_name(run_id, JOURNAL_NAME)
 
 
 def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str],
