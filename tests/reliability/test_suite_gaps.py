@@ -5,6 +5,7 @@
   sorted, as the other tests do, would not).
 - The reject-fraction boundary: exactly ``max_reject_fraction`` of the rows rejected is allowed,
   one part in a thousand more is not (a ``>=`` in place of ``>`` fails the first run).
+- The accounting check fires in a real run that loses a row between validation and writing.
 - A uint64 key above 2**63 - 1 cannot be stored in a DataRecord's i64 key: the encoder refuses it
   instead of writing it as a negative key.
 - The fuzzed readers are not vacuous: every unmutated seed decodes through every reader, to what
@@ -79,6 +80,29 @@ def test_the_reject_fraction_boundary(users, tmp_path, fraction, succeeds):
             run_export(cfg)
         assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
     BOUNDARY.append((fraction, "8/800", "published" if succeeds else "refused"))
+
+
+def test_a_row_lost_between_validation_and_writing_fails_the_run(users, tmp_path, monkeypatch):
+    """A real run that loses one row after validation (a fault injected in front of the partition
+    step) is refused by finalize's accounting check, and nothing is published."""
+    import apache_beam as beam
+    import pipeline.job
+    from transforms.partition import PartitionBatches
+
+    lost_key = 1001
+
+    def lose_one_row(batch):
+        hit = np.flatnonzero(batch.keys == lost_key)
+        return batch.take(np.delete(np.arange(len(batch)), hit)) if len(hit) else batch
+
+    def faulty_partition(spec):
+        return beam.Map(lose_one_row) | PartitionBatches(spec)
+
+    monkeypatch.setattr(pipeline.job, "PartitionBatches", faulty_partition)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"accounting mismatch: rows_read 800 != rows_written 791 \+ rows_rejected 8"):
+        run_export(tiny_config(users, tiny_model(), str(out), num_shards=2))
+    assert not out.exists() or not [name for name in os.listdir(out) if name != "_temporary"]
 
 
 def test_a_uint64_key_beyond_int64_is_refused_not_wrapped():
