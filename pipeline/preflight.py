@@ -600,6 +600,8 @@ def _check_output_writable(path: str) -> None:
     and not on a read-only mount."""
     if "://" in path:
         return  # object stores and HDFS: permissions are checked by the first write (the claim)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return  # not a directory at all: _check_output_dir says so
     for name in ("_temporary", "_rejected"):
         entry = os.path.join(path, name)
         if os.path.lexists(entry) and not os.path.isdir(entry):
