@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.demo import demo_config, user_ids, write_user_files
-from pipeline.models import demo_model_kwargs, ensure_embedding_model, reference_model_kwargs
+from pipeline.demo.run import demo_config
+from pipeline.demo.users import user_ids, write_user_files
+from pipeline.demo.models import demo_model_kwargs, ensure_embedding_model, reference_model_kwargs
 
 __all__ = ["MODELS", "model_kwargs", "prepare_model", "prepare_inputs", "export_config", "load_arrays",
            "batches", "padded_ids", "INTRA_OP_THREADS", "work_directory", "print_result"]

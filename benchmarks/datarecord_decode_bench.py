@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from transforms.read_datarecord import (CONTINUOUS, SPARSE_BINARY, DataRecordSource, FeatureColumn,  # noqa: E402
-                                        records_to_table, records_to_table_slow)
+from transforms.inputs.datarecord import (CONTINUOUS, SPARSE_BINARY, DataRecordSource,  # noqa: E402
+                                          FeatureColumn, records_to_table, records_to_table_slow)
 from twml import decode_columns  # noqa: E402
 from twml.feature_ids import feature_id  # noqa: E402
 from twml.schema import data_thrift, serialize  # noqa: E402

@@ -119,10 +119,11 @@ def _export_once(config_path: str) -> Dict[str, Any]:
     """Child side of run_export_child: one export, timed around run_export alone."""
     from pipeline.config import load_config
     from pipeline.job import run_export
+    from pipeline.plan import preflight
 
     config = load_config(config_path)
     start = time.perf_counter()
-    manifest = run_export(config, overwrite=True)
+    manifest = run_export(preflight(config, overwrite=True))
     seconds = time.perf_counter() - start
     shards = manifest.get("shards") or []
     return {

@@ -6,6 +6,9 @@
     embedding-export verify DIR          check every shard, record and count of an export
     embedding-export inspect DIR [--head N] [--key K] [--plot FILE.png]
 
+One argument tree: ``-v`` goes before any subcommand, and each subcommand is added by its module
+(``run`` here, ``demo`` by ``pipeline.demo.run``, ``verify`` and ``inspect`` by ``pipeline.tools``).
+
 Exit status: 0 done, 1 the export failed, 2 the config, model, input or output directory does not
 fit (nothing ran), 130 ``run`` stopped by SIGINT (Ctrl-C), 143 ``run`` stopped by SIGTERM. A
 stopped run prints one line, removes its scratch files and its claim on the output directory,
@@ -59,18 +62,18 @@ def _raise_interrupted(signum, _frame):
     raise Interrupted(signum)
 
 
-def _run_stopping_on_signals(args, beam_args: Sequence[str], out: TextIO, err: TextIO) -> int:
+def _run_stopping_on_signals(args, out: TextIO, err: TextIO) -> int:
     """``_run``, with SIGTERM and SIGINT turned into one line, the run's scratch removed, and exit
     status 128 + the signal's number (only in the main thread: elsewhere signals stay as they are)."""
     if threading.current_thread() is not threading.main_thread():
-        return _run(args, beam_args, out, err)
+        return _run(args, out, err)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     published: List[str] = []
     _SIGNALS_RECEIVED.clear()
     try:
-        return _run(args, beam_args, out, err, published)
+        return _run(args, out, err, published)
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
@@ -91,19 +94,32 @@ def _run_stopping_on_signals(args, beam_args: Sequence[str], out: TextIO, err: T
 def _finished_by(output_path: str, run_id: str) -> bool:
     """Whether ``output_path`` holds a finished export written by run ``run_id``."""
     try:
-        from pipeline.manifest import read_manifest
-        return read_manifest(output_path).get("run_id") == run_id
+        from transforms.outputdir import read_manifest
+        return read_manifest(output_path, require_success=True).raw.get("run_id") == run_id
     except Exception:
         return False
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The one argument tree: ``-v`` and the subcommands, each added by the module that runs it."""
+    from pipeline.demo.run import register as register_demo
+    from pipeline.tools.inspection import register as register_inspect
+    from pipeline.tools.verify import register as register_verify
+
     parser = argparse.ArgumentParser(
         prog="embedding-export",
         description="Export user embeddings as twml DataRecords with Apache Beam.",
         epilog="Arguments after a bare -- go to Beam as pipeline options (they override the config's).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _register_run(sub)
+    register_demo(sub)
+    register_verify(sub)
+    register_inspect(sub)
+    return parser
+
+
+def _register_run(sub) -> None:
     run = sub.add_parser("run", help="run an export from a YAML run config")
     run.add_argument("--config", required=True, help="the run config (see run_configs/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -113,15 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="resolve and validate the Beam options, check the config, model and input, "
                           "print the plan, and stop (nothing is submitted)")
-    demo = sub.add_parser("demo", help="generate demo data and a model, then export them")
-    demo.add_argument("--out", default="demo", help="the demo directory (default: demo)")
-    demo.add_argument("--users", type=int, default=100000, help="number of generated users (default: 100000)")
-    # verify and inspect parse their own arguments (pipeline.verify.main, pipeline.inspection.main).
-    sub.add_parser("verify", add_help=False,
-                   help="check an export: framing, checksums, every record, placement, manifest counts")
-    sub.add_parser("inspect", add_help=False,
-                   help="print decoded records as JSON lines; --key K, --plot FILE.png")
-    return parser
+    run.set_defaults(handler=_run_stopping_on_signals)
 
 
 def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -179,8 +187,9 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
     (gs:// needs apache-beam[gcp], hdfs:// the hdfs package); otherwise the output says which
     checks were skipped and why. Exit 2 when anything found would stop the run.
     """
-    from pipeline.preflight import PreflightError, find_placeholders, preflight
+    from pipeline.plan import find_placeholders, preflight
     from pipeline.runner_options import check_runner_options, format_options_check, unreachable_paths
+    from transforms.errors import PreflightError
 
     check = check_runner_options(config, beam_args)
     placeholders = find_placeholders(config, beam_args)
@@ -219,15 +228,19 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
     return EXIT_OK
 
 
-def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO, published: Optional[List[str]] = None) -> int:
+def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) -> int:
+    """Load the config, make the plan once (``pipeline.plan.preflight``), and run it; ``published``
+    gets the output path and run id (for the line a signal prints)."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.config import ConfigError, load_config
     from pipeline.job import pipeline_options, run_export
-    from pipeline.preflight import PreflightError, find_placeholders, preflight
+    from pipeline.plan import find_placeholders, preflight
     from pipeline.progress import RunProgress, is_local_run, print_summary, progress_wanted
     from pipeline.runner_options import fill_placeholder_options, unreachable_paths
-    from transforms.finalize import ExportError
+    from transforms.errors import ExportError, PreflightError
+
+    beam_args = args.beam_args
 
     try:
         # A runner option left as <PLACEHOLDER> in the file is filled by the same option after --.
@@ -250,8 +263,7 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO, published: Op
     start = time.perf_counter()
     try:
         with RunProgress(plan.total_rows, console=Console(file=err), enabled=live) as progress:
-            manifest = run_export(plan.config, beam_args, overwrite=plan.overwrite, plan=plan,
-                                  progress_dir=progress.directory)
+            manifest = run_export(plan, beam_args, progress_dir=progress.directory)
     except PreflightError as e:  # another run claimed the output directory meanwhile
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
@@ -269,39 +281,22 @@ def _run(args, beam_args: Sequence[str], out: TextIO, err: TextIO, published: Op
     return EXIT_OK
 
 
-def _demo(args, out: TextIO, err: TextIO) -> int:
-    from pipeline.demo import run_demo  # imported here: it pulls in TF and the model builder
-
-    if args.users < 0:
-        print("embedding-export: --users must be >= 0", file=err)
-        return EXIT_USAGE
-    run_demo(args.out, args.users, stream=out)
-    return EXIT_OK
-
-
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO = None) -> int:
     """Run the command line; returns the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
-    if own and own[0] == "verify":
-        from pipeline.verify import main as verify_main
-        return verify_main(own[1:])
-    if own and own[0] == "inspect":
-        from pipeline.inspection import main as inspect_main
-        return inspect_main(own[1:])
     args = build_parser().parse_args(own)
     if not args.verbose:
         # TensorFlow's C++ start-up notices (set before TF is imported; worker processes inherit it).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "run":
-        return _run_stopping_on_signals(args, beam_args, out, err)
-    if beam_args:
+    if beam_args and args.command != "run":
         print("embedding-export: Beam options (after --) apply to `run` only", file=err)
         return EXIT_USAGE
-    return _demo(args, out, err)
+    args.beam_args = beam_args
+    return args.handler(args, out, err)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The export job: the transforms assembled into one Beam pipeline, and the blocking entry point.
 
-    Parquet files --ReadParquetRowGroups-------> (file, Arrow table)  (+ unreadable row groups, skip only)
-    (or DataRecord files --ReadDataRecords-----> the same   + undecodable records, rejected)
+    input files --plan.reader (transforms.inputs)--> (file, Arrow table)
+                  ReadParquetRowGroups | ReadDataRecords   (+ rows rejected, counted or unreadable while reading)
       --ValidateAndBatch--> tables of model.batch_size good rows   (+ rejected rows, rows read)
       --EmbedBatches------> EmbeddedBatch                          (+ rows with non-finite outputs)
       --PartitionBatches--> (shard, slice of the batch)
@@ -9,15 +9,15 @@
     rejected rows --RestoreInputColumns (Parquet: the columns not read, for these rows only)--> WriteRejected
       --FinalizeExport----> shard files, _rejected/, _MANIFEST.json, then _SUCCESS
 
-``run_export`` checks everything it can before launching (``pipeline.preflight``), runs the
-pipeline on the configured runner and returns the manifest it wrote.
+``run_export`` runs a plan (``pipeline.plan.preflight`` made it, checking everything it can
+before launch) on the configured runner and returns the manifest it wrote.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,26 +25,24 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipeline.config import ExportConfig
-from pipeline.datarecord_input import datarecord_source
-from pipeline.manifest import manifest_base, read_manifest
-from pipeline.preflight import ExportPlan, PreflightError, preflight, recheck_output
+from pipeline.plan import recheck_output
 from pipeline.progress import ReportRowsRead
-from transforms.claim import ClaimRefused, Heartbeat, acquire, release
 from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
-from transforms.finalize import TEMP_DIR, ExportError, FinalizeExport, rejected_dir_of_failed_run
+from transforms.claim import ClaimRefused, Heartbeat, acquire, release
+from transforms.errors import ExportError, PreflightError
+from transforms.finalize import FinalizeExport, rejected_dir_of_failed_run
 from transforms.formats import make_format
-from transforms.isolate import with_error_column
-from transforms.ownership import JOURNAL_NAME
+from transforms.outputdir import JOURNAL_NAME, TEMP_DIR, read_manifest
 from transforms.pause_points import pause_point
-from transforms.parquet_input import ReadParquetRowGroups
 from transforms.partition import PartitionBatches
-from transforms.read_datarecord import ReadDataRecords
+from transforms.plan import ExportPlan
+from transforms.rejected import with_error_column
 from transforms.rejected_columns import RestoreInputColumns
 from transforms.validate import ValidateAndBatch
 from transforms.write import DEFAULT_BUFFER_BYTES, WriteRejected, WriteShards
 
-__all__ = ["build_pipeline", "pipeline_options", "run_export", "ExportError"]
+__all__ = ["build_pipeline", "pipeline_options", "run_export"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,64 +52,41 @@ def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> Pip
     return PipelineOptions([f"--runner={config.runner.name}", *config.runner.options, *beam_args])
 
 
-def build_pipeline(p: beam.Pipeline, plan: Union[ExportPlan, ExportConfig],
-                   buffer_bytes: int = DEFAULT_BUFFER_BYTES, progress_dir: Optional[str] = None) -> beam.PCollection:
+def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                   progress_dir: Optional[str] = None) -> beam.PCollection:
     """Add the export to ``p``; returns the PCollection holding the manifest once it is published.
 
     Args:
       p: the pipeline to build on.
-      plan: the checked, resolved job (``pipeline.preflight.preflight``), or a config to check now.
+      plan: the checked, resolved job (``pipeline.plan.preflight``).
       buffer_bytes: framed output bytes a bundle buffers before writing a part file.
       progress_dir: a local directory to report rows read to (``pipeline.progress``), or None.
     """
-    if isinstance(plan, ExportConfig):
-        plan = preflight(plan)
-    cfg = plan.config
     files = p | "InputFiles" >> beam.Create([f.path for f in plan.files])
-    read_rejected, read_rows = [], []  # DataRecord input: undecodable records, rejected while reading
-    unreadable = None  # Parquet input: row groups skipped by on_bad_file: skip
-    if cfg.input.format == "datarecord":
-        read = files | "ReadDataRecords" >> ReadDataRecords(datarecord_source(cfg))
-        tables, read_rejected, read_rows = read.tables, [read.rejected], [read.rows_read]
-    else:
-        read = files | "ReadParquet" >> ReadParquetRowGroups(
-            {f.path: f.row_group_rows for f in plan.files}, plan.read_schema.names, cfg.input.on_bad_file)
-        tables, unreadable = read.tables, read.unreadable
-    validated = tables | "Validate" >> ValidateAndBatch(plan.rules, cfg.model.batch_size)
-    handler = SavedModelHandler(cfg.model.path, cfg.model.signature, plan.inputs, plan.outputs,
-                                cfg.model.intra_op_threads, cfg.model.inter_op_threads)
-    embedded = validated.batches | "Embed" >> EmbedBatches(handler, cfg.input.key, plan.partition.column,
-                                                           max_failed_rows=_failure_budget(plan))
+    read = files | plan.reader.step_name >> plan.reader.read(plan.files)
+    validated = read.tables | "Validate" >> ValidateAndBatch(plan.rules, plan.model.batch_size)
+    handler = SavedModelHandler(plan.model.path, plan.model.signature, plan.inputs, plan.outputs,
+                                plan.model.intra_op_threads, plan.model.inter_op_threads)
+    embedded = validated.batches | "Embed" >> EmbedBatches(handler, plan.key_column, plan.partition.column,
+                                                           max_failed_rows=plan.failure_budget)
     slices = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
     shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), buffer_bytes)
-    rows_read = validated.rows_read
-    if read_rows:
-        rows_read = (validated.rows_read, *read_rows) | "AllRowsRead" >> beam.Flatten()
+    rows_read = (validated.rows_read, read.rows_read) | "AllRowsRead" >> beam.Flatten()
     if progress_dir:
         _ = rows_read | "Progress" >> ReportRowsRead(progress_dir)
-    rejected = ((validated.rejected, embedded.rejected, *read_rejected)
+    rejected = ((validated.rejected, embedded.rejected, read.rejected)
                 | "AllRejected" >> beam.Flatten()
                 | "WithErrorColumn" >> beam.Map(with_error_column))
-    if len(plan.unread_columns):  # Parquet input with columns the job does not read
+    if len(plan.unread_columns):  # input columns the job does not read
         rejected = rejected | "RestoreInputColumns" >> RestoreInputColumns(
-            plan.unread_columns, cfg.input.key, {f.path: f.row_group_rows for f in plan.files})
+            plan.unread_columns, plan.key_column, {f.path: f.row_group_rows for f in plan.files})
     rejected = rejected | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema)
     duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
-    finalize_inputs = {"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates}
-    if unreadable is not None:
-        finalize_inputs["unreadable"] = unreadable
-    return (finalize_inputs
-            | "Finalize" >> FinalizeExport(plan.layout, manifest_base(plan), expected_rows=plan.total_rows,
-                                           max_reject_fraction=cfg.output.max_reject_fraction,
+    return ({"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates,
+             "unreadable": read.unreadable}
+            | "Finalize" >> FinalizeExport(plan.layout, plan.manifest_base, expected_rows=plan.total_rows,
+                                           max_reject_fraction=plan.max_reject_fraction,
                                            stale=plan.stale_files, require_claim=plan.claimed))
-
-
-def _failure_budget(plan: ExportPlan) -> Optional[int]:
-    """Rows the model may fail on before the run is sure to exceed output.max_reject_fraction."""
-    total, fraction = plan.total_rows, plan.config.output.max_reject_fraction
-    if total is None or fraction >= 1.0:
-        return None
-    return int(fraction * total)
 
 
 def _export_error(err: BaseException) -> Optional[str]:
@@ -128,29 +103,27 @@ def _export_error(err: BaseException) -> Optional[str]:
     return found
 
 
-def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
-               plan: Optional[ExportPlan] = None, progress_dir: Optional[str] = None) -> Dict:
-    """Run the export to completion and return its manifest.
+def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None) -> Dict:
+    """Run the export ``plan`` to completion and return its manifest.
+
+    The plan is taken as it is (``pipeline.plan.preflight`` made and checked it); Beam's
+    FileSystems keep the settings the caller gave them (the command line sets them once, from the
+    same options, before making the plan).
 
     Args:
-      config: the run config.
+      plan: the checked plan.
       beam_args: extra Beam options (after the config's runner options, so they win).
-      overwrite: replace an earlier export in the output directory.
-      plan: an already checked plan (skips the preflight).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+
     The run claims the output directory before it launches (``transforms.claim``) and checks it
-    again (``pipeline.preflight.recheck_output``); the claim is released when the run ends.
+    again (``pipeline.plan.recheck_output``); the claim is released when the run ends.
 
     Raises:
-      PreflightError: the config, model or input does not fit, or another run holds the output
-        directory (raised before launching).
+      PreflightError: another run holds the output directory, or it changed since the plan was
+        made so that this run may not write there (raised before launching).
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
     """
-    options = pipeline_options(config, beam_args)
-    # The launcher reads the input footers and the model signature through Beam's FileSystems,
-    # which take their settings (HDFS host, GCS project, ...) from the pipeline options.
-    FileSystems.set_options(options)
-    plan = plan or preflight(config, overwrite=overwrite, beam_args=beam_args)
+    options = pipeline_options(plan.config, beam_args)
     _restore_symlinked_output(plan.layout.path)
     out = plan.layout.path
     try:
@@ -171,7 +144,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] = (), overwrite: b
             _run_pipeline(plan, options, progress_dir)
     finally:
         release(out, plan.run_id)
-    return read_manifest(out)
+    return read_manifest(out, require_success=True).raw
 
 
 def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Optional[str]) -> None:

@@ -17,12 +17,14 @@ from thriftpy2.transport import TMemoryBuffer
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError, preflight
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
 from pipeline_fixtures import (DENSE_DIM, IDS_LEN, fmix64_reference, model_outputs, padded_ids, shard_records,
                                tiny_model)
-from transforms.finalize import ExportError
-from transforms.read_datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource, FeatureColumn,
-                                        records_to_table, sparse_binary_ids, twml_string_hashes)
+from transforms.errors import ExportError
+from transforms.inputs.datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource,
+                                          FeatureColumn, records_to_table, sparse_binary_ids,
+                                          twml_string_hashes)
 from twml.decode import decode_data_record, decode_embeddings
 from twml.encode import encode_continuous_records, encode_data_records
 from twml.feature_ids import feature_id
@@ -194,7 +196,7 @@ def all_records(out, manifest):
 @pytest.fixture(scope="module")
 def tfrecord_export(inputs, expected, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "tfrecord-input")
-    return out, run_export(datarecord_config(inputs["files"]["tfrecord"], out))
+    return out, run_export(preflight(datarecord_config(inputs["files"]["tfrecord"], out)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,15 +232,15 @@ def test_export_from_tfrecord_datarecords_end_to_end(inputs, expected, tfrecord_
 def test_block_container_gives_the_same_records_and_partition_by_a_feature(inputs, tfrecord_export, tmp_path):
     out = str(tmp_path / "block-input")
     config = datarecord_config(inputs["files"]["block"], out, container="block")
-    manifest = run_export(config)
+    manifest = run_export(preflight(config))
     assert all_records(out, manifest) == all_records(*tfrecord_export)
     assert manifest["rejected_by_reason"] == tfrecord_export[1]["rejected_by_reason"]
 
     by_feature = str(tmp_path / "by-feature")
     features = {**config.input.model_dump()["features"], "shard": {"discrete": SHARD}}
-    manifest = run_export(datarecord_config(inputs["files"]["block"], by_feature, container="block",
+    manifest = run_export(preflight(datarecord_config(inputs["files"]["block"], by_feature, container="block",
                                             input__features=features,
-                                            partition={"num_shards": SHARDS, "by": "column", "column": "shard"}))
+                                            partition={"num_shards": SHARDS, "by": "column", "column": "shard"})))
     for shard, records in shard_records(by_feature, manifest).items():
         keys, _ = decode_embeddings(records, KEY_ID, EMB_ID)
         assert all(inputs["good"][k]["shard"] == shard for k in keys.tolist())
@@ -254,7 +256,7 @@ def test_broken_framing_fails_the_run_naming_the_file(inputs, tmp_path):
     cut.write_bytes(data[:len(data) // 2 + 5])  # the first record is whole, so preflight passes
     config = datarecord_config(str(tmp_path / "in" / "*.tfrecord"), str(tmp_path / "out"), input__on_bad_file="fail")
     with pytest.raises(ExportError, match=r"cut\.tfrecord: cannot read the tfrecord framing after record \d+"):
-        run_export(config)
+        run_export(preflight(config))
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -361,7 +363,7 @@ def test_shipped_local_datarecord_config_runs_with_the_demo_model(tmp_path):
     import io
 
     from pipeline.cli import main
-    from pipeline.models import demo_model_kwargs, ensure_embedding_model
+    from pipeline.demo.models import demo_model_kwargs, ensure_embedding_model
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     model = str(tmp_path / "model")

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.read_datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource, FeatureColumn,
-                                        records_to_table, records_to_table_slow)
+from transforms.inputs.datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource,
+                                          FeatureColumn, records_to_table, records_to_table_slow)
 from twml import decode_columns
 from twml.decode import MAX_DEPTH
 from twml.schema import data_thrift, serialize, tensor_thrift as tt

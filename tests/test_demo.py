@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_config, parse_config
-from pipeline.demo import demo_config, generate_users, user_ids, user_table
+from pipeline.demo.run import demo_config
+from pipeline.demo.users import generate_users, user_ids, user_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +100,7 @@ def test_demo_config_is_local_yaml_under_out_dir(tmp_path):
 def test_run_demo_end_to_end_twice(tmp_path):
     import tensorflow as tf
 
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
     from twml.feature_ids import feature_id
     from twml.io.tfrecord import read_tfrecords
     from twml.schema import data_thrift, deserialize

@@ -248,8 +248,8 @@ def test_runs_of_empty_structs_are_refused():
 
 # -- the native column decoder (twml.decode_columns) -----------------------------------------------
 
-from transforms.read_datarecord import (CONTINUOUS, SPARSE_BINARY, DataRecordSource, FeatureColumn,  # noqa: E402
-                                        records_to_table, records_to_table_slow)
+from transforms.inputs.datarecord import (CONTINUOUS, SPARSE_BINARY, DataRecordSource,  # noqa: E402
+                                          FeatureColumn, records_to_table, records_to_table_slow)
 from twml import decode_columns  # noqa: E402
 
 NATIVE_SOURCE = DataRecordSource("tfrecord", "key", KEY_ID, (

@@ -1,4 +1,4 @@
-"""``pipeline.inspection`` (records as JSON lines, key lookup) and ``pipeline.plots`` (the PNG)."""
+"""``pipeline.tools.inspection`` (records as JSON lines, key lookup) and ``pipeline.tools.plots`` (the PNG)."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.inspection import (ShardReadError, iter_records, main, parse_shard_file_name, read_manifest,
-                                 shard_file_name)
-from pipeline.plots import pca_2d, plot_export, sample_embeddings
+from pipeline.tools.exports import ShardReadError
+from pipeline.tools.inspection import iter_records, main
+from transforms.outputdir import parse_shard_file_name, read_manifest, shard_file_name
+from pipeline.tools.plots import pca_2d, plot_export, sample_embeddings
 from test_verify import EMBEDDING_FEATURE, KEY_FEATURE, REPO, _shard_path, write_export, write_shard
 from twml.sharding import shard_of_keys
 from twml.feature_ids import feature_id
@@ -149,7 +150,7 @@ def test_plot_writes_a_three_panel_png(tmp_path, capsys):
 
 
 def test_real_export_inspects(tmp_path):
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
     run_demo(str(tmp_path / "demo"), users=400, stream=io.StringIO())
     export = str(tmp_path / "demo" / "export")
     rows = list(iter_records(export, head=3))

@@ -7,10 +7,11 @@ import pytest
 
 from pipeline.config import parse_config
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, user_table, write_users)
-from transforms.finalize import ExportError
+from transforms.errors import ExportError
 from twml.decode import decode_embeddings
 from twml.feature_ids import feature_id
 
@@ -31,7 +32,7 @@ def inputs(tmp_path_factory):
 def tfrecord_export(inputs, tmp_path_factory):
     pattern, _, expected = inputs
     out = str(tmp_path_factory.mktemp("export") / "tfrecord")
-    manifest = run_export(tiny_config(pattern, tiny_model(), out, num_shards=SHARDS))
+    manifest = run_export(preflight(tiny_config(pattern, tiny_model(), out, num_shards=SHARDS)))
     return out, manifest
 
 
@@ -50,8 +51,8 @@ def test_tfrecord_export_end_to_end(inputs, tfrecord_export):
 def test_other_formats_hold_the_same_records(inputs, tfrecord_export, tmp_path, fmt, compression):
     pattern, _, expected = inputs
     out = str(tmp_path / "out")
-    manifest = run_export(tiny_config(pattern, tiny_model(), out, num_shards=SHARDS, fmt=fmt,
-                                      compression=compression))
+    manifest = run_export(preflight(tiny_config(pattern, tiny_model(), out, num_shards=SHARDS, fmt=fmt,
+                                      compression=compression)))
     assert manifest["format"] == fmt and manifest["compression"] == compression
     suffix = {"tfrecord": ".tfrecord", "block": "", "parquet": ".parquet"}[fmt]
     suffix += ".gz" if compression == "gzip" else ""
@@ -73,7 +74,7 @@ def test_other_formats_hold_the_same_records(inputs, tfrecord_export, tmp_path, 
 
 def test_rerun_gives_identical_files(inputs, tfrecord_export, tmp_path):
     out, manifest = tfrecord_export
-    again = run_export(tiny_config(inputs[0], tiny_model(), str(tmp_path / "again"), num_shards=SHARDS))
+    again = run_export(preflight(tiny_config(inputs[0], tiny_model(), str(tmp_path / "again"), num_shards=SHARDS)))
     assert [(s["records"], s["crc32c"]) for s in again["shards"]] == [(s["records"], s["crc32c"])
                                                                        for s in manifest["shards"]]
 
@@ -87,7 +88,7 @@ def test_partition_by_column(tmp_path):
     cfg = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(tmp_path / "out"), num_shards=3)
     raw = cfg.model_dump(mode="json")
     raw["partition"] = {"num_shards": 3, "by": "column", "column": "bucket"}
-    manifest = run_export(parse_config(raw))
+    manifest = run_export(preflight(parse_config(raw)))
     records = shard_records(str(tmp_path / "out"), manifest)
     for shard, recs in records.items():
         keys, _ = decode_embeddings(recs, KEY_ID, EMB_ID)
@@ -100,9 +101,9 @@ def test_existing_output_is_refused_then_overwritten_keeping_foreign_files(input
     (out / "notes.txt").write_text("mine")
     cfg = tiny_config(inputs[0], tiny_model(), str(out), num_shards=2)
     with pytest.raises(PreflightError, match=r"already holds 1 file\(s\) \(notes.txt\); pass --overwrite"):
-        run_export(cfg)
-    run_export(cfg, overwrite=True)
-    manifest = run_export(tiny_config(inputs[0], tiny_model(), str(out), num_shards=3), overwrite=True)
+        run_export(preflight(cfg))
+    run_export(preflight(cfg, overwrite=True))
+    manifest = run_export(preflight(tiny_config(inputs[0], tiny_model(), str(out), num_shards=3), overwrite=True))
     assert sorted(os.listdir(out)) == ["_MANIFEST.json", "_SUCCESS", "_rejected", "notes.txt",
                                        "part-00000-of-00003.tfrecord", "part-00001-of-00003.tfrecord",
                                        "part-00002-of-00003.tfrecord"]
@@ -114,7 +115,7 @@ def test_too_many_rejects_fail_the_export_with_the_reasons(inputs, tmp_path):
     out = tmp_path / "out"
     cfg = tiny_config(inputs[0], tiny_model(), str(out), num_shards=2, max_reject_fraction=0.001)
     with pytest.raises(ExportError, match=r"8 of 1508 rows rejected .* more than output.max_reject_fraction 0.001"):
-        run_export(cfg)
+        run_export(preflight(cfg))
     assert os.listdir(out) == ["_rejected"]
 
 
@@ -123,8 +124,8 @@ def test_empty_input_gives_every_shard_empty(tmp_path):
     pq.write_table(user_table(np.arange(0), 0), str(tmp_path / "in" / "empty.parquet"))
     for fmt in ("tfrecord", "parquet"):
         out = str(tmp_path / fmt)
-        manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=3,
-                                          fmt=fmt))
+        manifest = run_export(preflight(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), out, num_shards=3,
+                                          fmt=fmt)))
         assert manifest["rows_read"] == manifest["rows_written"] == 0
         assert [s["records"] for s in manifest["shards"]] == [0, 0, 0]
         for entry in manifest["shards"]:
@@ -135,7 +136,6 @@ def test_empty_input_gives_every_shard_empty(tmp_path):
 
 def test_failed_run_raises_and_leaves_no_scratch_files(inputs, tmp_path):
     import shutil
-    from pipeline.preflight import preflight
     model = str(tmp_path / "model")
     shutil.copytree(tiny_model(), model)
     out = tmp_path / "out"
@@ -143,7 +143,7 @@ def test_failed_run_raises_and_leaves_no_scratch_files(inputs, tmp_path):
     plan = preflight(cfg)  # the signature is fine ...
     shutil.rmtree(os.path.join(model, "variables"))  # ... but the weights vanish before the run
     with pytest.raises(Exception, match="variables"):
-        run_export(cfg, plan=plan)
+        run_export(plan)
     assert not out.exists() or os.listdir(out) == []
 
 
@@ -154,7 +154,7 @@ def test_build_pipeline_on_a_test_pipeline(inputs, tmp_path):
     from pipeline.job import build_pipeline
     cfg = tiny_config(inputs[0], tiny_model(), str(tmp_path / "out"), num_shards=2)
     with BeamTestPipeline(argv=["--runner=FnApiRunner"]) as p:
-        manifest = build_pipeline(p, cfg)
+        manifest = build_pipeline(p, preflight(cfg))
         counts = manifest | beam.Map(lambda m: (m["rows_read"], m["rows_written"], m["rows_rejected"],
                                                 [s["file"] for s in m["shards"]]))
         assert_that(counts, equal_to([(USERS + 8, USERS, 8, ["part-00000-of-00002.tfrecord",

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline_fixtures import (check_export, expected_embeddings, shard_records, sorted_records, tiny_config,
                                tiny_model, write_users)
 
@@ -27,7 +28,7 @@ def exports(tmp_path_factory):
         out = str(root / name)
         cfg = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), out, num_shards=SHARDS, batch_size=64,
                           runner=runner, runner_options=options)
-        results[name] = (out, run_export(cfg))
+        results[name] = (out, run_export(preflight(cfg)))
     return expected, results
 
 

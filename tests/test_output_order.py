@@ -9,8 +9,10 @@ import yaml
 
 from pipeline.config import ConfigError, apply_overrides, load_config
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError, SignatureTensor, _resolve_outputs
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.plan import SignatureTensor, _resolve_outputs
+from transforms.errors import PreflightError
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import EMB_DIM, build_tiny_model, cache_dir, tiny_config, write_users
 from twml.decode import decode_data_record
 from twml.feature_ids import feature_id
@@ -101,7 +103,7 @@ def test_export_keeps_the_order_everywhere(tmp_path, vec_model, written, embeddi
     model["outputs"] = {name: {"feature": features[name]} for name in written}
     model["embedding"] = embedding
     config = config.model_copy(update={"model": type(config.model).model_validate(model)})
-    manifest = run_export(config)
+    manifest = run_export(preflight(config))
     assert manifest["embedding_feature"] == {"name": "user.vec", "id": VEC_ID}
     assert manifest["embedding_dim"] == EMB_DIM
     assert [o["output"] for o in manifest["outputs"]] == ["user_vec", "score"]

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config, parse_config
-from pipeline.preflight import PreflightError, find_placeholders, preflight, read_signature
+from pipeline.plan import find_placeholders, preflight, read_signature
+from transforms.errors import PreflightError
 from pipeline_fixtures import DENSE_DIM, EMB_DIM, IDS_LEN, tiny_config, tiny_model, user_table, write_users
 from transforms.specs import KIND_FIXED, KIND_PADDED
 
@@ -61,7 +62,7 @@ def test_signature_is_read_without_loading_the_model():
      "not in the signature: \\['ids'\\]; not configured: \\['sparse_ids'\\]"),
     ({"model__inputs__sparse_ids__length": 5}, "model.inputs.sparse_ids.length is 5 but the signature input has shape \\[None, 4\\]"),
     ({"model__outputs": {"score": {"feature": "s"}, "embedding": {"feature": "output"}}},
-     "model.outputs.score is the embedding \\(the first output\\) and must be float32 \\[batch, D\\]; the signature gives float32 \\[None\\]"),
+     "model.outputs.score is the embedding \\(the first output written\\) and must be float32 \\[batch, D\\]; the signature gives float32 \\[None\\]"),
     ({"model__outputs": {"embedding": {"feature": "output"}, "logits": {"feature": "l"}}},
      "model.outputs \\['logits'\\] are not outputs of model"),
     ({"input__key": "uid"}, "users-000.parquet: column 'uid' \\(input.key\\) does not exist"),

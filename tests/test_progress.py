@@ -11,6 +11,7 @@ from rich.console import Console
 
 from pipeline.cli import format_summary, main
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline.progress import (ReportRowsRead, RunProgress, _CountRowsFn, format_summary_lines, is_local_run,
                                print_summary, progress_wanted, rows_done, summary_rows, summary_table)
 from pipeline_fixtures import tiny_config, tiny_model, write_users
@@ -62,7 +63,7 @@ def test_export_reports_every_row_read(tmp_path):
     progress.mkdir()
     config = tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(tmp_path / "out"),
                          max_reject_fraction=0.1)
-    manifest = run_export(config, progress_dir=str(progress))
+    manifest = run_export(preflight(config), progress_dir=str(progress))
     assert rows_done(str(progress)) == manifest["rows_read"] == 608
 
 

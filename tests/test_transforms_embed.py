@@ -9,7 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import DENSE_DIM, IDS_LEN, model_outputs, padded_ids, tiny_model, user_table
 from transforms.embed import NON_FINITE_EMBEDDING, EmbedBatches, SavedModelHandler, finite_rows
 from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
-from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, tag_source
+from transforms.rejected import REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, tag_source
+from transforms.validate import METRICS_NAMESPACE
 from twml.feature_ids import feature_id
 
 FN_API = ["--runner=FnApiRunner"]

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.rejected_columns import (ADDED_COLUMNS, read_batches, rejected_layout, restore_columns, union_schema,
-                                         unread_columns)
+from transforms.rejected import ADDED_COLUMNS, rejected_layout, union_schema, unread_columns
+from transforms.rejected_columns import read_batches, restore_columns
 
 READ = pa.schema([("user_id", pa.int64()), ("dense", pa.list_(pa.float32()))])
 ADDED = [f.name for f in ADDED_COLUMNS]

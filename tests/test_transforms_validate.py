@@ -9,8 +9,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import BAD_ROW_REASONS, DENSE_DIM, IDS_LEN, bad_rows, padded_ids, user_table
 from transforms.arrow_columns import column_to_input, pad_or_truncate, table_to_feeds
 from transforms.specs import KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, PartitionSpec
-from transforms.validate import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_ROW_TAG, SOURCE_TAG,
-                                 ValidateAndBatch, ValidationRules, row_problems, tag_rows)
+from transforms.rejected import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_ROW_TAG, SOURCE_TAG,
+                                 tag_rows)
+from transforms.validate import ValidateAndBatch, ValidationRules, row_problems
 
 FN_API = ["--runner=FnApiRunner"]
 INPUTS = (InputSpec("dense", "dense", "float32", KIND_FIXED, DENSE_DIM),

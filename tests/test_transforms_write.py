@@ -13,7 +13,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from transforms.elements import EmbeddedBatch, RejectedPart, ShardResult
-from transforms.finalize import ExportError, publish
+from transforms.errors import ExportError
+from transforms.finalize import publish
 from transforms.formats import ChecksummedWriter, make_format, open_write
 from transforms.specs import OutputLayout, OutputSpec
 from transforms.write import WriteRejected, WriteShards, temp_dir

@@ -1,4 +1,4 @@
-"""``pipeline.verify``: clean exports pass in every format; each kind of damage is caught and named.
+"""``pipeline.tools.verify``: clean exports pass in every format; each kind of damage is caught and named.
 
 Exports are built here from the real pieces (twml.encode, the TFRecord/block writers, pyarrow)
 with a manifest laid out as SPEC 6 and ``transforms.finalize`` write it, so these tests do not
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inspection import shard_file_name
-from pipeline.verify import VerifyReport, main, print_report, verify_export
+from transforms.outputdir import shard_file_name
+from pipeline.tools.verify import VerifyReport, main, print_report, verify_export
 from twml.sharding import shard_of_keys
 from twml.encode import EncodedRecords, encode_data_records
 from twml.feature_ids import feature_id
@@ -460,7 +460,7 @@ def test_rich_table_on_a_terminal(tmp_path):
 
 def test_real_export_verifies(tmp_path):
     """The Beam job's own output (DirectRunner), checked by the verifier."""
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
     manifest = run_demo(str(tmp_path / "demo"), users=600, stream=io.StringIO())
     export = tmp_path / "demo" / "export"
     report = verify_export(str(export))

@@ -31,10 +31,11 @@ from apache_beam.utils import shared
 
 from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
-from transforms.finalize import ExportError
+from transforms.errors import ExportError
 from transforms.isolate import ModelFailureIsolation
 from transforms.specs import InputSpec, OutputSpec
-from transforms.validate import METRICS_NAMESPACE, REJECTED, rejected_from_tagged
+from transforms.rejected import REJECTED, rejected_from_tagged
+from transforms.validate import METRICS_NAMESPACE
 
 __all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING",
            "concurrent_model_calls"]

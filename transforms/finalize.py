@@ -47,8 +47,6 @@ local output lose the files ``take_inventory`` proves are the job's own, and go 
 """
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
 import stat
@@ -61,28 +59,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.claim import claim_problem
 from transforms.elements import RejectedPart, ShardResult
-from transforms.formats import shard_file_name
+from transforms.errors import ExportError
+from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, TEMP_DIR, finished_manifest,
+                                  manifest_bytes, numbered_file_name)
 from transforms.ownership import (is_run_id, journal_bytes, journal_name, publish_siblings, sibling_dir,
                                   take_inventory)
 from transforms.pause_points import pause_point
 from transforms.specs import OutputLayout
 
-__all__ = ["ExportError", "FinalizeExport", "publish", "rejected_dir_of_failed_run", "MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR",
-           "TEMP_DIR", "RENAME_BATCH", "reason_summary"]
+__all__ = ["FinalizeExport", "publish", "rejected_dir_of_failed_run", "RENAME_BATCH", "reason_summary"]
 
-MANIFEST_NAME = "_MANIFEST.json"
-SUCCESS_NAME = "_SUCCESS"
-REJECTED_DIR = "_rejected"
-TEMP_DIR = "_temporary"
 RENAME_BATCH = 100  # files per FileSystems.rename call (object stores copy a batch at a time)
 MODE_DIRECTORY = "directory"  # the journal's "mode": assembled in a sibling directory, then swapped in
 MODE_FILES = "files"          # renamed into the output directory file by file
 
 _LOG = logging.getLogger(__name__)
-
-
-class ExportError(RuntimeError):
-    """The export cannot be published (accounting mismatch, too many rejected rows, lost files)."""
 
 
 def _join(*parts: str) -> str:
@@ -162,10 +153,6 @@ def _check_shards(shards: Iterable[ShardResult], num_shards: int) -> List[ShardR
     return [by_shard[s] for s in range(num_shards)]
 
 
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def reason_summary(by_reason: Dict[str, int], top: int = 5) -> str:
     """``reason: count, ...`` for the commonest reasons (by_reason sorted commonest first)."""
     items = list(by_reason.items())
@@ -194,32 +181,6 @@ def _remove_empty_local_dirs(root: str) -> None:
                     os.rmdir(dirpath)
     if not os.listdir(root):
         os.rmdir(root)
-
-
-def _manifest(base: Dict, run_id: str, results: Sequence[ShardResult], rows_read: int,
-              rejected: Sequence[Tuple[RejectedPart, str]], by_reason: Dict[str, int], unreadable: Sequence,
-              duplicate_keys: Optional[Dict[str, int]]) -> Dict:
-    """The manifest: what the run wrote and counted, then the static entries of ``base``."""
-    manifest = {key: base[key] for key in ("format", "compression", "num_shards") if key in base}
-    manifest.update({
-        "shards": [{"file": r.final_name, "records": r.records, "bytes": r.bytes, "crc32c": r.crc32c}
-                   for r in results],
-        "rows_read": rows_read,
-        "rows_written": sum(r.records for r in results),
-        "rows_rejected": sum(p.records for p, _ in rejected),
-        "rows_unreadable": sum(u.rows for u in unreadable),
-        "rejected_by_reason": by_reason,
-        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes, "crc32c": p.crc32c}
-                           for p, name in rejected],
-        "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
-    })
-    manifest.update({k: v for k, v in base.items() if k not in manifest})
-    if isinstance(manifest.get("input"), dict):
-        manifest["input"] = {**manifest["input"], "unreadable_row_groups": [
-            {"file": u.path, "row_group": u.row_group, "rows": u.rows, "error": u.error} for u in unreadable]}
-    manifest["run_id"] = run_id
-    manifest["finalized_at"] = _utc_now()
-    return manifest
 
 
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
@@ -282,7 +243,7 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
         # run's scratch directory (kept, like the journal), not under the export's _rejected/.
         beside_export = FileSystems.exists(_join(out, SUCCESS_NAME))
         kept = rejected_dir_of_failed_run(out, layout.run_id, beside_export)
-        names = [_join(kept, shard_file_name(i, len(rejected), ".parquet")) for i in range(len(rejected))]
+        names = [_join(kept, numbered_file_name(i, len(rejected), ".parquet")) for i in range(len(rejected))]
         _rename_into_place([(p.path, name) for p, name in zip(rejected, names)])
         if beside_export:  # the rows stay in this run's scratch directory: the rest of it goes
             _delete([path for path in _matching(_join(temp, "**")) if not path.startswith(kept.rstrip("/") + "/")])
@@ -299,11 +260,11 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             f"{reason_summary(by_reason)}; the rejected rows are in {kept}; nothing else was published")
 
     pause_point("publish.start")
-    rejected_names = [_join(REJECTED_DIR, shard_file_name(i, len(rejected), ".parquet"))
+    rejected_names = [_join(REJECTED_DIR, numbered_file_name(i, len(rejected), ".parquet"))
                       for i in range(len(rejected))]
-    manifest = _manifest(manifest_base, layout.run_id, results, rows_read, list(zip(rejected, rejected_names)),
+    manifest = finished_manifest(manifest_base, layout.run_id, results, rows_read, list(zip(rejected, rejected_names)),
                          by_reason, unreadable, duplicate_keys)
-    manifest_data = json.dumps(manifest, indent=2).encode("utf-8") + b"\n"
+    manifest_data = manifest_bytes(manifest)
 
     creates = {r.final_name: r.bytes for r in results}
     creates.update({name: p.bytes for p, name in zip(rejected, rejected_names)})

@@ -24,23 +24,19 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from twml.encode import EncodedRecords, encode_data_records
+from twml.io.compression import DEFAULT_GZIP_LEVEL
 from twml.io.tfrecord import encode_tfrecords
 from transforms.elements import EmbeddedBatch
+from transforms.outputdir import PARQUET_COLUMNS, shard_file_name, shard_suffix
 from transforms.specs import OutputLayout, OutputSpec
 
 __all__ = ["ChecksummedWriter", "PartSink", "PartWriter", "ShardFormat", "TFRecordFormat", "BlockFormat", "ParquetFormat",
-           "make_format", "shard_file_name", "encode_batch", "open_write", "open_read",
+           "make_format", "encode_batch", "open_write", "open_read",
            "COPY_CHUNK_BYTES"]
 
 COPY_CHUNK_BYTES = 4 << 20
-GZIP_LEVEL = 6  # zlib's default, what TF and Beam write
 PARQUET_ROW_GROUP_ROWS = 65536
 COALESCE_ROWS = 4096  # rows of one shard a part writer collects before encoding them in one call
-
-
-def shard_file_name(shard: int, num_shards: int, suffix: str) -> str:
-    """``part-SSSSS-of-NNNNN<suffix>`` (at least five digits, as Beam's shard name template)."""
-    return f"part-{shard:05d}-of-{num_shards:05d}{suffix}"
 
 
 def open_write(path: str) -> BinaryIO:
@@ -200,7 +196,6 @@ class ShardFormat:
     """
 
     name = ""
-    extension = ""
 
     def __init__(self, layout: OutputLayout, outputs: Sequence[OutputSpec]):
         self.layout = layout
@@ -209,10 +204,10 @@ class ShardFormat:
 
     @property
     def suffix(self) -> str:
-        return self.extension + (".gz" if self.layout.compression == "gzip" else "")
+        return shard_suffix(self.name, self.layout.compression)
 
     def final_name(self, shard: int) -> str:
-        return shard_file_name(shard, self.layout.num_shards, self.suffix)
+        return shard_file_name(shard, self.layout.num_shards, self.name, self.layout.compression)
 
     def encode(self, batch: EmbeddedBatch) -> EncodedRecords:
         return encode_batch(batch, self.layout.key_feature_id, self.feature_ids)
@@ -226,7 +221,7 @@ class ShardFormat:
 
     def assemble(self, parts: Sequence[str], out: BinaryIO) -> None:
         """Write the shard file to ``out`` from the part files, in the given order."""
-        compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        compressor = (zlib.compressobj(DEFAULT_GZIP_LEVEL, zlib.DEFLATED, 31)
                       if self.layout.compression == "gzip" else None)
         for path in parts:
             with open_read(path) as src:
@@ -253,7 +248,6 @@ class TFRecordFormat(ShardFormat):
     """TFRecord framing (what tf.data.TFRecordDataset reads): ``part-SSSSS-of-NNNNN.tfrecord[.gz]``."""
 
     name = "tfrecord"
-    extension = ".tfrecord"
 
     def frame(self, batch: EmbeddedBatch) -> np.ndarray:
         """The batch's records framed as TFRecords, back to back (1-D uint8).
@@ -290,7 +284,6 @@ class BlockFormat(ShardFormat):
     """
 
     name = "block"
-    extension = ""
 
     def open_part(self, sink: PartSink) -> PartWriter:
         return _BlockPart(self, sink)
@@ -317,7 +310,6 @@ class ParquetFormat(ShardFormat):
     """
 
     name = "parquet"
-    extension = ".parquet"
 
     def __init__(self, layout: OutputLayout, outputs: Sequence[OutputSpec]):
         super().__init__(layout, outputs)
@@ -325,10 +317,11 @@ class ParquetFormat(ShardFormat):
         if not dim:
             raise ValueError("the parquet format needs the embedding dimension; the model left it open")
         self.dim = int(dim)
+        key, embedding, data_record = PARQUET_COLUMNS
         self.schema = pa.schema([
-            pa.field("key", pa.int64(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), self.dim), nullable=False),
-            pa.field("data_record", pa.binary(), nullable=False)])
+            pa.field(key, pa.int64(), nullable=False),
+            pa.field(embedding, pa.list_(pa.float32(), self.dim), nullable=False),
+            pa.field(data_record, pa.binary(), nullable=False)])
 
     def parts_concatenate(self) -> bool:
         return False
@@ -342,7 +335,7 @@ class ParquetFormat(ShardFormat):
         data = pa.Array.from_buffers(pa.binary(), rows, [
             None, pa.py_buffer(records.offsets.astype(np.int32)), pa.py_buffer(records.buffer)])
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()),
-                                                      type=self.schema.field("embedding").type)
+                                                      type=self.schema.field(PARQUET_COLUMNS[1]).type)
         return pa.RecordBatch.from_arrays([pa.array(batch.keys, pa.int64()), embedding, data],
                                           schema=self.schema)
 

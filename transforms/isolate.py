@@ -21,13 +21,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from transforms.finalize import ExportError
-from transforms.validate import tagged_rejected_rows
+from transforms.errors import ExportError
+from transforms.rejected import ERROR_COLUMN, tagged_rejected_rows
 
-__all__ = ["ERROR_COLUMN", "MODEL_ERROR", "MAX_ERROR_CHARS", "Failure", "TooManyFailures", "Isolated", "isolate_failures",
-           "describe_error", "commonest_errors", "model_error_rows", "with_error_column", "ModelFailureIsolation"]
+__all__ = ["MODEL_ERROR", "MAX_ERROR_CHARS", "Failure", "TooManyFailures", "Isolated", "isolate_failures",
+           "describe_error", "commonest_errors", "model_error_rows", "ModelFailureIsolation"]
 
-ERROR_COLUMN = "error"       # exception text of a rejected row, null where there is none
 MODEL_ERROR = "model_error"  # reason prefix: "model_error:<exception type>"
 MAX_ERROR_CHARS = 2000       # TF errors carry whole graph traces; the head says what went wrong
 
@@ -132,19 +131,12 @@ def isolate_failures(run: Callable[[int, int], Outputs], size: int, first_error:
 
 
 def model_error_rows(table: pa.Table, failures: List[Failure]) -> pa.Table:
-    """The failed rows of a tagged batch (``transforms.validate.tag_source``) as rejected rows:
+    """The failed rows of a tagged batch (``transforms.rejected.tag_source``) as rejected rows:
     columns, reason (``model_error:<exception type>``), source_file, source_row, error (the
     exception text)."""
     rows = table.take(pa.array([f.row for f in failures], pa.int64()))
     rows = tagged_rejected_rows(rows, pa.array([f"{MODEL_ERROR}:{f.kind}" for f in failures], pa.string()))
     return rows.append_column(ERROR_COLUMN, pa.array([f.error for f in failures], pa.string()))
-
-
-def with_error_column(table: pa.Table) -> pa.Table:
-    """A rejected-rows table with an ``error`` column (all null when it had none)."""
-    if ERROR_COLUMN in table.column_names:
-        return table
-    return table.append_column(ERROR_COLUMN, pa.nulls(table.num_rows, pa.string()))
 
 
 class ModelFailureIsolation:

@@ -33,20 +33,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ["RUN_ID_PATTERN", "JOURNAL_NAME", "RUN_ID_METADATA_KEY", "Inventory", "classify", "take_inventory",
+from transforms.outputdir import JOURNAL_NAME, MANIFEST_NAME, REJECTED_DIR, SHARD_PREFIX, SUCCESS_NAME, TEMP_DIR
+from transforms.rejected import RUN_ID_METADATA_KEY
+
+__all__ = ["RUN_ID_PATTERN", "Inventory", "classify", "take_inventory",
            "scratch_name", "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
            "SIBLING_KINDS", "sibling_dir", "publish_siblings"]
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
 RUN_ID_PATTERN = re.compile(f"^{_RUN_ID}$")
-JOURNAL_NAME = "_PUBLISH.json"
-RUN_ID_METADATA_KEY = b"embedding_export.run_id"
 
-_TEMP_DIR = "_temporary"          # the same names as transforms.finalize (which imports this module)
-_REJECTED_DIR = "_rejected"
-_MANIFEST = "_MANIFEST.json"
-_SUCCESS = "_SUCCESS"
-_PART = re.compile(r"^part-.*")
 SIBLING_KINDS = ("publishing", "previous")  # the staging directory, the output directory moved aside
 
 
@@ -56,7 +52,7 @@ def is_run_id(text: str) -> bool:
 
 def scratch_name(run_id: str, name: str) -> str:
     """``name`` in run ``run_id``'s scratch directory, relative to the output directory."""
-    return f"{_TEMP_DIR}/{run_id}/{name}"
+    return f"{TEMP_DIR}/{run_id}/{name}"
 
 
 def journal_name(run_id: str) -> str:
@@ -108,7 +104,7 @@ def publish_siblings(real_out: str) -> List[Tuple[str, str, str]]:
 def scratch_run_id(name: str) -> Optional[str]:
     """The run id of a relative name under ``_temporary/<run id>/``, else None."""
     parts = name.split("/")
-    if len(parts) >= 3 and parts[0] == _TEMP_DIR and is_run_id(parts[1]):
+    if len(parts) >= 3 and parts[0] == TEMP_DIR and is_run_id(parts[1]):
         return parts[1]
     return None
 
@@ -118,8 +114,8 @@ def looks_like_output(name: str) -> bool:
     ``part-*`` at the top or anywhere under ``_rejected/``, ``_MANIFEST.json``, ``_SUCCESS``."""
     parts = name.split("/")
     if len(parts) == 1:
-        return name in (_MANIFEST, _SUCCESS) or bool(_PART.match(name))
-    return parts[0] == _REJECTED_DIR
+        return name in (MANIFEST_NAME, SUCCESS_NAME) or name.startswith(SHARD_PREFIX)
+    return parts[0] == REJECTED_DIR
 
 
 @dataclass(frozen=True)
@@ -180,10 +176,10 @@ def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
         if run_id is not None:
             ours[name] = None
             runs[run_id] = None
-    if _MANIFEST in sizes:
-        listed = _manifest_files(read_json(_MANIFEST))
+    if MANIFEST_NAME in sizes:
+        listed = _manifest_files(read_json(MANIFEST_NAME))
         if listed is not None:
-            for name in [_MANIFEST, _SUCCESS] + listed:
+            for name in [MANIFEST_NAME, SUCCESS_NAME] + listed:
                 if name in sizes:
                     ours[name] = None
     for name in sizes:
@@ -203,14 +199,14 @@ def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
             if isinstance(target, str) and posixpath.normpath(target) in sizes:
                 ours[posixpath.normpath(target)] = None
     for name in sizes:
-        if name not in ours and name.startswith(_REJECTED_DIR + "/") and name.endswith(".parquet"):
+        if name not in ours and name.startswith(REJECTED_DIR + "/") and name.endswith(".parquet"):
             stamp = rejected_stamp(name)
             if stamp is not None and is_run_id(stamp):
                 ours[name] = None
                 if name.split("/")[1] == stamp:
                     runs[stamp] = None
     foreign = tuple(sorted(name for name in sizes if name not in ours))
-    return Inventory(_SUCCESS in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
+    return Inventory(SUCCESS_NAME in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
 
 
 def take_inventory(out: str, skip_run: Optional[str] = None) -> Inventory:

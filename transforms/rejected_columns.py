@@ -9,7 +9,7 @@ that hold rejected rows (only those row groups, only those columns, at most ``RE
 decoded columns at a time so that a wide row group never sits in memory whole), takes the
 rejected rows and adds them. Rejected rows are rare (``output.max_reject_fraction``), so a clean run reads nothing more.
 
-One run writes one rejected-rows schema (``rejected_layout``): the union of the input files'
+One run writes one rejected-rows schema (``transforms.rejected.rejected_layout``): the union of the input files'
 columns, in the order they first appear (the first file's order, then the columns later files
 add), each with the type of the first file that has it; then ``reason``, ``source_file``,
 ``source_row``, ``error``. A row from a file without one of the columns has null there. A file
@@ -35,67 +35,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.isolate import ERROR_COLUMN
-from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN
+from transforms.inputs.base import READ_ATTEMPTS
+from transforms.rejected import ERROR_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN
+from transforms.validate import METRICS_NAMESPACE
 
-__all__ = ["ADDED_COLUMNS", "READ_BYTES", "union_schema", "rejected_layout", "unread_columns", "read_batches",
-           "restore_columns", "RestoreInputColumns"]
+__all__ = ["READ_BYTES", "read_batches", "restore_columns", "RestoreInputColumns"]
 
 _LOG = logging.getLogger(__name__)
 
-# What the job adds to a rejected row's input columns, in this order.
-ADDED_COLUMNS = (pa.field(REASON_COLUMN, pa.string()), pa.field(SOURCE_COLUMN, pa.string()),
-                 pa.field(SOURCE_ROW_COLUMN, pa.int64()), pa.field(ERROR_COLUMN, pa.string()))
-_ADDED_NAMES = frozenset(f.name for f in ADDED_COLUMNS)
 # Uncompressed column-chunk bytes read back at once (a single larger column is read alone).
 READ_BYTES = 64 << 20
-_ATTEMPTS = 2
-
-
-# ------------------------------------------------------------------------------------------------
-# The layout: pure functions of the schemas, used by the launcher (pipeline.preflight).
-
-Conflicts = Dict[str, List[Tuple[str, pa.DataType]]]
-
-
-def union_schema(schemas: Iterable[Tuple[str, pa.Schema]]) -> Tuple[pa.Schema, Conflicts]:
-    """The columns of all ``(path, schema)``, in order of first appearance, each nullable with the
-    type of the first file that has it; and {column: [(path, type)]} of the files where a column
-    has another type (their values are cast to the first type when restored)."""
-    fields: Dict[str, pa.Field] = {}
-    conflicts: Conflicts = {}
-    for path, schema in schemas:
-        for f in schema:
-            known = fields.get(f.name)
-            if known is None:
-                fields[f.name] = pa.field(f.name, f.type)
-            elif known.type != f.type:
-                conflicts.setdefault(f.name, []).append((path, f.type))
-    return pa.schema(list(fields.values())), conflicts
-
-
-def unread_columns(read_schema: pa.Schema, input_schema: Optional[pa.Schema]) -> pa.Schema:
-    """The input columns the job does not read and restores for rejected rows (none when the
-    input's columns are unknown or all read; never one named like an ADDED_COLUMNS column)."""
-    if input_schema is None:
-        return pa.schema([])
-    read = set(read_schema.names)
-    return pa.schema([f for f in input_schema if f.name not in read and f.name not in _ADDED_NAMES])
-
-
-def rejected_layout(read_schema: pa.Schema, input_schema: Optional[pa.Schema] = None) -> pa.Schema:
-    """The rejected-rows schema: the input columns in the input's order (the columns read with
-    their read types, the others as ``unread_columns``), then ADDED_COLUMNS. With no
-    ``input_schema`` (DataRecord input), the columns read."""
-    read = {f.name: pa.field(f.name, f.type) for f in read_schema}
-    unread = unread_columns(read_schema, input_schema)
-    fields = []
-    if input_schema is not None:
-        fields = [read[f.name] if f.name in read else f for f in input_schema
-                  if f.name in read or f.name in unread.names]
-    named = {f.name for f in fields}
-    fields += [f for name, f in read.items() if name not in named]
-    return pa.schema(fields + list(ADDED_COLUMNS))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,7 +161,7 @@ def _read_back(path: str, rows: np.ndarray, keys: pa.Array, key_column: str, lau
     """``_restore_file`` on ``path``, tried twice (a transient read error is not a changed file).
     Raises _Unrestorable with why when both tries fail."""
     error: Optional[BaseException] = None
-    for _ in range(_ATTEMPTS):
+    for _ in range(READ_ATTEMPTS):
         handle = None
         try:
             handle, parquet = open_parquet(path)
@@ -244,7 +193,7 @@ def restore_columns(table: pa.Table, unread: pa.Schema, key_column: str, row_gro
 
     Args:
       table: rejected rows.
-      unread: the columns to restore, with their types (``unread_columns``).
+      unread: the columns to restore, with their types (``transforms.rejected.unread_columns``).
       key_column: the key column, compared with the file's to catch a file changed since launch.
       row_groups: {file: rows of each of its row groups at launch} (``InputFile.row_group_rows``).
       open_parquet: path -> (handle to close, ``pq.ParquetFile``).

@@ -1,7 +1,7 @@
 """What the transforms need to know about the job, resolved once before launch.
 
 The run config names columns and signature inputs; the launcher checks them against the model
-signature and the Parquet footers (``pipeline.preflight``) and hands the transforms these small,
+signature and the input files (``pipeline.plan``) and hands the transforms these small,
 picklable, fully resolved descriptions, so no DoFn has to look at the config or the model again.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["InputSpec", "OutputSpec", "PartitionSpec", "OutputLayout", "KIND_SCALAR", "KIND_FIXED",
+__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "PartitionSpec", "OutputLayout", "KIND_SCALAR", "KIND_FIXED",
            "KIND_PADDED"]
 
 # How a Parquet column becomes one signature input of shape [B] or [B, length].
@@ -59,6 +59,23 @@ class OutputSpec:
     feature_id: int
     dtype: str
     shape: Tuple[Optional[int], ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The SavedModel the job runs, and how.
+
+    Args:
+      path: the SavedModel directory (local, gs://, ...: whatever TF's file system reads).
+      signature: the signature to call.
+      batch_size: rows per model call (batches never span two input tables).
+      intra_op_threads / inter_op_threads: TF thread pools of a worker process (0 = TF default).
+    """
+    path: str
+    signature: str = "serving_default"
+    batch_size: int = 4096
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
 
 
 @dataclass(frozen=True)

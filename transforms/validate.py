@@ -23,7 +23,7 @@ runner reports reliably). Nothing is held across elements and nothing is emitted
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -33,23 +33,12 @@ from apache_beam.metrics import Metrics
 
 import transforms.elements  # noqa: F401  registers the coder of pa.Table that our outputs use
 from transforms.arrow_columns import as_array, list_values_and_lengths, to_numpy
+from transforms.rejected import REJECTED, rejected_table, source_rows, tag_source
 from transforms.specs import KIND_FIXED, KIND_SCALAR, InputSpec, PartitionSpec
 
-__all__ = ["ValidationRules", "ValidateAndBatch", "row_problems", "rejected_table", "REJECTED",
-           "ROWS_READ", "REASON_COLUMN", "SOURCE_COLUMN", "SOURCE_ROW_COLUMN", "SOURCE_TAG", "SOURCE_ROW_TAG",
-           "METRICS_NAMESPACE", "conform", "tag_rows", "source_rows", "tag_source", "rejected_from_tagged",
-           "tagged_rejected_rows"]
+__all__ = ["ValidationRules", "ValidateAndBatch", "row_problems", "ROWS_READ", "METRICS_NAMESPACE", "conform"]
 
-REJECTED = "rejected"
 ROWS_READ = "rows_read"
-REASON_COLUMN = "reason"
-SOURCE_COLUMN = "source_file"
-SOURCE_ROW_COLUMN = "source_row"  # int64: the row's 0-based index in its source file
-# Good rows carry their file along (dictionary-encoded: 4 bytes a row) so that rows rejected
-# later, after re-chunking, can still name it. Not a model input; dropped before writing.
-SOURCE_TAG = "__source_file__"
-# Every row read carries its index in its file (int64, set by the reader), for the same reason.
-SOURCE_ROW_TAG = "__source_row__"
 METRICS_NAMESPACE = "EmbeddingExport"
 
 # A check: (reason, function from the table to a bool [B] mask of the rows that fail it).
@@ -215,64 +204,6 @@ def row_problems(table: pa.Table, checks: Sequence[Check]) -> np.ndarray:
         failing = check(table) & (codes == 0)
         codes[failing] = i + 1
     return codes
-
-
-def rejected_table(table: pa.Table, codes: np.ndarray, reasons: Sequence[str], source: str,
-                   source_rows: pa.ChunkedArray) -> pa.Table:
-    """The rows with a nonzero code, with ``reason``, ``source_file`` and ``source_row`` appended
-    (``source_rows``: the int64 index in ``source`` of each row of ``table``)."""
-    bad = codes != 0
-    mask = pa.array(bad)
-    rows = table.filter(mask)
-    names = np.asarray(list(reasons), dtype=object)[codes[bad] - 1]
-    rows = rows.append_column(REASON_COLUMN, pa.array(names, type=pa.string()))
-    rows = rows.append_column(SOURCE_COLUMN, pa.array([source] * len(names), type=pa.string()))
-    return rows.append_column(SOURCE_ROW_COLUMN, source_rows.filter(mask))
-
-
-def tag_rows(table: pa.Table, rows: Union[int, np.ndarray, pa.Array, pa.ChunkedArray]) -> pa.Table:
-    """``table`` with the SOURCE_ROW_TAG column: each row's index in its file, given as the index
-    of the first row (consecutive rows, a Parquet row group) or as one int64 index per row."""
-    if isinstance(rows, (int, np.integer)):
-        rows = np.arange(int(rows), int(rows) + table.num_rows, dtype=np.int64)
-    if isinstance(rows, np.ndarray):
-        rows = pa.array(rows.astype(np.int64, copy=False))
-    if len(rows) != table.num_rows:
-        raise ValueError(f"{len(rows)} row indices for a table of {table.num_rows} rows")
-    return table.append_column(SOURCE_ROW_TAG, rows.cast(pa.int64()))
-
-
-def source_rows(table: pa.Table, source: str) -> pa.ChunkedArray:
-    """The SOURCE_ROW_TAG column its reader gave ``table``; ValueError naming the file without one."""
-    if SOURCE_ROW_TAG not in table.column_names:
-        raise ValueError(f"{source}: the table read has no {SOURCE_ROW_TAG} column; readers must tag each "
-                         "row with its index in the file (transforms.validate.tag_rows)")
-    return table.column(SOURCE_ROW_TAG)
-
-
-def tag_source(table: pa.Table, source: str, rows: Union[int, np.ndarray, pa.Array, pa.ChunkedArray]) -> pa.Table:
-    """``table`` with the SOURCE_TAG column naming ``source`` on every row, then SOURCE_ROW_TAG
-    (``rows`` as in ``tag_rows``): a batch whose rows can be rejected later, after re-chunking."""
-    indices = pa.array(np.zeros(table.num_rows, dtype=np.int32))
-    table = table.append_column(SOURCE_TAG, pa.DictionaryArray.from_arrays(indices, pa.array([source])))
-    return tag_rows(table, rows)
-
-
-def tagged_rejected_rows(rows: pa.Table, reasons: pa.Array) -> pa.Table:
-    """Rows of a batch carrying SOURCE_TAG and SOURCE_ROW_TAG as rejected rows: their columns,
-    ``reason`` (one per row), ``source_file``, ``source_row``; the hidden tags dropped."""
-    source = rows.column(SOURCE_TAG).cast(pa.string())
-    index = rows.column(SOURCE_ROW_TAG)
-    rows = rows.drop_columns([SOURCE_TAG, SOURCE_ROW_TAG])
-    rows = rows.append_column(REASON_COLUMN, reasons)
-    rows = rows.append_column(SOURCE_COLUMN, source)
-    return rows.append_column(SOURCE_ROW_COLUMN, index)
-
-
-def rejected_from_tagged(table: pa.Table, bad: np.ndarray, reason: str) -> pa.Table:
-    """Rows ``bad`` of a tagged batch as a rejected table (columns, reason, source_file, source_row)."""
-    rows = table.filter(pa.array(bad))
-    return tagged_rejected_rows(rows, pa.array([reason] * rows.num_rows, type=pa.string()))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

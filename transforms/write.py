@@ -29,17 +29,17 @@ from typing import BinaryIO, Dict, Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.elements import EmbeddedBatch, PartInfo, RejectedPart, ShardResult
-from transforms.finalize import TEMP_DIR
 from transforms.formats import ChecksummedWriter, PartSink, ShardFormat, open_write
+from transforms.outputdir import TEMP_DIR
+from transforms.rejected import reason_counts
 from transforms.specs import OutputLayout
-from transforms.validate import METRICS_NAMESPACE, REASON_COLUMN, conform
+from transforms.validate import METRICS_NAMESPACE, conform
 
 __all__ = ["WriteShards", "WriteRejected", "temp_dir", "DEFAULT_BUFFER_BYTES", "DEFAULT_MAX_OPEN_PARTS"]
 
@@ -214,11 +214,6 @@ class WriteShards(beam.PTransform):
                 | "PartsAndMarkers" >> beam.Flatten().with_output_types(Tuple[int, Optional[PartInfo]])
                 | "GroupPartsByShard" >> beam.GroupByKey()
                 | "AssembleShards" >> beam.ParDo(_AssembleShardFn(self._fmt)))
-
-
-def reason_counts(table: pa.Table) -> Dict[str, int]:
-    counts = pc.value_counts(table.column(REASON_COLUMN).combine_chunks())
-    return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
 
 
 @beam.typehints.with_input_types(pa.Table)

@@ -36,10 +36,11 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from twml.decode import MAX_DEPTH
+
 __all__ = ["AVAILABLE", "ExtractedColumns", "pack_records", "extract_columns", "sparse_binary_column",
            "native_ready"]
 
-MAX_DEPTH = 32   # twml.decode.MAX_DEPTH (checked at the first call)
 
 
 class ExtractedColumns(NamedTuple):
@@ -499,10 +500,8 @@ def _first_call_check() -> Optional[str]:
     """Why the kernels cannot be used (compile error or a result differing from
     ``decode_data_record``), or None."""
     try:
-        from twml.decode import MAX_DEPTH as VALIDATOR_DEPTH, decode_data_record
+        from twml.decode import decode_data_record
         from twml.schema import data_thrift, serialize
-        if VALIDATOR_DEPTH != MAX_DEPTH:
-            return f"depth limit {MAX_DEPTH} differs from twml.decode's {VALIDATOR_DEPTH}"
         record = data_thrift.DataRecord(binaryFeatures={1}, continuousFeatures={3: -1.5, 4: 2.0},
                                         discreteFeatures={5: -7}, sparseBinaryFeatures={6: {"ab", "é"}},
                                         stringFeatures={9: "s"})

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.verify import verify_export
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import build_tiny_model, cache_dir, shard_records, user_table
 from transforms.ownership import looks_like_output
 

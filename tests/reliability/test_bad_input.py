@@ -12,11 +12,13 @@ import pytest
 
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError, preflight
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, user_table
 from rel_support import FIGURES, assert_accounted, tree, write_config
-from transforms.finalize import ExportError, publish
+from transforms.errors import ExportError
+from transforms.finalize import publish
 from twml.decode import decode_embeddings
 from twml.feature_ids import feature_id
 
@@ -83,9 +85,9 @@ def test_truncated_file_fails_naming_it_or_is_skipped_and_recorded(tmp_path):
     open(bad, "wb").write(data[: len(data) * 2 // 3])              # the footer is gone
     pattern = str(tmp_path / "in" / "*.parquet")
     with pytest.raises(PreflightError, match=r"b.parquet: not a readable Parquet file .*on_bad_file: skip"):
-        run_export(config(pattern, tmp_path / "out"))
+        run_export(preflight(config(pattern, tmp_path / "out")))
     assert not (tmp_path / "out").exists()
-    manifest = run_export(config(pattern, tmp_path / "out", input__on_bad_file="skip"))
+    manifest = run_export(preflight(config(pattern, tmp_path / "out", input__on_bad_file="skip")))
     assert manifest["input"]["skipped_files"] == [
         {"file": bad, "rows": None, "error": manifest["input"]["skipped_files"][0]["error"]}]
     assert "Parquet" in manifest["input"]["skipped_files"][0]["error"]
@@ -100,7 +102,7 @@ def test_corrupt_row_group_fails_naming_file_and_row_group(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ExportError, match=r"b.parquet: row group 1 \(200 rows\) cannot be read: OSError: .*"
                                           r"set input.on_bad_file: skip"):
-        run_export(config(str(tmp_path / "in" / "*.parquet"), out))
+        run_export(preflight(config(str(tmp_path / "in" / "*.parquet"), out)))
     assert not out.exists() or not [n for n in tree(str(out)) if not n.startswith("_temporary/")]
     assert not (out / "_temporary").exists()                       # the failed run's scratch is gone
 
@@ -110,7 +112,7 @@ def test_corrupt_row_group_skipped_is_counted_as_unreadable(tmp_path):
     bad = users_file(str(tmp_path / "in" / "b.parquet"), range(600, 1200), seed=1)
     lost = damage_page_header(bad, row_group=1)
     out = tmp_path / "out"
-    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out, input__on_bad_file="skip"))
+    manifest = run_export(preflight(config(str(tmp_path / "in" / "*.parquet"), out, input__on_bad_file="skip")))
     assert manifest["rows_unreadable"] == lost == 200
     (entry,) = manifest["input"]["unreadable_row_groups"]
     assert entry["file"] == bad and entry["row_group"] == 1 and entry["rows"] == 200 and entry["error"]
@@ -131,7 +133,7 @@ def test_file_truncated_after_launch_fails_naming_it(tmp_path):
     data = open(bad, "rb").read()
     open(bad, "wb").write(data[:100])                              # ... then the file is cut short
     with pytest.raises(ExportError, match=r"b.parquet: row group 0 \(200 rows\) cannot be read"):
-        run_export(cfg, plan=plan)
+        run_export(plan)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -142,7 +144,7 @@ def test_file_rewritten_after_launch_fails_naming_it(tmp_path):
     users_file(str(tmp_path / "in" / "a.parquet"), range(300), row_group_size=150)   # fewer rows now
     with pytest.raises(ExportError, match=r"a.parquet: row group 0 \(200 rows\) cannot be read: ValueError: it "
                                           r"holds 150 rows, its footer said 200 at launch"):
-        run_export(cfg, plan=plan)
+        run_export(plan)
 
 
 # -- accounting ------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_the_job_checks_the_accounting_before_success(tmp_path):
     plan = preflight(cfg)
     short = dataclasses.replace(plan, files=(dataclasses.replace(plan.files[0], rows=401),))
     with pytest.raises(ExportError, match=r"read 400 rows but the input files' footers hold 401"):
-        run_export(cfg, plan=short)
+        run_export(short)
     assert not (tmp_path / "out").exists() or tree(str(tmp_path / "out")) == []
 
 
@@ -180,7 +182,7 @@ def test_empty_input_is_a_valid_empty_export(tmp_path, fmt):
     os.makedirs(tmp_path / "in")
     pq.write_table(user_table(np.arange(0), 0), str(tmp_path / "in" / "empty.parquet"))
     out = tmp_path / "out"
-    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out, output__format=fmt))
+    manifest = run_export(preflight(config(str(tmp_path / "in" / "*.parquet"), out, output__format=fmt)))
     assert manifest["rows_read"] == manifest["rows_written"] == manifest["rows_rejected"] == 0
     assert manifest["duplicate_keys"] == {"keys": 0, "rows": 0}
     assert [s["records"] for s in manifest["shards"]] == [0, 0, 0, 0]
@@ -193,7 +195,7 @@ def test_duplicate_keys_are_exported_as_they_come_and_counted(tmp_path):
     # key 1000 three times more, 1001 and 1500 once more: 3 duplicated keys, 5 rows beyond their first
     users_file(str(tmp_path / "in" / "b.parquet"), [1000, 1000, 1000, 1001, 1500], seed=7)
     out = tmp_path / "out"
-    manifest = run_export(config(str(tmp_path / "in" / "*.parquet"), out))
+    manifest = run_export(preflight(config(str(tmp_path / "in" / "*.parquet"), out)))
     assert manifest["rows_written"] == 605
     assert manifest["duplicate_keys"] == {"keys": 3, "rows": 5}
     records = assert_accounted(str(out), manifest)
@@ -239,8 +241,8 @@ def test_rejected_rows_keep_all_their_input_columns_and_their_row(tmp_path):
     pq.write_table(a, paths["a.parquet"], row_group_size=200)
     pq.write_table(b, paths["b.parquet"], row_group_size=200)
     out = str(tmp_path / "out")
-    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), poison_model(), out, num_shards=4,
-                                      max_reject_fraction=0.05))
+    manifest = run_export(preflight(tiny_config(str(tmp_path / "in" / "*.parquet"), poison_model(), out, num_shards=4,
+                                      max_reject_fraction=0.05)))
     assert manifest["rows_read"] == a.num_rows + b.num_rows == manifest["rows_written"] + manifest["rows_rejected"]
     expected = {reason: 2 for reason in BAD_ROW_REASONS.values()}
     expected["model_error:InvalidArgumentError"] = 3

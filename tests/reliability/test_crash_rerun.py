@@ -20,7 +20,8 @@ import pytest
 
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import (FIGURES, assert_accounted, final_looking, read_bytes, sigkill, start_cli, tree,
                          wait_for, write_config)
@@ -227,7 +228,7 @@ def test_kill_while_overwriting_an_earlier_export_then_rerun(reference, tmp_path
     root, ref_manifest, ref_files = reference
     out = tmp_path / "out"
     earlier = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(out), num_shards=3)
-    earlier_manifest = run_export(earlier)
+    earlier_manifest = run_export(preflight(earlier))
     earlier_names = ([s["file"] for s in earlier_manifest["shards"]]
                      + [e["file"] for e in earlier_manifest["rejected_files"]] + list(MARKERS))
     earlier_files = read_bytes(str(out), earlier_names)
@@ -325,7 +326,6 @@ def test_debris_plus_a_foreign_file_needs_overwrite(reference, tmp_path, capsys)
 def test_orphan_parts_of_failed_attempts_never_reach_the_output(reference, tmp_path):
     """A retried bundle leaves part files no metadata names (Dataflow retries; the in-process
     runner does not, so the orphans are planted): none reaches a shard."""
-    from pipeline.preflight import preflight
     root, ref_manifest, ref_files = reference
     out = tmp_path / "out"
     cfg = tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(out), num_shards=SHARDS)
@@ -334,7 +334,7 @@ def test_orphan_parts_of_failed_attempts_never_reach_the_output(reference, tmp_p
     parts.mkdir(parents=True)
     (parts / "s00000-deadbeef.part").write_bytes(ref_files["part-00000-of-00150.tfrecord"])  # a plausible part
     (parts / "s00001-feedface.part").write_bytes(b"\x00" * 64)
-    manifest = run_export(cfg, plan=plan)
+    manifest = run_export(plan)
     same_files(str(out), ref_files)
     assert manifest["rows_written"] == ref_manifest["rows_written"]
     assert not (out / "_temporary").exists()

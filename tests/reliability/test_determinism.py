@@ -8,6 +8,7 @@ import os
 import pytest
 
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import FIGURES, assert_accounted
 
@@ -38,8 +39,8 @@ def test_two_runs_give_byte_identical_shards(users, tmp_path, fmt, compression):
     runs = []
     for i in range(2):
         out = str(tmp_path / f"run{i}")
-        manifest = run_export(tiny_config(users, tiny_model(), out, num_shards=SHARDS, fmt=fmt,
-                                          compression=compression))
+        manifest = run_export(preflight(tiny_config(users, tiny_model(), out, num_shards=SHARDS, fmt=fmt,
+                                          compression=compression)))
         assert_accounted(out, manifest, verify=(i == 0))
         runs.append((manifest, shard_bytes(out, manifest)))
     (first, first_bytes), (second, second_bytes) = runs
@@ -53,8 +54,8 @@ def test_runners_give_the_same_records_per_shard(users, tmp_path):
     per_runner = {}
     for name, (runner, options) in RUNNERS.items():
         out = str(tmp_path / name)
-        manifest = run_export(tiny_config(users, tiny_model(), out, num_shards=SHARDS, runner=runner,
-                                          runner_options=options))
+        manifest = run_export(preflight(tiny_config(users, tiny_model(), out, num_shards=SHARDS, runner=runner,
+                                          runner_options=options)))
         records = assert_accounted(out, manifest, verify=False)
         per_runner[name] = {shard: sorted(recs) for shard, recs in records.items()}
     reference = per_runner.pop("in_memory")

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import assert_accounted, tree, write_config
 
@@ -35,8 +36,8 @@ def test_an_overwrite_that_fails_on_rejects_leaves_the_export_as_it_was(tmp_path
     write_users(str(tmp_path / "good"), 300, files=2, bad=earlier_rejects)
     write_users(str(tmp_path / "bad"), 300, files=2, bad=True, seed=3)
     out = tmp_path / "out"
-    earlier = run_export(tiny_config(str(tmp_path / "good" / "*.parquet"), tiny_model(), str(out), num_shards=3,
-                                     max_reject_fraction=0.1))
+    earlier = run_export(preflight(tiny_config(str(tmp_path / "good" / "*.parquet"), tiny_model(), str(out), num_shards=3,
+                                     max_reject_fraction=0.1)))
     before = snapshot(out)
     cfg = tiny_config(str(tmp_path / "bad" / "*.parquet"), tiny_model(), str(out), num_shards=2,
                       max_reject_fraction=0.001)

@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.job import run_export
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import FIGURES
 from twml.decode import decode_batch_prediction_response, decode_data_record, decode_embeddings
@@ -253,8 +254,8 @@ def exports(tmp_path_factory):
     made = []
     for fmt, compression in (("tfrecord", "gzip"), ("block", "none"), ("parquet", "none")):
         out = str(root / f"{fmt}-{compression}")
-        manifest = run_export(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), out, num_shards=1,
-                                          fmt=fmt, compression=compression))
+        manifest = run_export(preflight(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), out, num_shards=1,
+                                          fmt=fmt, compression=compression)))
         assert verify_export(out).ok
         made.append((out, manifest["shards"][0]["file"]))
     return made
@@ -304,8 +305,9 @@ def test_verify_reports_every_mutated_shard_and_never_raises(exports):
 
 # -- the native DataRecord column decoder (twml.decode_columns via records_to_table) -----------------
 
-from transforms.read_datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource,  # noqa: E402
-                                        FeatureColumn, records_to_table, records_to_table_slow)
+from transforms.inputs.datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY,  # noqa: E402
+                                          DataRecordSource, FeatureColumn, records_to_table,
+                                          records_to_table_slow)
 from twml import decode_columns  # noqa: E402
 
 NATIVE_CASES = 100_000

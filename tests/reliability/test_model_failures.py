@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline_fixtures import bad_rows, model_outputs, padded_ids, tiny_config
 from rel_support import FIGURES, POISON_ID, assert_accounted, poison_model, poisoned_users, rejected_table
-from transforms.finalize import ExportError
-from transforms.isolate import (ERROR_COLUMN, ModelFailureIsolation, TooManyFailures, isolate_failures,
-                                with_error_column)
-from transforms.validate import SOURCE_TAG, tag_source
+from transforms.errors import ExportError
+from transforms.isolate import ModelFailureIsolation, TooManyFailures, isolate_failures
+from transforms.rejected import ERROR_COLUMN, SOURCE_TAG, tag_source, with_error_column
 from twml.decode import decode_embeddings
 from twml.feature_ids import feature_id
 
@@ -156,7 +156,7 @@ def poisoned_input(tmp_path_factory):
 def test_only_the_poisoned_rows_are_rejected(poisoned_input, tmp_path):
     root, keys, poisoned = poisoned_input
     out = str(tmp_path / "out")
-    manifest = run_export(tiny_config(str(root / "*.parquet"), poison_model(), out, num_shards=4))
+    manifest = run_export(preflight(tiny_config(str(root / "*.parquet"), poison_model(), out, num_shards=4)))
     assert manifest["rows_read"] == len(keys)
     assert manifest["rows_rejected"] == len(poisoned)
     assert manifest["rejected_by_reason"] == {"model_error:InvalidArgumentError": len(poisoned)}
@@ -183,8 +183,8 @@ def test_only_the_poisoned_rows_are_rejected(poisoned_input, tmp_path):
 
 def test_two_runs_with_a_failing_model_give_identical_shards(poisoned_input, tmp_path):
     root, _, _ = poisoned_input
-    manifests = [run_export(tiny_config(str(root / "*.parquet"), poison_model(), str(tmp_path / f"o{i}"),
-                                        num_shards=4)) for i in range(2)]
+    manifests = [run_export(preflight(tiny_config(str(root / "*.parquet"), poison_model(), str(tmp_path / f"o{i}"),
+                                        num_shards=4))) for i in range(2)]
     for entry in manifests[0]["shards"]:
         a, b = (open(os.path.join(str(tmp_path / f"o{i}"), entry["file"]), "rb").read() for i in range(2))
         assert a == b
@@ -202,7 +202,7 @@ def test_over_the_reject_fraction_the_job_fails_with_counts_and_reasons(poisoned
     with pytest.raises(ExportError, match=r"13 of 1508 rows rejected \(0.86%\), more than output.max_reject_fraction "
                                           r"0.005; commonest reasons: model_error:InvalidArgumentError: 5, "
                                           r"non_finite:dense: 1, .*, and 4 more reasons; the rejected rows are in .*_rejected"):
-        run_export(cfg)
+        run_export(preflight(cfg))
     assert not (out / "_SUCCESS").exists() and not (out / "_MANIFEST.json").exists()
     assert not [n for n in os.listdir(out) if n.startswith("part-")]
     (run_dir,) = os.listdir(out / "_rejected")                   # the rejected rows, for inspection
@@ -216,5 +216,5 @@ def test_a_model_that_always_fails_stops_the_job_early(poisoned_input, tmp_path)
     with pytest.raises(ExportError, match=r"failed on 16 rows \(each run alone after splitting its batch\), more "
                                           r"than the 15 rows that output.max_reject_fraction allows .* stopped early; "
                                           r"commonest errors: 16 x InvalidArgumentError.*this model always fails"):
-        run_export(cfg)
+        run_export(preflight(cfg))
     assert not out.exists() or not [n for n in os.listdir(out) if not n.startswith("_temporary")]

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline_fixtures import DENSE_DIM, tiny_config, tiny_model
 from rel_support import assert_accounted, rejected_table
 
@@ -34,8 +35,8 @@ def test_values_that_do_not_fit_the_input_dtype_are_rejected_as_out_of_range(tmp
     (tmp_path / "in").mkdir()
     pq.write_table(table, str(tmp_path / "in" / "users.parquet"), row_group_size=128)
     out = tmp_path / "out"
-    manifest = run_export(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(out), num_shards=2,
-                                      max_reject_fraction=0.1))
+    manifest = run_export(preflight(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(out), num_shards=2,
+                                      max_reject_fraction=0.1)))
     assert manifest["rejected_by_reason"] == {"out_of_range:dense": 2, "out_of_range:sparse_ids": 2,
                                               "non_finite:dense": 1}
     rejected = rejected_table(str(out), manifest).to_pydict()

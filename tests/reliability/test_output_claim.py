@@ -15,8 +15,9 @@ import pytest
 
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError, preflight
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import FIGURES, final_looking, sigkill, start_cli, tree, wait_for, write_config
 from transforms.claim import (CLAIM_NAME, LEASE_SECONDS, Claim, claim_bytes, holder_alive, new_claim,
@@ -128,10 +129,10 @@ def test_the_directory_is_checked_again_once_claimed(inputs, tmp_path):
     out = tmp_path / "out"
     late = tiny_config(str(inputs / "b" / "*.parquet"), tiny_model(), str(out), num_shards=8)
     plan = preflight(late)
-    first = run_export(tiny_config(str(inputs / "a" / "*.parquet"), tiny_model(), str(out), num_shards=16,
-                                   max_reject_fraction=0.1))
+    first = run_export(preflight(tiny_config(str(inputs / "a" / "*.parquet"), tiny_model(), str(out), num_shards=16,
+                                   max_reject_fraction=0.1)))
     with pytest.raises(PreflightError, match="already holds .*pass --overwrite"):
-        run_export(late, plan=plan)
+        run_export(plan)
     assert check_single_export(out, 16)["run_id"] == first["run_id"]
 
 
@@ -159,5 +160,5 @@ def test_an_unreadable_claim_is_never_taken_over(inputs, tmp_path):
     cfg = tiny_config(str(inputs / "a" / "*.parquet"), tiny_model(), str(out), num_shards=2,
                       max_reject_fraction=0.1)
     with pytest.raises(PreflightError, match=f"claimed by run {other} \\(its claim file .* cannot be read\\)"):
-        run_export(cfg)
+        run_export(preflight(cfg))
     assert tree(str(out)) == [f"_temporary/{other}/{CLAIM_NAME}"]

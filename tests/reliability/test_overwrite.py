@@ -11,10 +11,12 @@ import pytest
 
 from pipeline.cli import main as cli_main
 from pipeline.job import run_export
-from pipeline.preflight import PreflightError
+from pipeline.plan import preflight
+from transforms.errors import PreflightError
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import assert_accounted, tree, write_config
-from transforms.ownership import RUN_ID_METADATA_KEY, classify, journal_bytes, take_inventory
+from transforms.ownership import classify, journal_bytes, take_inventory
+from transforms.rejected import RUN_ID_METADATA_KEY
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,7 +100,7 @@ def test_foreign_files_refuse_the_run_unless_overwrite_and_survive_it(users, tmp
 
 def test_a_finished_export_is_replaced_only_with_overwrite_and_only_its_files_go(users, tmp_path, capsys):
     out = tmp_path / "out"
-    first = run_export(tiny_config(users, tiny_model(), str(out), num_shards=3))
+    first = run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=3)))
     (out / "README").write_text("about this directory")
     (out / "_rejected" / "analysis.csv").write_text("kept")
     cfg = write_config(tiny_config(users, tiny_model(), str(out), num_shards=2), str(tmp_path / "c.yaml"))
@@ -107,7 +109,7 @@ def test_a_finished_export_is_replaced_only_with_overwrite_and_only_its_files_go
         capsys.readouterr().err
     with pytest.raises(PreflightError, match=r"holds 1 file\(s\) that no manifest or journal of this job names "
                                              r"but that look like export files \(_rejected/analysis.csv\)"):
-        run_export(tiny_config(users, tiny_model(), str(out), num_shards=2), overwrite=True)
+        run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=2), overwrite=True))
     os.remove(out / "_rejected" / "analysis.csv")
     assert cli_main(["run", "--config", cfg, "--overwrite"]) == 0
     manifest = json.loads((out / "_MANIFEST.json").read_text())
@@ -126,18 +128,18 @@ def test_a_foreign_file_with_a_shard_name_is_never_deleted_or_replaced(users, tm
     cfg = tiny_config(users, tiny_model(), str(out), num_shards=2)
     for overwrite in (False, True):
         with pytest.raises(PreflightError, match="part-00001-of-00002.tfrecord"):
-            run_export(cfg, overwrite=overwrite)
+            run_export(preflight(cfg, overwrite=overwrite))
     assert snapshot(str(out), ["part-00001-of-00002.tfrecord"]) == before
     assert tree(str(out)) == ["part-00001-of-00002.tfrecord"]
 
 
 def test_rejected_rows_of_a_failed_run_are_the_jobs_own_for_the_next_run(users, tmp_path):
     out = tmp_path / "out"
-    from transforms.finalize import ExportError
+    from transforms.errors import ExportError
     with pytest.raises(ExportError, match="more than output.max_reject_fraction"):
-        run_export(tiny_config(users, tiny_model(), str(out), num_shards=2, max_reject_fraction=0.001))
+        run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=2, max_reject_fraction=0.001)))
     (failed,) = tree(str(out))
     assert failed.startswith("_rejected/") and take_inventory(str(out)).debris_only
-    manifest = run_export(tiny_config(users, tiny_model(), str(out), num_shards=2))   # no --overwrite needed
+    manifest = run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=2)))   # no --overwrite needed
     assert failed not in tree(str(out))
     assert_accounted(str(out), manifest)

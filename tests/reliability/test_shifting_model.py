@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.job import run_export
+from pipeline.plan import preflight
 from pipeline_fixtures import DENSE_DIM, IDS_LEN, cache_dir, tiny_config, write_users
 from rel_support import final_looking, tree
-from transforms.finalize import ExportError
+from transforms.errors import ExportError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,7 +50,7 @@ def test_an_output_width_that_differs_from_the_plan_fails_the_run_naming_the_bat
     cfg = tiny_config(str(tmp_path / "in" / "*.parquet"), shifting_model(), str(out), num_shards=3,
                       extra_output=False)
     with pytest.raises(ExportError) as err:
-        run_export(cfg)
+        run_export(preflight(cfg))
     message = str(err.value)
     assert "model output 'embedding'" in message and "[B, 32]" in message and "[B, 64]" in message, message
     assert "first key" in message, message

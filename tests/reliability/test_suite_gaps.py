@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from pipeline.job import run_export
-from pipeline.preflight import preflight
+from pipeline.plan import preflight
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import FIGURES
 from test_fuzz_readers import BLOCKS, DATARECORDS, RECORDS, TFRECORDS, read_block, read_datarecord, read_tfrecord
 from transforms.elements import PartInfo
-from transforms.finalize import ExportError
+from transforms.errors import ExportError
 from transforms.formats import make_format
 from transforms.write import _AssembleShardFn
 from twml.decode import decode_data_record, decode_embeddings
@@ -72,12 +72,12 @@ def test_parts_are_joined_in_checksum_order_whatever_order_they_arrive(users, tm
 def test_the_reject_fraction_boundary(users, tmp_path, fraction, succeeds):
     cfg = tiny_config(users, tiny_model(), str(tmp_path / "out"), num_shards=2, max_reject_fraction=fraction)
     if succeeds:
-        manifest = run_export(cfg)
+        manifest = run_export(preflight(cfg))
         assert (manifest["rows_rejected"], manifest["rows_read"]) == (8, 800)
         assert os.path.exists(tmp_path / "out" / "_SUCCESS")
     else:
         with pytest.raises(ExportError, match="8 of 800 rows rejected .* more than output.max_reject_fraction 0.00999"):
-            run_export(cfg)
+            run_export(preflight(cfg))
         assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
     BOUNDARY.append((fraction, "8/800", "published" if succeeds else "refused"))
 
@@ -101,7 +101,7 @@ def test_a_row_lost_between_validation_and_writing_fails_the_run(users, tmp_path
     monkeypatch.setattr(pipeline.job, "PartitionBatches", faulty_partition)
     out = tmp_path / "out"
     with pytest.raises(ExportError, match=r"accounting mismatch: rows_read 800 != rows_written 791 \+ rows_rejected 8"):
-        run_export(tiny_config(users, tiny_model(), str(out), num_shards=2))
+        run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=2)))
     assert not out.exists() or not [name for name in os.listdir(out) if name != "_temporary"]
 
 

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from pipeline.job import run_export
-from pipeline.verify import verify_export
+from pipeline.plan import preflight
+from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import FIGURES
 
@@ -21,8 +22,8 @@ def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify-rejected")
     write_users(str(root / "in"), 300, files=2, bad=True)
     out = root / "clean"
-    manifest = run_export(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(out), num_shards=2,
-                                       max_reject_fraction=0.1))
+    manifest = run_export(preflight(tiny_config(str(root / "in" / "*.parquet"), tiny_model(), str(out), num_shards=2,
+                                       max_reject_fraction=0.1)))
     assert manifest["rows_rejected"] == 8 and manifest["rejected_files"]
     return out, manifest
 

@@ -28,9 +28,9 @@ import google_crc32c
 import numpy as np
 
 __all__ = ["crc32c_rows", "crc32c_rows_reference", "masked_crc32c_into_footer", "mask_crc32c",
-           "BACKEND"]
+           "BACKEND", "MASK_DELTA"]
 
-_MASK_DELTA = 0xA282EAD8
+MASK_DELTA = 0xA282EAD8  # TFRecord's crc mask: rotate right by 15, add this
 
 
 def crc32c_rows_reference(rows: np.ndarray) -> np.ndarray:
@@ -42,7 +42,7 @@ def crc32c_rows_reference(rows: np.ndarray) -> np.ndarray:
 def mask_crc32c(crcs: np.ndarray) -> np.ndarray:
     """TFRecord's mask, ((crc >> 15) | (crc << 17)) + 0xa282ead8 mod 2^32, of each uint32 crc."""
     crcs = np.asarray(crcs).astype(np.uint32, copy=False)
-    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(_MASK_DELTA)
+    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(MASK_DELTA)
 
 
 def _as_rows(rows: np.ndarray, caller: str) -> np.ndarray:
@@ -125,7 +125,7 @@ if _native_supported():
     def _masked(crc):
         """TFRecord's mask of a crc: rotate right by 15, add a constant, mod 2^32."""
         crc = np.uint64(crc)
-        return (((crc >> np.uint64(15)) | (crc << np.uint64(17))) + np.uint64(_MASK_DELTA)) \
+        return (((crc >> np.uint64(15)) | (crc << np.uint64(17))) + np.uint64(MASK_DELTA)) \
             & np.uint64(0xFFFFFFFF)
 
     @njit(inline="always")

@@ -25,12 +25,11 @@ import numpy as np
 from twml.encode import EncodedRecords, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
-from twml.io.crc32c_batch import masked_crc32c_into_footer
+from twml.io.crc32c_batch import MASK_DELTA, masked_crc32c_into_footer
 
 __all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
            "read_tfrecords"]
 
-_MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")   # length, masked crc of the 8 length bytes
 _FOOTER = struct.Struct("<I")    # masked crc of the data
 _HEADER_SIZE = _HEADER.size      # 12
@@ -40,7 +39,7 @@ FRAME_OVERHEAD = _HEADER_SIZE + _FOOTER.size  # 16 bytes per record
 def masked_crc32c(data: bytes) -> int:
     """The masked crc32c that TFRecord stores (``data`` may be bytes or a contiguous uint8 array)."""
     crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + MASK_DELTA) & 0xFFFFFFFF
 
 
 def _header(length: int) -> bytes:

@@ -30,17 +30,18 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.inspection import (DEFAULT_BATCH_SIZE, MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME,
-                                 ExportError, ExportManifest, RecordBatch, ShardReadError, file_size,
-                                 is_directory, is_remote, iter_record_batches, join_path, list_directory,
-                                 open_binary, parse_shard_file_name, read_manifest, shard_file_name)
+from pipeline.tools.exports import (DEFAULT_BATCH_SIZE, RecordBatch, ShardReadError, file_size, is_directory,
+                                    iter_record_batches, list_directory)
+from transforms.errors import ExportError
+from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, ExportManifest, is_remote, join_path, open_binary,
+                                  parse_shard_file_name, read_manifest, shard_file_name)
 from twml.sharding import shard_of_keys
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 from twml.encode import encode_data_records
@@ -48,7 +49,7 @@ from twml.errors import RecordFormatError
 from twml.feature_ids import feature_id
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Problem", "ShardCheck", "ShardOutcome", "VerifyReport", "verify_shard",
-           "verify_export", "print_report", "main"]
+           "verify_export", "print_report", "register", "main"]
 
 DEFAULT_MAX_PROBLEMS = 50
 _FLOAT_DATA_TYPE = 0          # tensor.thrift DataType.FLOAT
@@ -657,11 +658,11 @@ def print_report(report: VerifyReport, stream=None) -> None:
         console.print(f"  {problem}", markup=False)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="embedding-export verify",
-        description="Read every shard of an export, check framing, checksums, every record, shard "
-                    "placement and the manifest counts. Exit 0 only when all holds.")
+_DESCRIPTION = ("Read every shard of an export, check framing, checksums, every record, shard "
+                "placement and the manifest counts. Exit 0 only when all holds.")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="DIR", help="the export directory (holds _MANIFEST.json)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"records decoded at a time (default {DEFAULT_BATCH_SIZE})")
@@ -670,25 +671,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, default=1,
                         help="check shards in parallel in this many processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    return parser
 
 
-def main(args: Optional[Sequence[str]] = None) -> int:
-    """``embedding-export verify DIR``: 0 when the export is sound, 1 when not, 2 on bad usage."""
-    opts = _parser().parse_args(list(args) if args is not None else None)
+def register(subcommands) -> None:
+    """Add ``verify`` to the command line's subcommands (``pipeline.cli``)."""
+    parser = subcommands.add_parser(
+        "verify", description=_DESCRIPTION,
+        help="check an export: framing, checksums, every record, placement, manifest counts")
+    _add_arguments(parser)
+    parser.set_defaults(handler=_verify)
+
+
+def _verify(opts: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """0 when the export is sound, 1 when not, 2 on bad usage."""
     if not is_directory(opts.path):
-        print(f"verify: {opts.path} is not an export directory", file=sys.stderr)
+        print(f"verify: {opts.path} is not an export directory", file=err)
         return 2
     if opts.batch_size <= 0 or opts.max_problems <= 0 or opts.processes <= 0:
-        print("verify: --batch-size, --max-problems and --processes must be > 0", file=sys.stderr)
+        print("verify: --batch-size, --max-problems and --processes must be > 0", file=err)
         return 2
     report = verify_export(opts.path, batch_size=opts.batch_size, max_problems=opts.max_problems,
                            processes=opts.processes)
     if opts.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict()), file=out)
     else:
-        print_report(report)
+        print_report(report, out)
     return 0 if report.ok else 1
+
+
+def main(args: Optional[Sequence[str]] = None) -> int:
+    """``embedding-export verify DIR`` on its own: 0 when the export is sound, 1 when not, 2 on bad usage."""
+    parser = argparse.ArgumentParser(prog="embedding-export verify", description=_DESCRIPTION)
+    _add_arguments(parser)
+    return _verify(parser.parse_args(list(args) if args is not None else None), sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

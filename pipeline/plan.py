@@ -1,17 +1,20 @@
-"""Checks before launch: the model signature and the input files against the run config.
+"""The plan of a run, made once before launch: the run config checked against the model
+signature, the input files and the output directory.
 
 Everything a run would otherwise discover minutes later on a worker is checked here, in the
 launcher, in seconds: that the config has no unfilled placeholders; that the SavedModel has the
 signature with exactly the configured inputs (dtype, rank, static dims) and outputs (the first
-a float32 [B, D] embedding); that the input pattern matches Parquet files whose footers hold the
-key column (integer) and every configured column with a type the model input accepts, the same
-in every file; and that the output directory holds no earlier export unless overwriting. Also:
-that the output and model paths hold no pattern characters (``[ ] * ?``); that the runner exists;
-that the model's variables checkpoint is there and not truncated; that a local output directory
-is writable, not on a read-only mount, has no file where the job needs its ``_temporary`` or
-``_rejected`` directory, and has room for at least the export's raw bytes; and that no other live
-run holds the output directory's claim (``transforms.claim``). Paths are made absolute (workers may run in another directory). The result is an ``ExportPlan``:
-everything the transforms need, resolved.
+a float32 [B, D] embedding); that the input pattern matches files (``transforms.inputs``: Parquet
+footers, the first record of DataRecord files) holding the key column (integer) and every
+configured column with a type the model input accepts, the same in every file; and that the
+output directory holds no earlier export unless overwriting. Paths are made absolute (workers
+may run in another directory). Also: that the output and model paths hold no pattern characters
+(``[ ] * ?``); that the runner exists; that the model's variables checkpoint is there and not
+truncated; that a local output directory is writable, not on a read-only mount, has no file where
+the job needs its ``_temporary`` or ``_rejected`` directory, and has room for at least the export's
+raw bytes; and that no other live run holds the output directory's claim (``transforms.claim``).
+The result is a ``transforms.plan.ExportPlan``: everything the
+transforms need, resolved; the job takes it as it is.
 """
 from __future__ import annotations
 
@@ -22,48 +25,34 @@ import os
 import re
 import shutil
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig
 from transforms.arrow_columns import is_list_type
 from transforms.claim import LEASE_SECONDS, describe_live, live_claims
-from transforms.finalize import MANIFEST_NAME, TEMP_DIR
-from transforms.isolate import ERROR_COLUMN
-from transforms.ownership import RUN_ID_METADATA_KEY, Inventory, publish_siblings, take_inventory
-from transforms.rejected_columns import rejected_layout, union_schema, unread_columns
-from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, OutputLayout, OutputSpec,
+from transforms.errors import PreflightError
+from transforms.inputs.base import InputScan
+from transforms.inputs.datarecord import CONTINUOUS, DISCRETE, DataRecordSource, FeatureColumn, scan_datarecord
+from transforms.inputs.parquet import scan_parquet
+from transforms.outputdir import MANIFEST_NAME, TEMP_DIR, static_manifest, utc_now
+from transforms.ownership import Inventory, publish_siblings, take_inventory
+from transforms.plan import ExportPlan
+from transforms.rejected import RESERVED_COLUMNS
+from transforms.specs import (KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, ModelSpec, OutputLayout, OutputSpec,
                               PartitionSpec)
-from transforms.validate import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, SOURCE_ROW_TAG, SOURCE_TAG,
-                                 ValidationRules)
 from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
-__all__ = ["PreflightError", "InputFile", "ExportPlan", "preflight", "absolute_path", "read_signature",
-           "SignatureTensor", "find_placeholders"]
+__all__ = ["preflight", "absolute_path", "read_signature", "SignatureTensor", "find_placeholders",
+           "datarecord_source", "new_run_id"]
 
 _LOG = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
-_FOOTER_THREADS = 16
-
-
-class PreflightError(ValueError):
-    """The job cannot run as configured; the message names the file, column or key and the problem."""
-
-
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    rows: Optional[int]  # None: the container holds no row count (DataRecord files)
-    row_groups: int
-    bytes: int
-    row_group_rows: Tuple[int, ...] = ()  # Parquet: rows of each row group, by the footer
 
 
 @dataclass(frozen=True)
@@ -72,74 +61,6 @@ class SignatureTensor:
     name: str
     dtype: Optional[str]
     shape: Optional[Tuple[Optional[int], ...]]
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """The job, resolved and checked: what ``pipeline.job.build_pipeline`` assembles.
-
-    Args:
-      config: the effective config (absolute paths).
-      run_id: this run's id (names its scratch directory).
-      files: the input files, sorted, with their footer row counts.
-      skipped_files: (path, why) of unreadable files skipped by ``input.on_bad_file: skip``.
-      read_schema: the columns read and their types.
-      input_schema: every column of the Parquet input files (their union, in order of first
-        appearance, each with the type of the first file that has it), for the rejected rows;
-        None for DataRecord input.
-      inputs / outputs: the signature inputs (with their columns) and exported outputs.
-      partition: shard count and optional partition-id column.
-      layout: the output directory, format and names.
-      embedding_dim: D of the exported embedding.
-      overwrite: replace an earlier export in the output directory.
-      created_at: when the run was launched (UTC, ISO 8601).
-      stale_files: files in the output directory that this job wrote earlier (an earlier export
-        when overwriting, or what an unfinished run left): finalize removes these and no others.
-      previous_runs: run ids of unfinished runs whose files are among them.
-      claimed: the run holds the claim on the output directory (``pipeline.job.run_export``
-        claims it and sets this); finalize then checks it still does before publishing.
-    """
-    config: ExportConfig
-    run_id: str
-    files: Tuple[InputFile, ...]
-    skipped_files: Tuple[Tuple[str, str], ...]
-    read_schema: pa.Schema
-    inputs: Tuple[InputSpec, ...]
-    outputs: Tuple[OutputSpec, ...]
-    partition: PartitionSpec
-    layout: OutputLayout
-    embedding_dim: int
-    overwrite: bool
-    created_at: str = field(default="")
-    stale_files: Tuple[str, ...] = ()
-    previous_runs: Tuple[str, ...] = ()
-    input_schema: Optional[pa.Schema] = None
-    claimed: bool = False  # the run holds the output directory's claim (transforms.claim): finalize checks it
-
-    @property
-    def total_rows(self) -> Optional[int]:
-        """Rows in the input by the file metadata; None when it is not known before reading."""
-        if any(f.rows is None for f in self.files):
-            return None
-        return sum(f.rows for f in self.files)
-
-    @property
-    def rules(self) -> ValidationRules:
-        return ValidationRules(self.config.input.key, self.inputs, self.partition, self.read_schema)
-
-    @property
-    def unread_columns(self) -> pa.Schema:
-        """Input columns the job does not read: restored for the rejected rows only."""
-        return unread_columns(self.read_schema, self.input_schema)
-
-    @property
-    def rejected_schema(self) -> pa.Schema:
-        """Every input column (in the input files' order), ``reason``, ``source_file``,
-        ``source_row``, ``error`` (``transforms.rejected_columns.rejected_layout``); the schema
-        metadata carries the run-id stamp that marks the rejected-rows files as this job's
-        (``transforms.ownership``)."""
-        return (rejected_layout(self.read_schema, self.input_schema)
-                .with_metadata({RUN_ID_METADATA_KEY: self.run_id.encode("utf-8")}))
 
 
 def absolute_path(path: str) -> str:
@@ -300,14 +221,7 @@ def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> i
 
 
 # ------------------------------------------------------------------------------------------------
-# The input files: their footers, read in parallel.
-
-def _read_footer(path: str):
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        meta = pq.ParquetFile(handle).metadata
-        group_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        return meta.num_rows, group_rows, meta.schema.to_arrow_schema()
-
+# The input: the config's columns, checked against the files' (``transforms.inputs`` scans them).
 
 def _value_type_accepts(value_type: pa.DataType, dtype: str) -> bool:
     """Whether Parquet values of ``value_type`` can feed a ``dtype`` input (ints may feed floats)."""
@@ -347,7 +261,7 @@ def _check_schema(path: str, schema: pa.Schema, config: ExportConfig, inputs: Se
             if not is_list_type(ctype) or not _value_type_accepts(ctype.value_type, spec.dtype):
                 raise PreflightError(f"{path}: {role} has type {ctype}; expected a list column of values "
                                      f"convertible to {spec.dtype}")
-    for reserved in (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, ERROR_COLUMN, SOURCE_TAG, SOURCE_ROW_TAG):
+    for reserved in RESERVED_COLUMNS:
         if reserved in _read_columns(config, inputs):
             raise PreflightError(f"input column {reserved!r} clashes with a column of the rejected-rows output")
 
@@ -361,78 +275,55 @@ def _read_columns(config: ExportConfig, inputs: Sequence[InputSpec]) -> List[str
     return list(dict.fromkeys(names))
 
 
-def match_input_files(pattern: str) -> List[Tuple[str, int]]:
-    """(path, size) of the input files ``pattern`` matches, sorted; hidden and ``_`` files left out."""
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as err:
-        raise PreflightError(f"input.path {pattern}: cannot list files: {err}") from None
-    paths = sorted({m.path: m.size_in_bytes for m in matched}.items())
-    paths = [(p, size) for p, size in paths if not os.path.basename(p).startswith((".", "_"))]
-    if not paths:
-        raise PreflightError(f"input.path {pattern} matches no files")
-    return paths
+def _used_columns(config: ExportConfig) -> List[str]:
+    used = [spec.column for spec in config.model.inputs.values()]
+    if config.partition.column:
+        used.append(config.partition.column)
+    return used
 
 
-def _scan_inputs(config: ExportConfig, inputs: Sequence[InputSpec]):
-    pattern = config.input.path
-    paths = match_input_files(pattern)
-
-    def footer(item):
-        path, _ = item
-        try:
-            return _read_footer(path), None
-        except Exception as err:  # unreadable footer: report the file, never a bare pyarrow error
-            return None, f"{type(err).__name__}: {err}"
-
-    with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, len(paths))) as pool:
-        footers = list(pool.map(footer, paths))
-    files, skipped = [], []
-    first_schema, first_path = None, None
-    columns = _read_columns(config, inputs)
-    distinct: List[Tuple[str, pa.Schema]] = []  # (file, schema) where the schema changes
-    for (path, size), (result, error) in zip(paths, footers):
-        if error is not None:
-            if config.input.on_bad_file == "skip":
-                skipped.append((path, error))
-                continue
-            raise PreflightError(f"{path}: not a readable Parquet file ({error}); set input.on_bad_file: skip "
-                                 "to export the other files")
-        rows, group_rows, schema = result
-        _check_schema(path, schema, config, inputs)
-        read = pa.schema([schema.field(c).with_nullable(True) for c in columns])
-        if first_schema is None:
-            first_schema, first_path = read, path
-        elif not read.equals(first_schema, check_metadata=False):
-            diffs = [f"{c}: {first_schema.field(c).type} vs {read.field(c).type}"
-                     for c in columns if first_schema.field(c).type != read.field(c).type]
-            raise PreflightError(f"{path}: column types differ from {first_path}: {'; '.join(diffs)}")
-        files.append(InputFile(path, rows, len(group_rows), size, group_rows))
-        if not distinct or not schema.equals(distinct[-1][1], check_metadata=False):
-            distinct.append((path, schema))
-    if not files:
-        raise PreflightError(f"input.path {pattern}: no readable Parquet files (skipped: {skipped})")
-    return tuple(files), tuple(skipped), first_schema, _input_schema(distinct, first_schema)
+def datarecord_source(config: ExportConfig) -> DataRecordSource:
+    """``input.features`` resolved: the feature columns that the model inputs and partition column
+    use (others are not decoded), feature names hashed to ids."""
+    inp = config.input
+    features = inp.features or {}
+    used = set(_used_columns(config))
+    unused = [name for name in features if name not in used]
+    if unused:
+        _LOG.warning("input.features %s feed no model input or partition column; they are not read", unused)
+    columns = []
+    for name, column in features.items():
+        if name not in used:
+            continue
+        default = column.default
+        if default is not None and column.kind == CONTINUOUS:
+            default = float(default)
+        columns.append(FeatureColumn(name=name, kind=column.kind,
+                                     feature_ids=tuple(feature_id(n) for n in column.names),
+                                     scalar=isinstance(getattr(column, column.kind), str)
+                                     and column.kind in (CONTINUOUS, DISCRETE),
+                                     default=default))
+    return DataRecordSource(container=inp.container or "tfrecord", key_column=inp.key,
+                            key_feature_id=feature_id(inp.key), columns=tuple(columns),
+                            rows_per_table=config.model.batch_size)
 
 
-def _input_schema(schemas: Sequence[Tuple[str, pa.Schema]], read_schema: pa.Schema) -> pa.Schema:
-    """The union of the input files' columns (``union_schema``), warning about what the rejected
-    rows cannot keep as is: unread columns with other types in some files (cast to the first
-    type, null where a value does not cast) and unread columns named like the added columns."""
-    union, conflicts = union_schema(schemas)
-    unread = unread_columns(read_schema, union).names
-    for name, where in conflicts.items():
-        if name in unread:
-            path, other = where[0]
-            _LOG.warning("input column %r is %s in the first file that has it but %s in %s%s: the rejected "
-                         "rows of those files get it cast to %s (null, with a note in error, where it does not "
-                         "cast)", name, union.field(name).type, other, path,
-                         f" and {len(where) - 1} more files" if len(where) > 1 else "", union.field(name).type)
-    taken = [name for name in union.names if name not in read_schema.names and name not in unread]
-    if taken:
-        _LOG.warning("input columns %s are not kept in the rejected rows: the rejected-rows output uses "
-                     "these names", taken)
-    return union
+def _scan_input(config: ExportConfig, inputs: Sequence[InputSpec]) -> InputScan:
+    """The configured input's scan: Parquet footers, or the first record of each DataRecord file."""
+    if config.input.format == "parquet":
+        return scan_parquet(config.input.path, _read_columns(config, inputs),
+                            lambda path, schema: _check_schema(path, schema, config, inputs),
+                            config.input.on_bad_file, config.model.batch_size)
+    source = datarecord_source(config)
+    features = sorted(config.input.features or {})
+    for name, spec in config.model.inputs.items():
+        if spec.column not in features:
+            raise PreflightError(f"model.inputs.{name}.column {spec.column!r} is not one of input.features "
+                                 f"{features}")
+    if config.partition.column and config.partition.column not in features:
+        raise PreflightError(f"partition.column {config.partition.column!r} is not one of input.features {features}")
+    _check_schema("input.features", source.schema, config, inputs)
+    return scan_datarecord(config.input.path, source, config.input.on_bad_file)
 
 
 def _shown(names: Sequence[str], limit: int = 5) -> str:
@@ -504,22 +395,11 @@ def _check_output_dir(path: str, overwrite: bool, own_run: Optional[str] = None)
     return inventory
 
 
-def _warn_small_row_groups(files: Sequence[InputFile], batch_size: int) -> None:
-    """Batches never span row groups (so every runner feeds the model the same batches): say so
-    when the row groups are much smaller than the batch size, which makes model calls small."""
-    groups = sum(f.row_groups for f in files)
-    rows = sum(f.rows for f in files)
-    if groups and rows / groups < batch_size / 2:
-        _LOG.warning("input row groups hold %.0f rows on average, model.batch_size is %d: batches never "
-                     "span row groups, so model calls will be small; write the input with row groups of "
-                     "at least %d rows for full batches", rows / groups, batch_size, batch_size)
-
-
 def recheck_output(plan: ExportPlan) -> ExportPlan:
     """The output directory checked again by a run that now holds its claim: what was found at
     preflight may have changed before the claim (another run finished there meanwhile). Returns
     the plan with the files this run may remove taken from this listing, marked ``claimed``."""
-    path = plan.config.output.path
+    path = plan.layout.path
     inventory = _check_output_dir(path, plan.overwrite, own_run=plan.run_id)
     return dataclasses.replace(plan, claimed=True, previous_runs=inventory.runs,
                                stale_files=tuple(FileSystems.join(path, name) for name in inventory.ours))
@@ -683,16 +563,10 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
         first = outputs[0]
         outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
 
-    if config.input.format == "datarecord":
-        from pipeline.datarecord_input import scan_datarecord_inputs  # it imports this module
-        files, skipped, read_schema = scan_datarecord_inputs(config, inputs)
-        input_schema = None
-    else:
-        files, skipped, read_schema, input_schema = _scan_inputs(config, inputs)
-        _warn_small_row_groups(files, config.model.batch_size)
+    scan = _scan_input(config, inputs)
     _check_output_writable(config.output.path)
     inventory = _check_output_dir(config.output.path, overwrite)
-    _check_free_space(config, outputs, sum(f.rows for f in files) if all(f.rows is not None for f in files) else None)
+    _check_free_space(config, outputs, None if any(f.rows is None for f in scan.files) else sum(f.rows for f in scan.files))
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)
@@ -700,9 +574,21 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
                           compression=config.output.compression, num_shards=config.partition.num_shards,
                           key_feature_id=feature_id(config.output.key_feature),
                           records_per_block=config.output.records_per_block)
-    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return ExportPlan(config=config, run_id=run_id, files=files, skipped_files=skipped,
-                      read_schema=read_schema, inputs=inputs, outputs=outputs, partition=partition,
-                      layout=layout, embedding_dim=int(dim), overwrite=overwrite, created_at=created,
+    created = utc_now()
+    files = scan.files
+    rows = None if any(f.rows is None for f in files) else sum(f.rows for f in files)
+    manifest_base = static_manifest(
+        fmt=layout.format, compression=layout.compression, num_shards=partition.num_shards,
+        key_feature=config.output.key_feature, key_feature_id=layout.key_feature_id, outputs=outputs,
+        embedding_dim=int(dim), model_path=config.model.path, signature=config.model.signature,
+        partition_column=partition.column, input_path=config.input.path, files=len(files), rows=rows,
+        skipped_files=scan.skipped, config=config.model_dump(mode="json"), created_at=created)
+    model = ModelSpec(config.model.path, config.model.signature, config.model.batch_size,
+                      config.model.intra_op_threads, config.model.inter_op_threads)
+    return ExportPlan(run_id=run_id, files=files, skipped_files=scan.skipped, read_schema=scan.read_schema,
+                      inputs=inputs, outputs=outputs, partition=partition, layout=layout, embedding_dim=int(dim),
+                      overwrite=overwrite, reader=scan.reader, key_column=config.input.key, model=model,
+                      max_reject_fraction=config.output.max_reject_fraction, manifest_base=manifest_base,
+                      created_at=created,
                       stale_files=tuple(FileSystems.join(config.output.path, name) for name in inventory.ours),
-                      previous_runs=inventory.runs, input_schema=input_schema)
+                      previous_runs=inventory.runs, input_schema=scan.input_schema, config=config)

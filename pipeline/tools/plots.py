@@ -16,8 +16,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from pipeline.inspection import (DEFAULT_BATCH_SIZE, ExportManifest, file_size, iter_record_batches, join_path,
-                                 read_manifest)
+from pipeline.tools.exports import DEFAULT_BATCH_SIZE, file_size, iter_record_batches
+from transforms.outputdir import ExportManifest, join_path, read_manifest
 from twml.decode import decode_embeddings
 
 __all__ = ["DEFAULT_SAMPLE", "MAX_SAMPLED_SHARDS", "EmbeddingSample", "sample_embeddings", "pca_2d",

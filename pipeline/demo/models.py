@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from pipeline.staging import staged_directory
+from pipeline.demo.staging import staged_directory
 
 __all__ = ["PARAMS_FILE", "SIGNATURE", "build_embedding_model", "ensure_embedding_model",
            "saved_model_params", "demo_model_kwargs", "reference_model_kwargs"]

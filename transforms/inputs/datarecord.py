@@ -1,4 +1,11 @@
-"""Read user features stored as DataRecords (TFRecord or block files) into the job's Arrow tables.
+"""The DataRecord input: user features stored as DataRecords (TFRecord or block files), scanned
+before launch and read into the job's Arrow tables.
+
+``scan_datarecord`` checks every file before launch: TFRecord and block files carry no record
+count, so the input's row count is unknown before the run (``InputFile.rows`` is None and the
+finalize step checks rows_read == rows_written + rows_rejected only); counting would mean reading
+every file twice. Instead, the first record of every file is read and decoded, which catches a
+wrong container, a compressed or foreign file, or a file of something else.
 
 Twitter's feature pipelines write one DataRecord per user. ``ReadDataRecords`` turns each file
 into the same element the Parquet path produces, ``(file, Arrow table)``, so validation,
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -48,10 +56,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.finalize import ExportError
-from transforms.isolate import ERROR_COLUMN
-from transforms.validate import (METRICS_NAMESPACE, REASON_COLUMN, REJECTED, ROWS_READ, SOURCE_COLUMN,
-                                 SOURCE_ROW_COLUMN, tag_rows)
+from transforms.errors import ExportError, PreflightError
+from transforms.inputs.base import SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult, match_input_files
+from transforms.rejected import (ERROR_COLUMN, REASON_COLUMN, REJECTED, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
+                                 tag_rows)
+from transforms.validate import METRICS_NAMESPACE, ROWS_READ
 from twml import decode_columns
 from twml.decode import decode_data_record
 from twml.errors import RecordFormatError
@@ -59,7 +68,7 @@ from twml.io.block import iter_block_records
 from twml.io.compression import GZIP_MAGIC
 from twml.io.tfrecord import iter_tfrecords
 
-__all__ = ["FeatureColumn", "DataRecordSource", "ReadDataRecords", "records_to_table", "records_to_table_slow",
+__all__ = ["FeatureColumn", "DataRecordSource", "ReadDataRecords", "DataRecordReader", "scan_datarecord", "probe_file", "records_to_table", "records_to_table_slow",
            "undecodable_table", "twml_string_hashes", "sparse_binary_ids", "open_record_file", "iter_file_records",
            "CONTINUOUS", "DISCRETE", "SPARSE_BINARY", "CONTAINERS", "RECORD_INDEX_COLUMN", "UNDECODABLE"]
 
@@ -462,9 +471,9 @@ class _ReadDataRecordFileFn(beam.DoFn):
 
 
 class ReadDataRecords(beam.PTransform):
-    """File paths -> ``(file, Arrow table of source.schema plus SOURCE_ROW_TAG)``, like the Parquet
-    read; tagged outputs ``rejected`` (tables of undecodable records in the rejected-rows layout)
-    and ``rows_read`` (their counts; validation counts the rest).
+    """File paths -> ``ReadResult``: tables ``(file, Arrow table of source.schema plus
+    SOURCE_ROW_TAG)`` like the Parquet read, ``rejected`` (tables of undecodable records in the
+    rejected-rows layout) and ``rows_read`` (their counts; validation counts the rest).
 
     Args:
       source: container, key and feature columns (``DataRecordSource``).
@@ -478,10 +487,67 @@ class ReadDataRecords(beam.PTransform):
             raise ValueError(f"rows_per_table must be > 0, got {source.rows_per_table}")
         self._source = source
 
-    def expand(self, paths):
+    def expand(self, paths) -> ReadResult:
         # Files are read whole (TFRecord and block files have no index to split on); the reshuffle
         # spreads them over the workers instead of leaving them in the bundle that listed them.
-        return (paths
+        read = (paths
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadRecords" >> beam.ParDo(_ReadDataRecordFileFn(self._source)).with_outputs(
                     REJECTED, ROWS_READ, main="tables"))
+        # A broken frame fails the run (the rest of the file cannot be counted): nothing is unreadable.
+        unreadable = paths.pipeline | "NoUnreadable" >> beam.Create([])
+        return ReadResult(read.tables, read[REJECTED], read[ROWS_READ], unreadable)
+
+
+@dataclass(frozen=True)
+class DataRecordReader(InputReader):
+    """The DataRecord read step of a plan.
+
+    Args:
+      source: container, key and feature columns.
+    """
+    source: DataRecordSource
+
+    step_name = "ReadDataRecords"
+
+    def read(self, files: Sequence[InputFile]) -> ReadDataRecords:
+        return ReadDataRecords(self.source)
+
+
+# ------------------------------------------------------------------------------------------------
+# The scan: the first record of every file, read and decoded before launch.
+
+def probe_file(path: str, container: str) -> Optional[str]:
+    """None if the file's first record (if any) is framed and decodes as a DataRecord; else why not."""
+    try:
+        with open_record_file(path) as handle:
+            for record in iter_file_records(handle, path, container):
+                decode_data_record(record, path)
+                break
+    except Exception as err:  # report the file, never a bare library error
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def scan_datarecord(pattern: str, source: DataRecordSource, on_bad_file: str = "fail") -> InputScan:
+    """The DataRecord files of ``pattern`` (rows per file unknown: None), each probed.
+
+    Raises:
+      PreflightError: naming the file that cannot be read (unless skipped) or the empty input.
+    """
+    paths = match_input_files(pattern)
+    container = source.container
+    with ThreadPoolExecutor(max_workers=min(SCAN_THREADS, len(paths))) as pool:
+        problems = list(pool.map(lambda item: probe_file(item[0], container), paths))
+    files, skipped = [], []
+    for (path, size), problem in zip(paths, problems):
+        if problem is None:
+            files.append(InputFile(path, None, 0, size))
+        elif on_bad_file == "skip":
+            skipped.append((path, problem))
+        else:
+            raise PreflightError(f"{path}: not a readable {container} file of DataRecords ({problem}); check "
+                                 "input.container, or set input.on_bad_file: skip to export the other files")
+    if not files:
+        raise PreflightError(f"input.path {pattern}: no readable {container} files (skipped: {skipped})")
+    return InputScan(tuple(files), tuple(skipped), source.schema, None, DataRecordReader(source))

@@ -1,0 +1,2 @@
+"""The operator tools: ``verify`` and ``inspect`` (with its ``plots``), reading exports back through
+one reader (``exports``)."""
