@@ -1,4 +1,5 @@
-# make test: creates .venv if missing, installs the project with its test extras under the pins
+# make test: creates .venv if missing, installs the project with the extras the tests cover
+#            (tools: rich and matplotlib; bench: psutil; test: pytest and friends) under the pins
 #            in constraints.txt, and runs pytest.
 # make demo: the export on the built-in demo data and model (see README).
 # make bench: the benchmark harness (benchmarks/README.md).
@@ -14,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=70" wheel
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[tools,bench,test]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -35,7 +35,7 @@ ROWS_PER_FILE = 50_000
 INTRA_OP_THREADS = 1
 
 MODELS = ("reference", "demo", "small")
-"""Benchmark models: SPEC section 7's reference model, the built-in demo model, and a tiny one of
+"""Benchmark models: the reference model (benchmarks/README.md), the built-in demo model, and a tiny one of
 the same architecture for smoke tests."""
 
 

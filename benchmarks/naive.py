@@ -6,7 +6,7 @@
 What most Beam users would write for this job, written carefully: ReadFromParquet (one dict per
 user), BatchElements with the export's batch size, a DoFn that loads the SavedModel once in
 setup() and calls it once per batch, one (key, embedding) element per user, a thriftpy2
-DataRecord per user serialized with thriftpy2's C binary protocol (SPEC section 4: field 3 the
+DataRecord per user serialized with thriftpy2's C binary protocol (docs/FORMAT.md section 3: field 3 the
 key, field 8 the embedding as a rawTypedTensor), and WriteToTFRecord with a fixed shard count.
 The same model, input and record bytes as the real job; only the shard a user lands in differs
 (WriteToTFRecord assigns shards round-robin, not by key hash).
@@ -69,7 +69,7 @@ class EmbedRows(beam.DoFn):
 
 
 def data_record_bytes(user: Tuple[int, np.ndarray], key_feature_id: int, embedding_feature_id: int) -> bytes:
-    """One user's DataRecord (SPEC section 4) as a thriftpy2 object, serialized with the C protocol."""
+    """One user's DataRecord (docs/FORMAT.md section 3) as a thriftpy2 object, serialized with the C protocol."""
     from twml.schema import data_thrift, serialize, tensor_thrift
 
     key, embedding = user

@@ -1,4 +1,4 @@
-"""The benchmark harness of SPEC section 7: the export vs the model's limit vs the naive job.
+"""The benchmark harness (benchmarks/README.md): the export vs the model's limit vs the naive job.
 
     python benchmarks/run.py --rows N [--naive-rows M] [--json FILE] [--model reference|demo|small]
                              [--repeats R] [--workdir DIR] [--set section.key=value ...]
@@ -232,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              f"(default {DEFAULT_REPEATS})")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--model", choices=MODELS, default="reference",
-                        help="the model and data of its shape (default: SPEC section 7's reference model)")
+                        help="the model and data of its shape (default: the reference model of benchmarks/README.md)")
     parser.add_argument("--small", dest="model", action="store_const", const="small",
                         help="= --model small: a tiny model (for smoke tests)")
     parser.add_argument("--workdir", help="keep data, model, logs and outputs here (default: a temp dir, removed)")

@@ -200,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="N: runs at N, 2N and 4N rows")
     parser.add_argument("--model", choices=("reference", "demo", "small"), default="reference",
-                        help="the benchmark model (default: SPEC section 7's reference model)")
+                        help="the benchmark model (default: the reference model of benchmarks/README.md)")
     parser.add_argument("--small", dest="model", action="store_const", const="small", help="= --model small")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
     parser.add_argument("--json", help="also write the JSON result to this file")

@@ -23,8 +23,6 @@ can open the paths, checks the model and input; it submits nothing.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
 import signal
 import sys
@@ -32,6 +30,8 @@ import threading
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+from pipeline.logs import setup_logging
 
 __all__ = ["main", "build_parser", "format_summary", "format_plan"]
 
@@ -99,18 +99,40 @@ def _finished_by(output_path: str, run_id: str) -> bool:
     except Exception:
         return False
 
+RUN_EPILOG = f"""\
+Beam options:
+  Everything after a bare -- goes to Beam as pipeline options, after the config's
+  runner.options (so they win), e.g.
+    embedding-export run --config run_configs/dataflow.yaml -- --project=my-project --region=us-central1
+  A runner option the config leaves as <PLACEHOLDER> is filled by the same option after --.
+  Options no Beam options class defines are reported by --dry-run (Beam would drop them).
+
+Exit status:
+  {EXIT_OK}  the export is complete (_SUCCESS written), or the dry run found no problem
+  {EXIT_FAILED}  the export failed: nothing final-looking was published
+  {EXIT_USAGE}  the config, model, input or output directory does not fit (or another run
+     holds the output directory); nothing ran
+  {EXIT_SIGNAL_BASE + 2}  stopped by SIGINT (Ctrl-C), {EXIT_SIGNAL_BASE + 15} stopped by SIGTERM: scratch files and claim
+     removed, nothing published
+
+Config keys: docs/CONFIG.md. Output layout and manifest: docs/FORMAT.md."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The one argument tree: ``-v`` and the subcommands, each added by the module that runs it."""
     from pipeline.demo.run import register as register_demo
     from pipeline.tools.inspection import register as register_inspect
     from pipeline.tools.verify import register as register_verify
+    from twml._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="embedding-export",
         description="Export user embeddings as twml DataRecords with Apache Beam.",
-        epilog="Arguments after a bare -- go to Beam as pipeline options (they override the config's).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+        epilog="Arguments after a bare -- go to Beam as pipeline options (they override the config's); "
+               "see run --help.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what Beam and TensorFlow log at INFO (quiet by default)")
     sub = parser.add_subparsers(dest="command", required=True)
     _register_run(sub)
     register_demo(sub)
@@ -120,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_run(sub) -> None:
-    run = sub.add_parser("run", help="run an export from a YAML run config")
+    run = sub.add_parser("run", help="run an export from a YAML run config",
+                         usage="embedding-export [-v] run --config FILE [--set SECTION.KEY=VALUE ...] "
+                               "[--overwrite] [--dry-run] [-- BEAM OPTIONS ...]",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", required=True, help="the run config (see run_configs/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a config value (repeatable), e.g. --set partition.num_shards=8")
@@ -255,15 +280,18 @@ def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) 
     except (ConfigError, PreflightError) as e:
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
-    from rich.console import Console
-
     if published is not None:  # where and as which run, for the line a signal prints
         published[:] = [plan.layout.path, plan.run_id]
     live = progress_wanted(err) and is_local_run(config.runner.name, [*config.runner.options, *beam_args])
+    console = None
+    if live:
+        from rich.console import Console
+        console = Console(file=err)
     start = time.perf_counter()
     try:
-        with RunProgress(plan.total_rows, console=Console(file=err), enabled=live) as progress:
-            manifest = run_export(plan, beam_args, progress_dir=progress.directory)
+        with RunProgress(plan.total_rows, console=console, enabled=live) as progress:
+            manifest = run_export(plan, beam_args, progress_dir=progress.directory,
+                                  on_launch=lambda result, options: _say_launch(result, options, err))
     except PreflightError as e:  # another run claimed the output directory meanwhile
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
@@ -281,17 +309,34 @@ def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) 
     return EXIT_OK
 
 
+def _say_launch(result, options, err: TextIO) -> None:
+    """A remote job's id and console URL, as soon as it is submitted (Beam logs them at INFO)."""
+    from pipeline.runner_options import launch_notice
+
+    notice = launch_notice(result, options)
+    if notice:
+        print(notice, file=err, flush=True)
+
+
+def _verbose_flag(argv: Sequence[str]) -> bool:
+    """Whether -v/--verbose comes before the subcommand (read ahead of the parser)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg in ("-v", "--verbose"):
+            return True
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO = None) -> int:
     """Run the command line; returns the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
+    # First, before the subcommands' modules import TF or Beam (their start-up notices are
+    # decided at import).
+    setup_logging(_verbose_flag(own))
     args = build_parser().parse_args(own)
-    if not args.verbose:
-        # TensorFlow's C++ start-up notices (set before TF is imported; worker processes inherit it).
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     if beam_args and args.command != "run":
         print("embedding-export: Beam options (after --) apply to `run` only", file=err)
         return EXIT_USAGE

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
 from pipeline.plan import recheck_output
@@ -103,7 +103,8 @@ def _export_error(err: BaseException) -> Optional[str]:
     return found
 
 
-def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None) -> Dict:
+def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None,
+               on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]] = None) -> Dict:
     """Run the export ``plan`` to completion and return its manifest.
 
     The plan is taken as it is (``pipeline.plan.preflight`` made and checked it); Beam's
@@ -114,6 +115,8 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
       plan: the checked plan.
       beam_args: extra Beam options (after the config's runner options, so they win).
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
+      on_launch: called with the runner's result and the options once the job is submitted,
+        before waiting for it (the CLI prints a Dataflow job's id and console URL from it).
 
     The run claims the output directory before it launches (``transforms.claim``) and checks it
     again (``pipeline.plan.recheck_output``); the claim is released when the run ends.
@@ -141,17 +144,20 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
     try:
         pause_point("run.claimed")
         with Heartbeat(out, claim):
-            _run_pipeline(plan, options, progress_dir)
+            _run_pipeline(plan, options, progress_dir, on_launch)
     finally:
         release(out, plan.run_id)
     return read_manifest(out, require_success=True).raw
 
 
-def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Optional[str]) -> None:
+def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Optional[str],
+                  on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]]) -> None:
     p = beam.Pipeline(options=options)
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
         result = p.run()
+        if on_launch is not None:
+            on_launch(result, options)
         state = result.wait_until_finish()
     except BaseException as err:  # a signal (KeyboardInterrupt, the CLI's SIGTERM) cleans up too
         _discard_scratch(plan)

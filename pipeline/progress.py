@@ -15,6 +15,10 @@ Nothing is shown when the stream is not a terminal or when ``CI`` is set, and re
 (Dataflow, Flink) get no side channel: their workers cannot write to the launcher's disk, and
 their own UIs show the ``EmbeddingExport`` counters. Counts from retried bundles may be counted
 twice, so the bar is capped at the total; the accounting that matters is the finalize step's.
+
+``rich`` (the ``tools`` extra) is imported only on the launcher, when drawing: workers import
+this module for ``ReportRowsRead`` and need not have it; without it there is no live bar and the
+summary is plain lines.
 """
 from __future__ import annotations
 
@@ -27,11 +31,8 @@ import uuid
 from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import apache_beam as beam
-from rich.console import Console
-from rich.progress import (BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
-from rich.table import Table
-from rich.text import Text
+
+from pipeline.extras import available
 
 __all__ = ["progress_wanted", "is_local_run", "rows_done", "ReportRowsRead", "RunProgress", "summary_rows",
            "format_summary_lines", "summary_table", "print_summary"]
@@ -45,9 +46,11 @@ _FALSE = {"", "0", "false", "no", "off"}
 
 
 def progress_wanted(stream: TextIO, environ: Optional[Mapping[str, str]] = None) -> bool:
-    """Whether to draw live progress on ``stream``: a terminal, and not in CI (``CI`` set)."""
+    """Whether to draw live progress on ``stream``: a terminal, not in CI (``CI`` set), rich installed."""
     environ = os.environ if environ is None else environ
     if environ.get("CI", "").strip().lower() not in _FALSE:
+        return False
+    if not available("rich"):
         return False
     isatty = getattr(stream, "isatty", None)
     try:
@@ -169,10 +172,14 @@ class RunProgress:
     def __enter__(self) -> "RunProgress":
         if not self.enabled:
             return self
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self.directory = tempfile.mkdtemp(prefix="embedding-export-progress-")
         console = self._console or Console(stderr=True)
-        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), _RowsColumn(),
-                   _RateColumn(), TimeElapsedColumn()]
+        rows_column, rate_column = _count_columns()
+        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), rows_column(),
+                   rate_column(), TimeElapsedColumn()]
         if self.total is not None:
             columns.append(TimeRemainingColumn())
         self._progress = Progress(*columns, console=console, transient=False)
@@ -209,22 +216,28 @@ class RunProgress:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class _RowsColumn(ProgressColumn):
-    """'12,345 / 100,000 rows' (or '12,345 rows' with no total)."""
+def _count_columns():
+    """The rows and rate columns of the bar (rich classes, defined when rich is imported)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
 
-    def render(self, task):
-        done = int(task.completed)
-        if task.total is None:
-            return Text(f"{done:,} rows", style="progress.download")
-        return Text(f"{done:,} / {int(task.total):,} rows", style="progress.download")
+    class RowsColumn(ProgressColumn):
+        """'12,345 / 100,000 rows' (or '12,345 rows' with no total)."""
 
+        def render(self, task):
+            done = int(task.completed)
+            if task.total is None:
+                return Text(f"{done:,} rows", style="progress.download")
+            return Text(f"{done:,} / {int(task.total):,} rows", style="progress.download")
 
-class _RateColumn(ProgressColumn):
-    """Rows per second over rich's recent samples."""
+    class RateColumn(ProgressColumn):
+        """Rows per second over rich's recent samples."""
 
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        return Text("? rows/s" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("? rows/s" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+
+    return RowsColumn, RateColumn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,6 +272,8 @@ def format_summary_lines(rows: Sequence[Tuple[str, str]]) -> str:
 
 def summary_table(rows: Sequence[Tuple[str, str]], title: str = "embedding-export run"):
     """The summary as a rich Table (for a terminal)."""
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="left")
@@ -273,7 +288,9 @@ def print_summary(manifest: Dict, seconds: float, output_path: str, stream: Text
     rows = summary_rows(manifest, seconds, output_path)
     if use_rich is None:
         use_rich = progress_wanted(stream)
-    if not use_rich:
+    if not use_rich or not available("rich"):
         print(format_summary_lines(rows), file=stream)
         return
+    from rich.console import Console
+
     Console(file=stream, force_terminal=True).print(summary_table(rows))

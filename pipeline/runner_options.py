@@ -23,7 +23,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, HadoopFileSystemOptions, PipelineOptions,
@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options_validator import PipelineOptionsValida
 from pipeline.config import ExportConfig
 
 __all__ = ["OptionsCheck", "check_runner_options", "fill_placeholder_options", "unreachable_paths",
-           "format_options_check", "job_paths"]
+           "format_options_check", "job_paths", "launch_notice"]
 
 _ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
 _LOCAL_FLINK_MASTERS = ("[local]", "[auto]")
@@ -253,3 +253,24 @@ def format_options_check(check: OptionsCheck) -> str:
             shown = json.dumps(value) if isinstance(value, (dict, list)) else value
             lines.append(f"  {owner + '.' + dest:<44} {shown}")
     return "\n".join(lines)
+
+
+def launch_notice(result: Any, options: PipelineOptions) -> Optional[str]:
+    """The line that tells where a submitted remote job runs, or None for a local run.
+
+    Dataflow: its job id and the console URL, which Beam logs only at INFO (``DataflowRunner``'s
+    result has ``job_id()``; a template run, with no job, has None).
+    """
+    job_id = getattr(result, "job_id", None)
+    if not callable(job_id):
+        return None
+    try:
+        job = job_id()
+    except Exception:  # a result without a job (e.g. a template run)
+        return None
+    if not job:
+        return None
+    gcp = options.view_as(GoogleCloudOptions)
+    url = (f"https://console.cloud.google.com/dataflow/jobs/{gcp.region}/{job}"
+           f"?project={gcp.project}")
+    return f"embedding-export: Dataflow job {job} submitted; console: {url}"

@@ -254,7 +254,7 @@ def shard_records(out_dir, manifest):
 
 
 def check_export(out_dir, manifest, expected, users, shards):
-    """Everything SPEC sections 4-6 promise about a finished export."""
+    """Everything docs/FORMAT.md promises about a finished export."""
     names = sorted(os.listdir(out_dir))
     files = [s["file"] for s in manifest["shards"]]
     assert names == sorted(files + ["_MANIFEST.json", "_SUCCESS", "_rejected"])
@@ -282,11 +282,11 @@ def check_export(out_dir, manifest, expected, users, shards):
         assert entry["bytes"] == os.path.getsize(os.path.join(out_dir, entry["file"]))
         keys, emb = decode_embeddings(recs, KEY_ID, EMB_ID)
         for key, vector, raw in zip(keys.tolist(), emb, recs):
-            assert fmix64_reference(key) % shards == shard  # SPEC 5, independent fmix64
+            assert fmix64_reference(key) % shards == shard  # FORMAT.md section 6, independent fmix64
             want = expected[key]
             np.testing.assert_allclose(vector, want["embedding"], rtol=1e-6, atol=1e-6)
             record = decode_data_record(raw)
-            assert list(record.tensors) == [EMB_ID, SCORE_ID]  # SPEC 4: embedding, then outputs in order
+            assert list(record.tensors) == [EMB_ID, SCORE_ID]  # FORMAT.md section 3: embedding, then outputs in order
             score = record.tensors[SCORE_ID].rawTypedTensor
             assert score.shape == []
             np.testing.assert_allclose(np.frombuffer(score.content, "<f4")[0], want["score"], rtol=1e-5, atol=1e-5)

@@ -106,7 +106,7 @@ def test_naive_job_writes_the_models_embeddings_in_the_exports_record_bytes(smal
     want = call(dense=tf.constant(dense), sparse_ids=tf.constant(sparse))["embedding"].numpy()
     got = np.stack([written[k][0] for k in keys.tolist()])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # Same bytes per record as the export's batch encoder (SPEC section 4).
+    # Same bytes per record as the export's batch encoder (docs/FORMAT.md section 3).
     encoded = encode_data_records(keys[:5], feature_id("meta.user_id"), [(feature_id("output"), got[:5])])
     from twml.io.tfrecord import read_tfrecords
     all_raw = {bytes(r) for f in files for r in read_tfrecords(f)}

@@ -11,7 +11,7 @@ from twml.errors import RecordFormatError
 from twml.feature_ids import feature_id
 from twml.io.block import BlockWriter, encode_block, iter_block_records, read_block_records
 
-MARKER = bytes.fromhex("29d8d50658cd4c29b2bc57992171bdff")   # SPEC section 5
+MARKER = bytes.fromhex("29d8d50658cd4c29b2bc57992171bdff")   # docs/FORMAT.md section 2
 KEY_ID = feature_id("meta.user_id")
 EMB_ID = feature_id("output")
 

@@ -168,3 +168,25 @@ def test_demo_runs_from_an_unrelated_directory_and_verifies(fresh_venv, elsewher
     proc = _run([fresh_venv / "bin" / "python", "-m", "pipeline.tools.verify", export],
                 cwd=elsewhere, env=_clean_env())
     assert "OK" in proc.stdout
+
+
+def test_the_job_installs_without_the_tools_extra_and_says_what_is_missing(fresh_venv, elsewhere, dists):
+    """The wheel without extras: what workers install. The command line works, says its version,
+    and names the extra for what needs it (matplotlib, which nothing else pulls in)."""
+    script = fresh_venv / "bin" / "embedding-export"
+    from twml._version import __version__
+    proc = _run([script, "--version"], cwd=elsewhere, env=_clean_env())
+    assert proc.stdout.strip() == f"embedding-export {__version__}"
+    probe = _run([fresh_venv / "bin" / "python", "-c",
+                  "import importlib.util as u; print(u.find_spec('matplotlib') is None)"],
+                 cwd=elsewhere, env=_clean_env())
+    assert probe.stdout.strip() == "True", "matplotlib is installed without the tools extra"
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        metadata = next(whl.read(n).decode() for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+    assert "Requires-Python: >=3.11" in metadata
+    assert "Requires-Dist: matplotlib>=3.8; extra == \"tools\"" in metadata
+    # The extra is checked before the export is read: any directory shows the message.
+    plot = subprocess.run([str(script), "inspect", str(elsewhere), "--plot", str(elsewhere / "p.png")],
+                          cwd=str(elsewhere), env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert plot.returncode == 2, plot.stderr
+    assert plot.stderr.strip() == "inspect: inspect --plot needs matplotlib: pip install 'embedding-export[tools]'"

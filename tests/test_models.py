@@ -137,7 +137,7 @@ def test_demo_and_reference_shapes():
     assert demo_model_kwargs() == dict(dense_dim=32, sparse_length=16, vocab=10000, embed_dim=16,
                                        hidden=(64,), output_dim=64)
     ref = reference_model_kwargs()
-    # SPEC section 7: 256 dense, up to 32 ids into 1M x 64, MLP 512-256-128, 128-d output.
+    # benchmarks/README.md: 256 dense, up to 32 ids into 1M x 64, MLP 512-256-128, 128-d output.
     assert (ref["dense_dim"], ref["sparse_length"], ref["vocab"], ref["embed_dim"]) == (256, 32, 10**6, 64)
     assert (*ref["hidden"], ref["output_dim"]) == (512, 256, 128)
 

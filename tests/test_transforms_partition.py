@@ -1,4 +1,4 @@
-"""Shard placement (SPEC section 5) and the Partition-layer split, checked against independent references."""
+"""Shard placement (docs/FORMAT.md section 6) and the Partition-layer split, checked against independent references."""
 import numpy as np
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline

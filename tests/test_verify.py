@@ -1,7 +1,7 @@
 """``pipeline.tools.verify``: clean exports pass in every format; each kind of damage is caught and named.
 
 Exports are built here from the real pieces (twml.encode, the TFRecord/block writers, pyarrow)
-with a manifest laid out as SPEC 6 and ``transforms.finalize`` write it, so these tests do not
+with a manifest laid out as docs/FORMAT.md section 7 says and ``transforms.finalize`` write it, so these tests do not
 depend on the Beam job; ``test_real_export_verifies`` runs the job itself once it exists.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def write_shard(path: Path, fmt: str, compression: str, keys: np.ndarray, embedd
 def write_export(out: Path, fmt: str = "tfrecord", compression: str = "none", num_shards: int = 4,
                  users: int = 400, dim: int = 8, by: str = "hash", seed: int = 0,
                  crc32c: bool = True, normalize: bool = True) -> Dict:
-    """An export directory as SPEC 5/6 describe it; returns keys, embeddings, shard of each, manifest."""
+    """An export directory as docs/FORMAT.md describes it; returns keys, embeddings, shard of each, manifest."""
     rng = np.random.default_rng(seed)
     keys = rng.choice(np.arange(10**12, 10**12 + 50 * users), size=users, replace=False).astype(np.int64)
     embeddings = rng.standard_normal((users, dim)).astype(np.float32)
@@ -353,7 +353,7 @@ def test_embedding_must_be_a_float_raw_tensor_as_spec_4_writes_it(tmp_path):
     rows = np.flatnonzero(export["shards"] == 2)
     keys, emb = export["keys"][rows], export["embeddings"][rows]
     records = encode_data_records(keys, feature_id(KEY_FEATURE), [(feature_id(EMBEDDING_FEATURE), emb)]).to_list()
-    # A DOUBLE tensor holds the same numbers and every reader accepts it, but it is not SPEC 4's record.
+    # A DOUBLE tensor holds the same numbers and every reader accepts it, but it is not the exported record (FORMAT.md section 3).
     records[17] = encode_data_records(keys[17:18], feature_id(KEY_FEATURE),
                                       [(feature_id(EMBEDDING_FEATURE), emb[17:18].astype(np.float64))])[0]
     path = _shard_path(export, 2)

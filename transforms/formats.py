@@ -8,7 +8,7 @@ not grow with the shard). TFRecord frames and elephant-bird blocks are self-deli
 parts concatenate byte for byte (gzip is applied while concatenating, giving one gzip member per
 shard); Parquet parts are Arrow IPC streams re-written into row groups of the final file.
 
-Every record is one DataRecord (SPEC section 4): the user key under the key feature in field 3,
+Every record is one DataRecord (docs/FORMAT.md section 3): the user key under the key feature in field 3,
 then the outputs in config order (the embedding first) as rawTypedTensors in field 8.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ChecksummedWriter:
 
 
 def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequence[int]) -> EncodedRecords:
-    """One DataRecord per user of ``batch`` (SPEC section 4)."""
+    """One DataRecord per user of ``batch`` (docs/FORMAT.md section 3)."""
     return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)))
 
 

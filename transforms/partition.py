@@ -1,4 +1,4 @@
-"""Shard placement (SPEC section 5) and the per-batch split into shard slices.
+"""Shard placement (docs/FORMAT.md section 6) and the per-batch split into shard slices.
 
 A user's shard is ``twml.sharding.shard_of_keys`` (fmix64 of the key), or the value of a
 partition-id column.

@@ -50,7 +50,7 @@ class OutputSpec:
 
     Args:
       name: the signature's output name.
-      feature: the feature name; ``feature_id`` its int64 id (SPEC section 3).
+      feature: the feature name; ``feature_id`` its int64 id (docs/FORMAT.md section 4).
       dtype: numpy dtype name of the output.
       shape: the per-row shape (dims after the batch dim); None for a dim the signature leaves open.
     """
@@ -80,7 +80,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How users are placed into shards (SPEC section 5).
+    """How users are placed into shards (docs/FORMAT.md section 6).
 
     Args:
       num_shards: number of shard files.
@@ -100,7 +100,7 @@ class OutputLayout:
       format: "tfrecord", "block" or "parquet".
       compression: "none" or "gzip" (tfrecord and block).
       num_shards: number of shard files.
-      key_feature_id: the feature id the user key is stored under (SPEC section 4).
+      key_feature_id: the feature id the user key is stored under (docs/FORMAT.md section 3).
       records_per_block: records per block of the block format.
     """
     path: str

@@ -1,6 +1,6 @@
 """Batch encoder: B DataRecords from columnar numpy arrays, without a Python object per record.
 
-A record is laid out by libtwml's writer rules (../shared/SPEC.md sections 3 and 4): non-empty
+A record is laid out by libtwml's writer rules (docs/FORMAT.md section 3): non-empty
 fields in ascending field id, map entries in the order given, every non-string dense tensor a
 ``GeneralTensor.rawTypedTensor`` with little-endian content and its full shape, strings a
 ``stringTensor`` with shape.

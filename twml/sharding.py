@@ -1,4 +1,4 @@
-"""Shard placement of a user key (SPEC section 5): ``fmix64(uint64(key)) % num_shards``.
+"""Shard placement of a user key (docs/FORMAT.md section 6): ``fmix64(uint64(key)) % num_shards``.
 
 Here rather than in the Beam transforms so readers (verify, inspect, a serving loader) can place
 keys without importing Beam.

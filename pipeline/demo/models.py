@@ -38,7 +38,7 @@ def demo_model_kwargs() -> Dict[str, Any]:
 
 
 def reference_model_kwargs() -> Dict[str, Any]:
-    """Builder arguments of the benchmark reference model of SPEC section 7.
+    """Builder arguments of the benchmark reference model (benchmarks/README.md).
 
     256 dense features and up to 32 sparse ids into a 1M x 64 id table (256 MB of float32), an MLP
     512-256-128 (two ReLU layers of 512 and 256, then the linear 128-d output layer), L2-normalised.

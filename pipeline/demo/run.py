@@ -43,18 +43,17 @@ def demo_config(out_dir: str) -> Dict[str, Any]:
         "output": {"path": os.path.join(root, "export"), "format": "tfrecord", "compression": "none",
                    "key_feature": "meta.user_id"},
         # FnApiRunner, named explicitly, as in local.yaml: "DirectRunner" first tries Prism, which
-        # it downloads, so a run would differ with and without a network (SPEC section 8).
+        # it downloads, so a run would differ with and without a network (docs/RUNNING.md).
         "runner": {"name": "FnApiRunner",
                    "options": ["--direct_running_mode=in_memory", "--direct_num_workers=1"]},
     }
 
 
 def _print_summary(manifest: Dict[str, Any], seconds: float, out_dir: str, stream=None) -> None:
-    """The demo's closing summary: a rich table on a terminal, plain lines otherwise."""
-    from rich.console import Console
-    from rich.table import Table
+    """The demo's closing summary: a rich table on a terminal, plain lines otherwise (or without rich)."""
+    from pipeline.extras import available
 
-    console = Console(file=stream or sys.stdout)
+    stream = stream or sys.stdout
     rows_read = int(manifest.get("rows_read", 0))
     shards = manifest.get("shards") or []
     root = os.path.abspath(out_dir)
@@ -71,11 +70,17 @@ def _print_summary(manifest: Dict[str, Any], seconds: float, out_dir: str, strea
         ("output", os.path.join(root, "export")),
         ("run config", os.path.join(root, "run_config.yaml")),
     ]
-    if not console.is_terminal:
-        print("embedding-export demo: done", file=console.file)
+    console = None
+    if available("rich"):
+        from rich.console import Console
+        console = Console(file=stream)
+    if console is None or not console.is_terminal:
+        print("embedding-export demo: done", file=stream)
         for name, value in facts:
-            print(f"  {name + ':':<15}{value}", file=console.file)
+            print(f"  {name + ':':<15}{value}", file=stream)
         return
+    from rich.table import Table
+
     table = Table(title="embedding-export demo", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()

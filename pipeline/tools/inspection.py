@@ -186,6 +186,13 @@ def _inspect(opts: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     head = None if opts.all else opts.head
     if head is None and not opts.all and opts.key is None:
         head = 0 if opts.plot else 10
+    if opts.plot:
+        from pipeline.extras import MissingExtra, require
+        try:
+            require("matplotlib", "inspect --plot")
+        except MissingExtra as error:
+            print(f"inspect: {error}", file=err)
+            return 2
     try:
         if opts.plot:
             from pipeline.tools.plots import DEFAULT_SAMPLE, plot_export   # matplotlib only when asked

@@ -1,9 +1,9 @@
 """``embedding-export verify DIR``: check that an export is complete and every record is sound.
 
-What is checked (SPEC sections 4 to 6):
+What is checked (docs/FORMAT.md):
 
 - the directory: ``_MANIFEST.json`` parses, ``_SUCCESS`` exists, every shard the manifest lists
-  exists under the name SPEC 5 gives it, and no other ``part-*`` file is there;
+  exists under the name docs/FORMAT.md section 1 gives it, and no other ``part-*`` file is there;
 - the manifest: one entry per shard, feature ids match their names, rows_read == rows_written +
   rows_rejected, and the shard counts add up to rows_written;
 - every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
@@ -252,7 +252,7 @@ def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, check
     The batch decoder reads every record (byte-checking those laid out as the exporter writes
     them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
     a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
-    outputs) is decoded strictly on its own, so SPEC 4's form (FLOAT rawTypedTensor of shape [D])
+    outputs) is decoded strictly on its own, so the exported form of docs/FORMAT.md section 3 (FLOAT rawTypedTensor of shape [D])
     is held to in every batch. When the batch decoder refuses a batch, its records are decoded
     one by one to name the bad ones.
     """
@@ -298,7 +298,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
         try:
             key, vector = _decode_one(batch.records[i], manifest, path)
         except RecordFormatError as err:
-            checker.note("decode", record_index, f"record does not decode as SPEC 4 writes it: {err.reason}")
+            checker.note("decode", record_index, f"record does not decode as the export writes it: {err.reason}")
             continue
         if vector.shape[0] != dim:
             checker.note("dim", record_index, f"embedding has dimension {vector.shape[0]}, "
@@ -309,7 +309,7 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
 
 
 def _decode_one(data: bytes, manifest: ExportManifest, path: str) -> Tuple[int, np.ndarray]:
-    """Key and embedding of one record, strictly as SPEC 4 writes them (FLOAT rawTypedTensor, 1-D)."""
+    """Key and embedding of one record, strictly as the export writes them (FLOAT rawTypedTensor, 1-D)."""
     record = decode_data_record(data, path)
     key = (record.discreteFeatures or {}).get(manifest.key_feature_id)
     if key is None:
@@ -622,13 +622,37 @@ def _summary_lines(report: VerifyReport) -> List[str]:
     return lines
 
 
+def _print_plain_report(report: VerifyReport, stream) -> None:
+    """``print_report`` without rich (the ``tools`` extra): the same facts as plain lines."""
+    for shard in _shard_rows(report):
+        records = str(shard.records) if not shard.missing else "-"
+        size = str(shard.bytes) if shard.bytes is not None else "-"
+        print(f"{shard.file}  records {records}  manifest {shard.manifest_records}  bytes {size}  "
+              f"{_status(shard)}", file=stream)
+    for line in _summary_lines(report):
+        print(line, file=stream)
+    for warning in report.warnings[:20]:
+        print(f"warning: {warning}", file=stream)
+    if report.ok:
+        print(f"OK: {report.records} records in {len(report.shards)} shards verified", file=stream)
+        return
+    print(f"FAILED: {report.problem_count} problem(s); the first {len(report.problems)}:", file=stream)
+    for problem in report.problems:
+        print(f"  {problem}", file=stream)
+
+
 def print_report(report: VerifyReport, stream=None) -> None:
     """The summary table, then warnings and the first problems; rich on a terminal, plain text otherwise."""
+    from pipeline.extras import available
+
+    stream = stream or sys.stdout
+    if not available("rich"):
+        _print_plain_report(report, stream)
+        return
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    stream = stream or sys.stdout
     tty = stream.isatty()
     console = Console(file=stream, force_terminal=tty, no_color=not tty, highlight=False,
                       width=None if tty else 200, soft_wrap=not tty)

@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import keras
 
+SERIALIZATION_PACKAGE = "twml"
+"""Every twml layer is registered under ``twml>ClassName``: a ``.keras`` file holding one loads
+with ``keras.saving.load_model`` once ``twml.layers`` is imported, without custom_objects."""
+
+
+def serializable(cls):
+    """Register a layer class for Keras serialization under the ``twml`` package."""
+    return keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)(cls)
+
 
 class RawInputLayer(keras.layers.Layer):
     """A Keras layer that neither casts nor converts its inputs.

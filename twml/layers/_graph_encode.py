@@ -2,7 +2,7 @@
 
 The writer layers must run in a SavedModel that a serving system loads without our Python code,
 so everything here is plain TF ops (no py_function / numpy_function). The encoding mirrors
-``twml.encode`` (the numpy batch encoder) byte for byte; see SPEC.md section 3 for the rules.
+``twml.encode`` (the numpy batch encoder) byte for byte; see docs/FORMAT.md section 3 for the rules.
 
 Every record is a row of *pieces*, each one of:
   * ``bytes``: the same for every record and known at build time (field headers, big-endian

@@ -6,13 +6,14 @@ from typing import List, Tuple, Union
 import keras
 import tensorflow as tf
 
-from twml.layers._base import RawInputLayer
+from twml.layers._base import RawInputLayer, serializable
 
 __all__ = ["Partition"]
 
 ShapeLike = Union[Tuple, List, tf.TensorShape]
 
 
+@serializable
 class Partition(RawInputLayer):
     """``tf.dynamic_partition`` of values, keys and original positions by partition id.
 

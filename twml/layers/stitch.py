@@ -6,11 +6,12 @@ from typing import List, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from twml.layers._base import RawInputLayer
+from twml.layers._base import RawInputLayer, serializable
 
 __all__ = ["Stitch"]
 
 
+@serializable
 class Stitch(RawInputLayer):
     """``tf.dynamic_stitch`` of partitioned values and keys by their original positions.
 

@@ -3,7 +3,7 @@
 They sit at the output of exported models, so they are built from TensorFlow graph ops only
 (``twml.layers._graph_encode``): a SavedModel ending in one of them loads and runs where our
 Python code is absent, with any batch size. Their bytes equal the numpy batch encoder's
-(``twml.encode``), which follows libtwml's writers (SPEC.md section 3).
+(``twml.encode``), which follows libtwml's writers (docs/FORMAT.md section 3).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from twml.feature_ids import resolve_feature_id
 from twml.layers import _graph_encode as ge
-from twml.layers._base import RawInputLayer
+from twml.layers._base import RawInputLayer, serializable
 
 __all__ = ["DataRecordTensorWriter", "BatchPredictionWriter", "BatchPredictionTensorWriter"]
 
@@ -69,6 +69,7 @@ class _WriterLayer(RawInputLayer):
         raise NotImplementedError
 
 
+@serializable
 class DataRecordTensorWriter(_WriterLayer):
     """ONE DataRecord holding only field 8 (tensors): entry i = keys[i] -> values[i] whole.
 
@@ -98,6 +99,7 @@ class DataRecordTensorWriter(_WriterLayer):
         return ge.assemble_records(one, pieces)[tf.newaxis, :]
 
 
+@serializable
 class BatchPredictionTensorWriter(_WriterLayer):
     """A BatchPredictionResponse of B DataRecords; record i holds only field 8 (tensors) with
     keys[j] -> row i of values[j] (shape = dims 1.. of values[j]).
@@ -141,6 +143,7 @@ class BatchPredictionTensorWriter(_WriterLayer):
             return ge.batch_prediction_response(batch, ge.assemble_records(batch, pieces))
 
 
+@serializable
 class BatchPredictionWriter(_WriterLayer):
     """A BatchPredictionResponse of B DataRecords; record i holds only field 2
     (continuousFeatures) {keys[j]: double(values[i, j])}.
