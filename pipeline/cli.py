@@ -23,6 +23,7 @@ can open the paths, checks the model and input; it submits nothing.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import signal
 import sys
