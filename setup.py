@@ -46,6 +46,8 @@ setup(
         "tools": TOOLS,
         "bench": BENCH,
         "test": TEST,
+        # Beam's hdfs:// file system talks WebHDFS through this client (what apache-beam[hadoop] adds).
+        "hdfs": ["hdfs>=2.7,<3"],
     },
     entry_points={"console_scripts": ["embedding-export=pipeline.cli:main"]},
 )

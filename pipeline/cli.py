@@ -168,6 +168,8 @@ def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
     """What a run would do, for --dry-run."""
+    from transforms.model_files import tensorflow_opens
+
     cfg = plan.config
     rows = ("rows unknown until read (DataRecord files carry no count)" if plan.total_rows is None
             else f"{plan.total_rows:,} rows")
@@ -180,6 +182,9 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
             default = f", default {column.default}" if column.default is not None else ""
             lines.append(f"  column {name} <- {column.kind} {shown}{default}")
     lines.append(f"model:   {cfg.model.path} [{cfg.model.signature}], batch {cfg.model.batch_size}")
+    if "://" in cfg.model.path and not tensorflow_opens(cfg.model.path):
+        lines.append(f"  TensorFlow cannot open {cfg.model.path.split('://')[0]}://: each worker process copies "
+                     f"the model to a local directory through Beam's file system (checked: listed)")
     for spec in plan.inputs:
         shape = "[B]" if spec.length is None else f"[B, {spec.length}]"
         extra = f", pad {spec.pad}" if spec.kind == "padded" else ""
@@ -237,6 +242,9 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
                 plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
             except PreflightError as e:
                 problems.append(str(e))
+            except Exception as e:  # the file system itself failed, e.g. an HDFS namenode not reachable
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                problems.append(f"model, input and output could not be checked: {type(e).__name__}: {first}")
             else:
                 print(format_plan(plan, beam_args), file=out)
     print(format_options_check(check), file=out)
@@ -310,6 +318,18 @@ def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) 
     return EXIT_OK
 
 
+def _file_system_options_only(beam_args: Sequence[str]) -> bool:
+    """Whether every option is one of Beam's file-system options (HDFS, S3, Azure, GCS project)."""
+    from apache_beam.options.pipeline_options import (AzureOptions, GoogleCloudOptions, HadoopFileSystemOptions,
+                                                      S3Options)
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for options_class in (HadoopFileSystemOptions, S3Options, AzureOptions, GoogleCloudOptions):
+        options_class._add_argparse_args(parser)
+    known = {flag for action in parser._actions for flag in action.option_strings}
+    return all(arg.split("=", 1)[0] in known for arg in beam_args if arg.startswith("--"))
+
+
 def _say_launch(result, options, err: TextIO) -> None:
     """A remote job's id and console URL, as soon as it is submitted (Beam logs them at INFO)."""
     from pipeline.runner_options import launch_notice
@@ -338,8 +358,14 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO =
     # decided at import).
     setup_logging(_verbose_flag(own))
     args = build_parser().parse_args(own)
-    if beam_args and args.command != "run":
-        print("embedding-export: Beam options (after --) apply to `run` only", file=err)
+    if beam_args and args.command in ("verify", "inspect") and _file_system_options_only(beam_args):
+        # A remote export's file system, e.g. -- --hdfs_host=nn --hdfs_port=9870 --hdfs_user=etl
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+        FileSystems.set_options(PipelineOptions(beam_args))
+    elif beam_args and args.command != "run":
+        print("embedding-export: Beam options (after --) apply to `run` only; `verify` and `inspect` take "
+              "file-system options there (--hdfs_host, --hdfs_port, --hdfs_user, --s3_*, ...)", file=err)
         return EXIT_USAGE
     args.beam_args = beam_args
     return args.handler(args, out, err)

@@ -25,12 +25,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
+from pipeline.local_engines import note_once, resolve_local_engine
 from pipeline.plan import recheck_output
 from pipeline.progress import ReportRowsRead
 from transforms.duplicates import CountDuplicateKeys, bucket_count
 from transforms.embed import EmbedBatches, SavedModelHandler
 from transforms.claim import ClaimRefused, Heartbeat, acquire, release
 from transforms.errors import ExportError, PreflightError
+from transforms.file_listing import list_files
 from transforms.finalize import FinalizeExport, rejected_dir_of_failed_run
 from transforms.formats import make_format
 from transforms.outputdir import JOURNAL_NAME, TEMP_DIR, read_manifest
@@ -48,8 +50,16 @@ _LOG = logging.getLogger(__name__)
 
 
 def pipeline_options(config: ExportConfig, beam_args: Sequence[str] = ()) -> PipelineOptions:
-    """Beam options: the config's runner and options, then the extra arguments (which win)."""
-    return PipelineOptions([f"--runner={config.runner.name}", *config.runner.options, *beam_args])
+    """Beam options: the config's runner and options, then the extra arguments (which win).
+
+    ``DirectRunner`` and ``PrismRunner`` are pointed at this machine's Prism binary, or (the
+    DirectRunner) run on the FnApiRunner with a one-line note: never a download
+    (``pipeline.local_engines``).
+    """
+    runner, options, note = resolve_local_engine(config.runner.name, [*config.runner.options, *beam_args])
+    if note:
+        note_once(note)
+    return PipelineOptions([f"--runner={runner}", *options])
 
 
 def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
@@ -90,17 +100,28 @@ def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAU
 
 
 def _export_error(err: BaseException) -> Optional[str]:
-    """The message of an ExportError raised on a worker, however the runner wrapped it."""
+    """The message of an ExportError raised on a worker, however the runner wrapped it.
+
+    In-process runners keep the exception chain. Runners with a job service (Prism, portable
+    runners) report only the worker's traceback as text, so the message is read from it.
+    """
     seen = set()
     found = None
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, ExportError):
             found = str(err)  # the innermost one carries the message without runner decoration
+        elif found is None:
+            quoted = _EXPORT_ERROR_LINE.findall(str(err))
+            if quoted:
+                found = quoted[-1]
         err = err.__cause__ or err.__context__
     if found is not None:
         found = re.sub(r" \[while running '[^']*'\]$", "", found)
     return found
+
+
+_EXPORT_ERROR_LINE = re.compile(r"^(?:\w+\.)*ExportError: (.+)$", re.MULTILINE)
 
 
 def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Optional[str] = None,
@@ -189,7 +210,7 @@ def _discard_scratch(plan: ExportPlan) -> None:
     """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
-        files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "**")])[0].metadata_list]
+        files = [m.path for m in list_files(scratch)]
         kept = rejected_dir_of_failed_run(plan.layout.path, plan.run_id, True).rstrip("/") + "/"
         doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME and not f.startswith(kept)]
         if doomed:

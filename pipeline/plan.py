@@ -39,6 +39,7 @@ from transforms.errors import PreflightError
 from transforms.inputs.base import InputScan
 from transforms.inputs.datarecord import CONTINUOUS, DISCRETE, DataRecordSource, FeatureColumn, scan_datarecord
 from transforms.inputs.parquet import scan_parquet
+from transforms.model_files import local_model_dir, model_files, tensorflow_opens
 from transforms.outputdir import MANIFEST_NAME, TEMP_DIR, static_manifest, utc_now
 from transforms.ownership import Inventory, publish_siblings, take_inventory
 from transforms.plan import ExportPlan
@@ -134,6 +135,21 @@ def read_signature(model_path: str, signature: str) -> Tuple[Dict[str, Signature
             {k: describe(k, v) for k, v in sig.outputs.items()})
 
 
+def check_model_copyable(model_path: str) -> None:
+    """For a model on a scheme TensorFlow cannot open (hdfs://, s3://), check that the workers can
+    copy it to a local directory through Beam's FileSystems (``transforms.model_files``)."""
+    if tensorflow_opens(model_path):
+        return
+    try:
+        names = {name for name, _ in model_files(model_path)}
+    except Exception as err:
+        raise PreflightError(f"model.path {model_path}: TensorFlow cannot open this scheme, and listing the "
+                             f"SavedModel through Beam's file system failed: {err}") from err
+    if "variables/variables.index" not in names:
+        raise PreflightError(f"model.path {model_path}: no variables/variables.index under it; workers copy "
+                             f"the whole SavedModel directory (TensorFlow cannot open this scheme)")
+
+
 def _fmt_shape(shape) -> str:
     return "unknown rank" if shape is None else "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
 
@@ -210,7 +226,7 @@ def _probe_embedding_dim(config: ExportConfig, inputs: Sequence[InputSpec]) -> i
     import numpy as np
     import tensorflow as tf
 
-    fn = tf.saved_model.load(config.model.path).signatures[config.model.signature]
+    fn = tf.saved_model.load(local_model_dir(config.model.path)).signatures[config.model.signature]
     feeds = {}
     for spec in inputs:
         shape = (1,) if spec.kind == KIND_SCALAR else (1, spec.length)
@@ -554,6 +570,7 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     _check_runner(config)
 
     sig_inputs, sig_outputs = read_signature(config.model.path, config.model.signature)
+    check_model_copyable(config.model.path)
     _check_variables(config.model.path)
     inputs = _resolve_inputs(config, sig_inputs)
     outputs = _resolve_outputs(config, sig_outputs)

@@ -67,7 +67,9 @@ def is_local_run(runner: str, options: Sequence[str] = ()) -> bool:
         return True
     if name in ("PortableRunner", "PrismRunner"):
         env = [o.split("=", 1)[1] for o in options if o.startswith("--environment_type=")]
-        return bool(env) and env[-1].upper() == "LOOPBACK"
+        if not env:
+            return name == "PrismRunner"  # Prism's default environment is LOOPBACK
+        return env[-1].upper() == "LOOPBACK"
     return False
 
 

@@ -10,7 +10,8 @@ DoFn emits each batch's results a few batches later, in input order (``MODEL_CAL
 signature on a dict of numpy columns, which Beam's TF handler cannot (it needs tensorflow-hub
 and Keras loading and stacks a single input). The model is loaded with ``tf.saved_model.load``
 in ``DoFn.setup`` through ``apache_beam.utils.shared.Shared``, so a process holds one copy
-whatever the number of DoFn instances. Metrics use RunInference's names so dashboards built for
+whatever the number of DoFn instances (a model on a scheme TensorFlow cannot open, such as
+hdfs://, is first copied to a local directory through Beam's FileSystems: ``transforms.model_files``). Metrics use RunInference's names so dashboards built for
 RunInference read this job too. Rows whose outputs are not finite are rejected, not written.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
 from transforms.errors import ExportError
 from transforms.isolate import ModelFailureIsolation
+from transforms.model_files import local_model_dir
 from transforms.specs import InputSpec, OutputSpec
 from transforms.rejected import REJECTED, rejected_from_tagged
 from transforms.validate import METRICS_NAMESPACE
@@ -112,7 +114,7 @@ class SavedModelHandler:
         _set_threads(tf, self.intra_op_threads, self.inter_op_threads)
         start = time.perf_counter()
         try:
-            module = tf.saved_model.load(self.model_path)
+            module = tf.saved_model.load(local_model_dir(self.model_path))
         except Exception as err:
             raise RuntimeError(f"cannot load the SavedModel {self.model_path}: {err}") from err
         try:

@@ -60,6 +60,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.claim import claim_problem
 from transforms.elements import RejectedPart, ShardResult
 from transforms.errors import ExportError
+from transforms.file_listing import list_files
 from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, TEMP_DIR, finished_manifest,
                                   manifest_bytes, numbered_file_name)
 from transforms.ownership import (is_run_id, journal_bytes, journal_name, publish_siblings, sibling_dir,
@@ -100,6 +101,11 @@ def _delete_tree(path: str) -> None:
     _delete(_matching(_join(path, "**")))
 
 
+def _rename_keeps_destination(path: str) -> bool:
+    """Whether FileSystems.rename fails rather than replace an existing destination (HDFS)."""
+    return "://" in path and FileSystems.get_filesystem(path).has_dirs()
+
+
 def _write_file(path: str, data: bytes, scratch: str) -> None:
     """Write a small file under a temporary name in ``scratch`` and rename it to ``path``."""
     tmp = _join(scratch, f"{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
@@ -123,6 +129,10 @@ def _rename_into_place(pairs: Sequence[Tuple[str, str]], pause: Optional[str] = 
             FileSystems.mkdirs(parent)
     for start in range(0, len(todo), RENAME_BATCH):
         batch = todo[start:start + RENAME_BATCH]
+        if _rename_keeps_destination(batch[0][1]):
+            # HDFS refuses to rename onto an existing file (local disks and object stores replace
+            # it). The source is the complete new file, so the old one under its name can go.
+            _delete([dst for _, dst in batch])
         FileSystems.rename([src for src, _ in batch], [dst for _, dst in batch])
         if pause:
             pause_point(pause)
@@ -165,13 +175,16 @@ def _relative(out: str, path: str) -> str:
     return path[len(prefix):] if path.startswith(prefix) else path
 
 
-def _remove_empty_local_dirs(root: str) -> None:
+def _remove_empty_run_dirs(root: str) -> None:
     """Remove the empty run directories (``<root>/<run id>/...``) and then ``root`` if empty.
 
-    Only local paths: object stores have no directories. Directories of other names are not
+    Local paths and HDFS: object stores have no directories. Directories of other names are not
     this job's and stay, even when empty.
     """
-    if "://" in root or not os.path.isdir(root):
+    if "://" in root:
+        _remove_empty_remote_dirs(root)
+        return
+    if not os.path.isdir(root):
         return
     for child in os.listdir(root):
         path = os.path.join(root, child)
@@ -181,6 +194,18 @@ def _remove_empty_local_dirs(root: str) -> None:
                     os.rmdir(dirpath)
     if not os.listdir(root):
         os.rmdir(root)
+
+
+def _remove_empty_remote_dirs(root: str) -> None:
+    """``_remove_empty_run_dirs`` on a file system with directories reached by URL (HDFS)."""
+    if not FileSystems.get_filesystem(root).has_dirs() or not FileSystems.exists(root):
+        return
+    children = [m.path.rstrip("/") for m in FileSystems.match([_join(root, "*")])[0].metadata_list]
+    empty = [c for c in children if is_run_id(c.rsplit("/", 1)[-1]) and not list_files(c)]
+    if empty:
+        FileSystems.delete(empty)
+    if len(empty) == len(children):
+        FileSystems.delete([root])
 
 
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
@@ -253,7 +278,7 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
                         os.rmdir(dirpath)
         else:
             _delete_tree(temp)
-        _remove_empty_local_dirs(_join(out, TEMP_DIR))
+        _remove_empty_run_dirs(_join(out, TEMP_DIR))
         raise ExportError(
             f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / max(rows_read, 1):.2%}), "
             f"more than output.max_reject_fraction {max_reject_fraction:g}; commonest reasons: "
@@ -318,8 +343,8 @@ def _publish_files(out: str, run_id: str, moves: Sequence[Tuple[str, str]], stal
     pause_point("publish.success")
     _delete_tree(temp)
     _delete([path for name, path in stale_names.items() if name.startswith(TEMP_DIR + "/")])
-    _remove_empty_local_dirs(_join(out, TEMP_DIR))
-    _remove_empty_local_dirs(_join(out, REJECTED_DIR))
+    _remove_empty_run_dirs(_join(out, TEMP_DIR))
+    _remove_empty_run_dirs(_join(out, REJECTED_DIR))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -475,7 +500,7 @@ def _publish_directory(out: str, staging: str, run_id: str, journal: bytes, move
         return False
     pause_point("publish.success")
     _delete_tree(_join(real, TEMP_DIR, run_id))
-    _remove_empty_local_dirs(_join(real, TEMP_DIR))
+    _remove_empty_run_dirs(_join(real, TEMP_DIR))
     left = _clear_own(previous, set(stale_names), run_id)
     if left:
         _LOG.warning("left %s in place: %d file(s) appeared in %s during the run and are not this job's (%s)",

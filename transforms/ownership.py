@@ -215,8 +215,10 @@ def take_inventory(out: str, skip_run: Optional[str] = None) -> Inventory:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.file_listing import list_files
+
     prefix = out.rstrip("/") + "/"
-    matched = FileSystems.match([FileSystems.join(out, "**")])[0].metadata_list
+    matched = list_files(out)  # not match(**): Beam's HDFS listing is one level deep
     sizes = {m.path[len(prefix):].replace("\\", "/"): int(m.size_in_bytes) for m in matched
              if m.path.startswith(prefix)}
     if skip_run is not None:

@@ -243,17 +243,28 @@ def _width(seg: Segment) -> int:
 
 
 def _fill_fixed(batch: int, merged: List[Segment]) -> np.ndarray:
-    """[B, L] uint8, row i = record i, from segments none of which is variable."""
+    """[B, L] uint8, row i = record i, from segments none of which is variable.
+
+    All constant bytes go in with one broadcast of a template row, then each fixed-width column
+    block on top: numpy pays a per-row cost for every strided assignment (~60 instructions a
+    row each, more than copying a 20-byte constant), so three assignments for an exported
+    record (template, key, embedding) instead of five do the same work in fewer instructions.
+    """
     widths = [_width(seg) for seg in merged]
-    out = np.empty((batch, sum(widths)), dtype=np.uint8)
+    template = np.zeros(sum(widths), dtype=np.uint8)
+    fixed = []
     col = 0
     for seg, width in zip(merged, widths):
         if width:
             if isinstance(seg, _Const):
-                out[:, col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
+                template[col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
             else:
-                out[:, col:col + width] = seg.rows
+                fixed.append((col, width, seg.rows))
         col += width
+    out = np.empty((batch, len(template)), dtype=np.uint8)
+    out[:] = template
+    for col, width, rows in fixed:
+        out[:, col:col + width] = rows
     return out
 
 
