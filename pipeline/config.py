@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a value of another type is an error, never coerced (YAML's ``true`` is not 1 shard,
+    # nor a reject fraction of 1.0; ``"16"`` is not 16). An int is still accepted for a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataRecordColumn(_Strict):

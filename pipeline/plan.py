@@ -8,15 +8,22 @@ a float32 [B, D] embedding); that the input pattern matches files (``transforms.
 footers, the first record of DataRecord files) holding the key column (integer or string) and every
 configured column with a type the model input accepts, the same in every file; and that the
 output directory holds no earlier export unless overwriting. Paths are made absolute (workers
-may run in another directory). The result is a ``transforms.plan.ExportPlan``: everything the
+may run in another directory). Also: that the output and model paths hold no pattern characters
+(``[ ] * ?``); that the runner exists; that the model's variables checkpoint is there and not
+truncated; that a local output directory is writable, not on a read-only mount, has no file where
+the job needs its ``_temporary`` or ``_rejected`` directory, and has room for at least the export's
+raw bytes; and that no other live run holds the output directory's claim (``transforms.claim``).
+The result is a ``transforms.plan.ExportPlan``: everything the
 transforms need, resolved; the job takes it as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import ExportConfig, ModelInput, OutputConfig
 from transforms.arrow_columns import is_list_type
+from transforms.claim import LEASE_SECONDS, describe_live, live_claims
 from transforms.errors import PreflightError, PreflightProblems
 from transforms.inputs.base import InputScan
 from transforms.inputs.datarecord import CONTINUOUS, DISCRETE, DataRecordSource, FeatureColumn, scan_datarecord
@@ -396,7 +404,7 @@ def _note_killed_publish(path: str) -> None:
                      "aside); the run makes it again", path, os.path.realpath(path))
 
 
-def _check_output_dir(path: str, overwrite: bool) -> Inventory:
+def _check_output_dir(path: str, overwrite: bool, own_run: Optional[str] = None) -> Inventory:
     """What the output directory holds, and whether this run may write there.
 
     Allowed: an empty or missing directory; one holding only what an unfinished run of this job
@@ -405,13 +413,20 @@ def _check_output_dir(path: str, overwrite: bool) -> Inventory:
     removed while foreign files stay, unless a foreign file has a name the export uses or a
     loader reads (then the run is refused: the job neither deletes nor mixes with it).
     """
-    _note_killed_publish(path)
+    if own_run is None:
+        _note_killed_publish(path)
     if "://" not in path and os.path.isfile(path):
         raise PreflightError(f"output.path {path} is a file; it must be a directory")
     try:
-        inventory = take_inventory(path)
+        inventory = take_inventory(path, skip_run=own_run)
     except Exception as err:
         raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
+    live = live_claims(path, except_run=own_run) if inventory.runs else []
+    if live:
+        raise PreflightError(f"output.path {path} is claimed by {describe_live(live)}: another export is "
+                             "writing there; wait for it to finish or stop it (the claim of a killed run is "
+                             "taken over: on this host at once, from another host "
+                             f"{LEASE_SECONDS:g} s after its last heartbeat)")
     if inventory.empty:
         return inventory
     if inventory.debris_only:
@@ -433,6 +448,133 @@ def _check_output_dir(path: str, overwrite: bool) -> Inventory:
             f"but that look like export files ({_shown(clashing)}); the job does not delete or mix with "
             f"files it did not write: move them away, or choose another output.path")
     return inventory
+
+
+def recheck_output(plan: ExportPlan) -> ExportPlan:
+    """The output directory checked again by a run that now holds its claim: what was found at
+    preflight may have changed before the claim (another run finished there meanwhile). Returns
+    the plan with the files this run may remove taken from this listing, marked ``claimed``."""
+    path = plan.layout.path
+    inventory = _check_output_dir(path, plan.overwrite, own_run=plan.run_id)
+    return dataclasses.replace(plan, claimed=True, previous_runs=inventory.runs,
+                               stale_files=tuple(FileSystems.join(path, name) for name in inventory.ours))
+
+
+_PATTERN_CHARACTERS = "[]*?"
+
+
+def _check_literal_paths(config: ExportConfig) -> None:
+    """Refuse an output or model path holding a character that Beam's ``FileSystems.match`` (and
+    TensorFlow's file functions) read as a pattern: the job lists, deletes and loads these paths
+    by pattern, and ``out[1]`` would match ``out1``, not itself."""
+    for key, path in (("output.path", config.output.path), ("model.path", config.model.path)):
+        found = sorted({c for c in path if c in _PATTERN_CHARACTERS})
+        if found:
+            raise PreflightError(f"{key} {path} holds {' '.join(repr(c) for c in found)}: Beam's file systems and "
+                                 "TensorFlow read [ ] * ? in a path as a pattern, so the job could not list, "
+                                 "replace or load exactly this path; use a path without them")
+
+
+def _check_runner(config: ExportConfig) -> None:
+    """The runner exists in this Beam installation (a misspelt runner would fail after the
+    preflight's minutes of footer reading, at launch)."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(config.runner.name)
+    except (ValueError, ImportError) as err:
+        raise PreflightError(f"runner.name {config.runner.name!r}: {err}") from None
+
+
+def _check_variables(model_path: str) -> None:
+    """The SavedModel's ``variables/`` checkpoint is there and whole: the index lists every
+    variable (shape and dtype) and the data files must hold at least their bytes. A missing or
+    truncated checkpoint would otherwise fail on every worker, after launch."""
+    prefix = FileSystems.join(model_path, "variables", "variables")
+    index = prefix + ".index"
+    if not FileSystems.exists(index):
+        raise PreflightError(f"model.path {model_path}: {index} does not exist (the SavedModel's variables are "
+                             "missing: copy the whole SavedModel directory)")
+    data = FileSystems.match([prefix + ".data-*"])[0].metadata_list
+    if not data:
+        raise PreflightError(f"model.path {model_path}: no variables data file ({prefix}.data-*) beside {index}")
+    if "://" in model_path:
+        return  # the sizes below need TensorFlow to read the index: checked for local models only
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        listed = tf.train.list_variables(prefix)
+    except Exception as err:
+        raise PreflightError(f"model.path {model_path}: cannot read the variables index {index}: {err}") from None
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    need = 0
+    for name, shape in listed:
+        dtype = dtypes.get(name)
+        if dtype is not None and dtype != tf.string:
+            need += int(np.prod(shape, dtype=np.int64)) * dtype.size
+    have = sum(m.size_in_bytes for m in data)
+    if have < need:
+        raise PreflightError(f"model.path {model_path}: the variables data files hold {have:,} bytes but the "
+                             f"index lists {need:,} bytes of variables: the checkpoint is truncated")
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _check_output_writable(path: str) -> None:
+    """A local output directory the run can write: ``_temporary`` and ``_rejected`` there are
+    directories if anything, and the directory (or its nearest existing ancestor) is writable
+    and not on a read-only mount."""
+    if "://" in path:
+        return  # object stores and HDFS: permissions are checked by the first write (the claim)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return  # not a directory at all: _check_output_dir says so
+    for name in ("_temporary", "_rejected"):
+        entry = os.path.join(path, name)
+        if os.path.lexists(entry) and not os.path.isdir(entry):
+            raise PreflightError(f"output.path {path}: {entry} is a file, where the job needs a directory "
+                                 f"({name}/ holds its {'scratch files' if name == '_temporary' else 'rejected rows'}); "
+                                 "move it away")
+    base = _nearest_existing(path)
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        raise PreflightError(f"output.path {path}: {base} is on a read-only file system")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PreflightError(f"output.path {path}: {base} is not writable by this user")
+
+
+def estimated_export_bytes(rows: int, outputs: Sequence[OutputSpec]) -> int:
+    """A lower bound of an uncompressed export's bytes: per record the key (8 bytes) and every
+    output value (open dims counted as 1), no framing or Thrift overhead."""
+    import numpy as np
+
+    per_row = 8
+    for spec in outputs:
+        values = 1
+        for dim in spec.shape:
+            values *= dim or 1
+        per_row += values * (np.dtype(spec.dtype).itemsize if spec.dtype != "string" else 1)
+    return rows * per_row
+
+
+def _check_free_space(config: ExportConfig, outputs: Sequence[OutputSpec], rows: Optional[int]) -> None:
+    """Refuse an export that cannot fit the local disk of the output directory (uncompressed
+    tfrecord and block output, where ``estimated_export_bytes`` is a lower bound)."""
+    path = config.output.path
+    if "://" in path or rows is None or config.output.format == "parquet" or config.output.compression != "none":
+        return
+    need = estimated_export_bytes(rows, outputs)
+    free = shutil.disk_usage(_nearest_existing(path)).free
+    if free < need:
+        raise PreflightError(f"output.path {path}: the export needs at least {need:,} bytes ({rows:,} records of at "
+                             f"least {need // max(rows, 1):,} bytes) but its file system has {free:,} bytes free")
 
 
 def new_run_id() -> str:
@@ -463,6 +605,8 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     overwrite = overwrite or config.output.overwrite
     if overwrite != config.output.overwrite:
         config = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": overwrite})})
+    _check_literal_paths(config)
+    _check_runner(config)
 
     # Independent checks all run, so a run (and --dry-run) reports every problem at once: a wrong
     # signature does not hide an input column that is missing or an output directory in use.
@@ -470,11 +614,13 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
     inputs = outputs = None
     signature = problems.run(read_signature, config.model.path, config.model.signature)
     problems.run(check_model_copyable, config.model.path)
+    problems.run(_check_variables, config.model.path)
     if signature is not None:
         sig_inputs, sig_outputs = signature
         inputs = problems.run(_resolve_inputs, config, sig_inputs)
         outputs = problems.run(_resolve_outputs, config, sig_outputs)
     scan = problems.run(_scan_input, config, inputs or ())
+    problems.run(_check_output_writable, config.output.path)
     inventory = problems.run(_check_output_dir, config.output.path, overwrite)
     string_keys = False
     if scan is not None:
@@ -487,6 +633,7 @@ def preflight(config: ExportConfig, overwrite: bool = False, beam_args: Sequence
         first = outputs[0]
         outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
 
+    _check_free_space(config, outputs, None if any(f.rows is None for f in scan.files) else sum(f.rows for f in scan.files))
     run_id = run_id or new_run_id()
     partition = PartitionSpec(config.partition.num_shards,
                               config.partition.column if config.partition.by == "column" else None)

@@ -3,7 +3,6 @@
 No timing thresholds here: speed is judged by the ratios benchmarks/run.py reports.
 """
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,8 +18,6 @@ from benchmarks import data
 from benchmarks.scaling import marginal_rate, run_child
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_JOB = importlib.util.find_spec("pipeline.job") is not None
-needs_job = pytest.mark.skipif(not HAVE_JOB, reason="pipeline/job.py (run_export) does not exist yet")
 
 
 def _decode_tfrecord_dir(pattern):
@@ -258,7 +255,6 @@ FIELDS = ["valid", "invalid_reasons", "rows", "naive_rows", "floor_rows_per_s", 
           "batch_size", "num_shards", "seconds", "machine", "versions", "model"]
 
 
-@needs_job
 def test_harness_end_to_end_small(tmp_path):
     from benchmarks.run import EXIT_INVALID
 
@@ -336,7 +332,6 @@ def test_harness_end_to_end_small(tmp_path):
                                     .column("user_id").to_pylist())
 
 
-@needs_job
 def test_scaling_study_small(tmp_path):
     from benchmarks.scaling import scaling_study
 

@@ -227,7 +227,8 @@ def finished_manifest(base: Mapping[str, Any], run_id: str, shards: Sequence[Any
         "rows_rejected": sum(p.records for p, _ in rejected),
         "rows_unreadable": sum(u.rows for u in unreadable),
         "rejected_by_reason": by_reason,
-        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
+        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes, "crc32c": p.crc32c}
+                           for p, name in rejected],
         "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
     })
     manifest["key_id_collisions"] = None   # integer keys: ids are the keys

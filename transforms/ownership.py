@@ -37,7 +37,7 @@ from transforms.outputdir import JOURNAL_NAME, MANIFEST_NAME, REJECTED_DIR, SHAR
 from transforms.rejected import RUN_ID_METADATA_KEY
 
 __all__ = ["RUN_ID_PATTERN", "Inventory", "classify", "take_inventory",
-           "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
+           "scratch_name", "journal_name", "journal_bytes", "looks_like_output", "is_run_id", "scratch_run_id",
            "SIBLING_KINDS", "sibling_dir", "publish_siblings"]
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
@@ -50,9 +50,14 @@ def is_run_id(text: str) -> bool:
     return bool(RUN_ID_PATTERN.match(text))
 
 
+def scratch_name(run_id: str, name: str) -> str:
+    """``name`` in run ``run_id``'s scratch directory, relative to the output directory."""
+    return f"{TEMP_DIR}/{run_id}/{name}"
+
+
 def journal_name(run_id: str) -> str:
     """The journal's path relative to the output directory."""
-    return f"{TEMP_DIR}/{run_id}/{JOURNAL_NAME}"
+    return scratch_name(run_id, JOURNAL_NAME)
 
 
 def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str],
@@ -204,8 +209,9 @@ def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
     return Inventory(SUCCESS_NAME in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
 
 
-def take_inventory(out: str) -> Inventory:
-    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it."""
+def take_inventory(out: str, skip_run: Optional[str] = None) -> Inventory:
+    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it;
+    ``skip_run``'s own scratch (a run looking at the directory it claimed) is left out."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -215,6 +221,8 @@ def take_inventory(out: str) -> Inventory:
     matched = list_files(out)  # not match(**): Beam's HDFS listing is one level deep
     sizes = {m.path[len(prefix):].replace("\\", "/"): int(m.size_in_bytes) for m in matched
              if m.path.startswith(prefix)}
+    if skip_run is not None:
+        sizes = {name: size for name, size in sizes.items() if scratch_run_id(name) != skip_run}
 
     def read_json(name: str) -> object:
         try:

@@ -392,6 +392,11 @@ def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[in
         keys = np.asarray(keys)
         if keys.ndim != 1 or keys.dtype.kind not in "iu":
             raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
+        if keys.dtype.kind == "u" and keys.dtype.itemsize >= 8 and len(keys):
+            too_big = keys > np.uint64(np.iinfo(np.int64).max)
+            if too_big.any():  # the key field is i64: such a key would be written as a negative one
+                row = int(np.argmax(too_big))
+                raise ValueError(f"key {int(keys[row])} (row {row}) does not fit the DataRecord key, an int64")
         if key_feature_id is None:
             raise ValueError("key_feature_id is required when keys are given")
         key_feature_id = resolve_feature_id(key_feature_id)

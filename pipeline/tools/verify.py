@@ -15,7 +15,8 @@ What is checked (docs/FORMAT.md):
   says so), for parquet the ``key`` (and ``key_id``) and ``embedding`` columns equal to the
   decoded record, and the record and byte counts equal to the manifest's (plus the file's crc32c
   when the manifest records one);
-- the rejected-rows files the manifest lists: present, with the row counts it gives.
+- the rejected-rows files the manifest lists: present, with the row counts, bytes and crc32c it
+  gives; any other file under ``_rejected/`` is a problem.
 
 Memory is bounded by the batch size: a shard is never loaded whole (only its keys are kept, 8
 bytes a record, to find duplicate users). Shards are independent, so ``--processes N`` checks N
@@ -29,6 +30,7 @@ import collections
 import functools
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ import pyarrow.parquet as pq
 from pipeline.tools.exports import (DEFAULT_BATCH_SIZE, RecordBatch, ShardReadError, file_size, is_directory,
                                     iter_record_batches, list_directory)
 from transforms.errors import ExportError
-from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, ExportManifest, join_path, open_binary,
+from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, ExportManifest, is_remote, join_path, open_binary,
                                   parse_shard_file_name, read_manifest, shard_file_name)
 from twml.sharding import shard_of_keys
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
@@ -561,21 +563,50 @@ def _check_manifest(manifest: ExportManifest, report: VerifyReport) -> None:
         report.add(Problem(f"{MANIFEST_NAME}: embedding_dim must be > 0, got {manifest.embedding_dim}"))
 
 
+def _files_under(export_dir: str, directory: str) -> List[str]:
+    """Relative names ("a/b") of every file under ``export_dir/directory``, at any depth."""
+    root = join_path(export_dir, directory)
+    if is_remote(export_dir):
+        from apache_beam.io.filesystems import FileSystems
+        prefix = root.rstrip("/") + "/"
+        found = FileSystems.match([prefix + "**"])[0].metadata_list
+        return sorted(f"{directory}/{m.path[len(prefix):]}" for m in found if m.path.startswith(prefix))
+    names = []
+    for dirpath, _, files in os.walk(root):
+        rel = os.path.relpath(dirpath, export_dir).replace(os.sep, "/")
+        names += [f"{rel}/{name}" for name in files]
+    return sorted(names)
+
+
 def _check_rejected(export_dir: str, manifest: ExportManifest, report: VerifyReport) -> None:
-    """The ``rejected_files`` the manifest lists exist, hold the rows it says, and add up to rows_rejected."""
+    """The ``rejected_files`` the manifest lists exist, hold the rows, bytes and crc32c it gives,
+    and add up to rows_rejected; every other file under ``_rejected/`` is a problem (a loader of
+    rejected rows would read it)."""
     entries = manifest.raw.get("rejected_files")
     if not isinstance(entries, list):
         return   # an older manifest without the list: nothing to compare
     total = 0
+    listed = set()
     for entry in entries:
         name = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(name, str):
             report.add(Problem(f"{MANIFEST_NAME}: rejected_files entry {entry!r} has no file"))
             continue
+        listed.add(name)
         path = join_path(export_dir, name)
-        if file_size(path) is None:
+        size = file_size(path)
+        if size is None:
             report.add(Problem("rejected-rows file is missing (the manifest lists it)", name))
             continue
+        expected_bytes = entry.get("bytes")
+        if isinstance(expected_bytes, int) and not isinstance(expected_bytes, bool) and size != expected_bytes:
+            report.add(Problem(f"the manifest says {expected_bytes} bytes, the file has {size}", name))
+        expected_crc = _as_crc(entry.get("crc32c"))
+        if expected_crc is not None:
+            actual_crc = _file_crc32c(path)
+            if actual_crc != expected_crc:
+                report.add(Problem(f"file crc32c is {actual_crc:#010x}, the manifest says {expected_crc:#010x} "
+                                   "(the file changed after the export wrote it)", name))
         try:
             with open_binary(path) as source, pq.ParquetFile(source) as parquet:
                 rows = parquet.metadata.num_rows
@@ -585,6 +616,10 @@ def _check_rejected(export_dir: str, manifest: ExportManifest, report: VerifyRep
         total += rows
         if rows != entry.get("records"):
             report.add(Problem(f"the manifest says {entry.get('records')} rejected rows, the file holds {rows}", name))
+    for name in _files_under(export_dir, REJECTED_DIR):
+        if name not in listed:
+            report.add(Problem("file under _rejected/ that the manifest does not list (left by another run, "
+                               "or added)", name))
     if manifest.rows_rejected is not None and total != manifest.rows_rejected and \
             not any(p.file and p.file.startswith(REJECTED_DIR) for p in report.problems):
         report.add(Problem(f"{MANIFEST_NAME}: rejected_files hold {total} rows, rows_rejected says "
