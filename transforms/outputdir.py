@@ -27,6 +27,7 @@ from importlib import metadata
 from typing import Any, BinaryIO, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from transforms.errors import ExportError
+from twml.export_names import MANIFEST_NAME, SUCCESS_NAME  # shared with twml.dataset, which reads exports
 from twml.feature_ids import feature_id
 
 __all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "TEMP_DIR", "JOURNAL_NAME", "SHARD_PREFIX", "FORMATS",
@@ -36,8 +37,6 @@ __all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "TEMP_DIR", "JOURNAL
            "manifest_bytes", "read_manifest", "versions", "utc_now", "is_remote", "join_path", "open_binary",
            "open_records"]
 
-MANIFEST_NAME = "_MANIFEST.json"
-SUCCESS_NAME = "_SUCCESS"
 REJECTED_DIR = "_rejected"
 TEMP_DIR = "_temporary"
 JOURNAL_NAME = "_PUBLISH.json"  # under _temporary/<run id>/ (transforms.ownership)

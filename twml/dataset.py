@@ -31,11 +31,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from twml.export_names import MANIFEST_NAME as MANIFEST_FILE, SUCCESS_NAME as SUCCESS_FILE
+
 __all__ = ["MANIFEST_FILE", "SUCCESS_FILE", "ExportedOutput", "ExportLayout", "read_export_layout",
            "parse_exported_records", "export_dataset"]
 
-MANIFEST_FILE = "_MANIFEST.json"
-SUCCESS_FILE = "_SUCCESS"
 
 # Thrift binary type ids and tensor.thrift DataType values (docs/FORMAT.md).
 _T_I32, _T_I64, _T_STRING, _T_STRUCT, _T_MAP, _T_LIST = 8, 10, 11, 12, 13, 15
