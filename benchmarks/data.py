@@ -25,7 +25,9 @@ from pipeline.demo.users import user_ids, write_user_files
 from pipeline.demo.models import demo_model_kwargs, ensure_embedding_model, reference_model_kwargs
 
 __all__ = ["MODELS", "model_kwargs", "prepare_model", "prepare_inputs", "export_config", "load_arrays",
-           "batches", "padded_ids", "INTRA_OP_THREADS", "work_directory", "print_result"]
+           "batches", "padded_ids", "INTRA_OP_THREADS", "work_directory", "print_result",
+           "DATARECORD_KEY", "DATARECORD_INTERESTS", "dense_feature_names", "datarecords_of_table",
+           "prepare_datarecord_inputs", "datarecord_export_config"]
 
 ROWS_PER_FILE = 50_000
 # The benchmark runs the export with model.intra_op_threads: 1, i.e. one thread per model call
@@ -123,6 +125,94 @@ def export_config(input_pattern: str, model_path: str, output_dir: str, model: s
     raw["model"]["inputs"]["sparse_ids"]["length"] = model_kwargs(model)["sparse_length"]
     raw["partition"]["num_shards"] = num_shards
     raw["output"]["path"] = output_dir
+    return raw
+
+
+DATARECORD_KEY = "meta.user_id"
+DATARECORD_INTERESTS = "user.interests"
+
+
+def dense_feature_names(dense_dim: int) -> List[str]:
+    """The continuous features that hold ``dense`` in the DataRecord form of the users."""
+    return [f"user.f{i}" for i in range(dense_dim)]
+
+
+def datarecords_of_table(table: pa.Table, dense_dim: int) -> List[bytes]:
+    """The users of a benchmark table as serialized DataRecords, as a feature pipeline writes them:
+    the key as the discrete feature ``meta.user_id``, each dense value as a continuous feature
+    ``user.f<i>`` (a double), and the sparse ids as the strings of a sparse-binary feature
+    ``user.interests`` (their decimal digits, in list order). Fields in ascending id order.
+
+    The continuous maps come from the batch encoder (``encode_continuous_records``); the key and
+    the string set, which differ in length per user, are joined to each record here.
+    """
+    import struct
+
+    from twml.encode import T_I64, T_MAP, T_SET, T_STRING, encode_continuous_records
+    from twml.feature_ids import feature_id
+
+    rows = table.num_rows
+    dense = table.column("dense").combine_chunks().flatten().to_numpy().reshape(rows, dense_dim)
+    continuous = encode_continuous_records([feature_id(n) for n in dense_feature_names(dense_dim)],
+                                           dense.astype(np.float64))
+    keys = table.column("user_id").to_numpy().tolist()
+    id_lists = table.column("sparse_ids").to_pylist()
+    # Field 3, discreteFeatures {key id: key}; field 5, sparseBinaryFeatures {interests id: {...}}.
+    key_head = struct.pack(">bhbbiq", T_MAP, 3, T_I64, T_I64, 1, feature_id(DATARECORD_KEY))
+    set_head = struct.pack(">bhbbiq", T_MAP, 5, T_I64, T_SET, 1, feature_id(DATARECORD_INTERESTS))
+    out = []
+    for record, key, ids in zip(continuous, keys, id_lists):
+        strings = [str(x).encode() for x in ids]
+        out.append(b"".join([record[:-1], key_head, struct.pack(">q", key), set_head,
+                             struct.pack(">bi", T_STRING, len(strings)),
+                             *[struct.pack(">i", len(x)) + x for x in strings], b"\x00"]))
+    return out
+
+
+def prepare_datarecord_inputs(workdir: str, patterns: Dict[int, str], model: str) -> Dict[int, str]:
+    """The users of ``prepare_inputs``' files as TFRecord files of DataRecords, one per Parquet
+    file, linked per size as the Parquet files are; returns {size: file pattern}."""
+    import glob
+
+    from twml.io.tfrecord import TFRecordWriter
+
+    dense_dim = model_kwargs(model)["dense_dim"]
+    root = Path(workdir) / "data-datarecord"
+    if root.exists():
+        shutil.rmtree(root)
+    files_dir = root / "files"
+    files_dir.mkdir(parents=True)
+    written = {}
+    out = {}
+    for size, pattern in sorted(patterns.items()):
+        directory = root / f"rows-{size}"
+        directory.mkdir()
+        for path in sorted(glob.glob(pattern)):
+            name = os.path.basename(path).replace(".parquet", ".tfrecord")
+            target = files_dir / name
+            if name not in written:
+                with TFRecordWriter(str(target)) as writer:
+                    for record in datarecords_of_table(pq.read_table(path), dense_dim):
+                        writer.write(record)
+                written[name] = target
+            try:
+                os.link(target, directory / name)
+            except OSError:
+                shutil.copyfile(target, directory / name)
+        out[size] = str(directory / "*.tfrecord")
+    return out
+
+
+def datarecord_export_config(input_pattern: str, model_path: str, output_dir: str, model: str,
+                             batch_size: int = 4096, num_shards: int = 16) -> Dict:
+    """``export_config`` reading the DataRecord form of the users (``input.format: datarecord``)."""
+    raw = export_config(input_pattern, model_path, output_dir, model, batch_size, num_shards)
+    shape = model_kwargs(model)
+    raw["input"] = {"format": "datarecord", "path": input_pattern, "container": "tfrecord", "key": DATARECORD_KEY,
+                    "features": {"dense": {"continuous": dense_feature_names(shape["dense_dim"]), "default": 0.0},
+                                 "sparse_ids": {"sparse_binary": DATARECORD_INTERESTS}}}
+    raw["model"]["inputs"] = {"dense": {"column": "dense"},
+                              "sparse_ids": {"column": "sparse_ids", "length": shape["sparse_length"], "pad": 0}}
     return raw
 
 

@@ -11,7 +11,9 @@ prints one JSON object. ``run_encode_benchmark(rows)`` is what ``benchmarks/run.
   not depend on how many there are); the bytes are checked to equal the encoder's
   (``same_bytes``), and ``encode_tfrecords``' to equal ``frame_tfrecords(encode_data_records(...))``'s
   (``framed_same_bytes``).
-- Every figure is the fastest of ``--rounds`` rounds (see ``run_encode_benchmark``).
+- ``encode_rows_per_s`` and ``thriftpy2_rows_per_s`` are the medians of ``--rounds`` rounds
+  (each round's rate in ``encode_rounds`` / ``thriftpy2_rounds``, for their spread); the framing
+  and crc figures are the fastest round (see ``run_encode_benchmark``).
 - ``encode_vs_thriftpy2`` (target >= 30).
 - ``frame_overhead`` (target < 0.5): what TFRecord framing adds to encoding, as the writer does
   it: (time of ``encode_tfrecords`` - time of ``encode_data_records``) / time of
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from typing import Dict
@@ -37,6 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import google_crc32c  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks.window import TimedWindow  # noqa: E402
 
 from twml.encode import encode_data_records  # noqa: E402
 from twml.feature_ids import feature_id  # noqa: E402
@@ -115,24 +120,28 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
     slices = [slice(r * per_round, min(sample, (r + 1) * per_round)) for r in range(rounds)]
 
     best = {}
+    per_round: Dict[str, list] = {"encode": [], "thriftpy2": []}
 
     def keep(name: str, seconds: float, count: int) -> None:
         best[name] = min(best.get(name, float("inf")), seconds / count)
+        if name in per_round:
+            per_round[name].append(count / seconds)
 
-    for r in range(rounds):
-        keep("encode", _time_block(lambda k, e: encode_data_records(k, KEY_ID, [(EMB_ID, e)]), work), rows)
-        chunk = slices[r]
-        t0 = time.perf_counter()
-        baseline = list(_thriftpy2_records(sample_keys[chunk], sample_emb[chunk]))
-        keep("thriftpy2", time.perf_counter() - t0, len(baseline))
-        if r == 0:
-            baseline_head = baseline
-        keep("fused", _time_block(lambda k, e: encode_tfrecords(k, KEY_ID, [(EMB_ID, e)]), work), rows)
-        keep("frame", _time_block(frame_tfrecords, [(x,) for x in encoded]), rows)
-        rows_views = [(x.buffer.reshape(len(x), -1),) for x in encoded]
-        keep("crc", _time_block(lambda v: list(map(google_crc32c.value, v)), rows_views), rows)
-        keep("crc_batch", _time_block(crc32c_batch.crc32c_rows, rows_views), rows)
-        keep("crc_floor", _time_block(google_crc32c.value, [(x.buffer,) for x in encoded]), rows)
+    with TimedWindow() as window:
+        for r in range(rounds):
+            keep("encode", _time_block(lambda k, e: encode_data_records(k, KEY_ID, [(EMB_ID, e)]), work), rows)
+            chunk = slices[r]
+            t0 = time.perf_counter()
+            baseline = list(_thriftpy2_records(sample_keys[chunk], sample_emb[chunk]))
+            keep("thriftpy2", time.perf_counter() - t0, len(baseline))
+            if r == 0:
+                baseline_head = baseline
+            keep("fused", _time_block(lambda k, e: encode_tfrecords(k, KEY_ID, [(EMB_ID, e)]), work), rows)
+            keep("frame", _time_block(frame_tfrecords, [(x,) for x in encoded]), rows)
+            rows_views = [(x.buffer.reshape(len(x), -1),) for x in encoded]
+            keep("crc", _time_block(lambda v: list(map(google_crc32c.value, v)), rows_views), rows)
+            keep("crc_batch", _time_block(crc32c_batch.crc32c_rows, rows_views), rows)
+            keep("crc_floor", _time_block(google_crc32c.value, [(x.buffer,) for x in encoded]), rows)
 
     check = len(baseline_head)
     same_bytes = baseline_head == encode_data_records(sample_keys[:check], KEY_ID,
@@ -142,8 +151,8 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
         encode_tfrecords(keys0, KEY_ID, [(EMB_ID, emb0)]),
         frame_tfrecords(encode_data_records(keys0, KEY_ID, [(EMB_ID, emb0)]))))
 
-    encode_rate = 1.0 / best["encode"]
-    thrift_rate = 1.0 / best["thriftpy2"]
+    encode_rate = statistics.median(per_round["encode"])
+    thrift_rate = statistics.median(per_round["thriftpy2"])
     return {
         "rows": rows,
         "batch_size": batch,
@@ -151,11 +160,14 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
         "record_bytes": record_bytes,
         "rounds": rounds,
         "encode_rows_per_s": encode_rate,
-        "encode_us_per_row": 1e6 * best["encode"],
+        "encode_us_per_row": 1e6 / encode_rate,
         "thriftpy2_rows_per_s": thrift_rate,
-        "thriftpy2_us_per_row": 1e6 * best["thriftpy2"],
+        "thriftpy2_us_per_row": 1e6 / thrift_rate,
         "thriftpy2_sample_rows": sample,
         "encode_vs_thriftpy2": encode_rate / thrift_rate,
+        "encode_rounds": per_round["encode"],
+        "thriftpy2_rounds": per_round["thriftpy2"],
+        "window": window.result(),
         "same_bytes": same_bytes,
         "framed_same_bytes": framed_same_bytes,
         "encode_tfrecords_us_per_row": 1e6 * best["fused"],

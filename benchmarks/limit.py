@@ -6,8 +6,8 @@
 Reads the rows of PATTERN once (files in name order), cuts the first N and the first 2N rows into
 batches of B (the export's batch size), and times ``signature(dense=..., sparse_ids=...)`` over
 each set of batches. No Beam, no reading, no encoding, no writing: whatever the export does beyond
-this is its overhead. Each set is timed ``--repeats`` times and the fastest kept, so a burst of
-other work on a shared machine does not count as model time.
+this is its overhead. Each set is timed ``--repeats`` times, the sizes alternating, each run in
+a ``benchmarks.window.TimedWindow`` (wall, CPU, other processes' share of the machine).
 
 Without ``--intra-op-threads`` (or with 0) this is one loop with TF's default thread pools (each
 op spread over all cores). With T > 0 it is the model as the export runs it with
@@ -54,9 +54,12 @@ def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batc
                   repeats: int = 2, intra_op_threads: int = 0) -> Dict:
     """Time the bare model over the first r rows of ``pattern`` for each r in ``row_counts``.
 
-    Returns {"seconds": {r: fastest seconds}, "batch_size", "tf_intra_op_threads", "loops"}.
+    Returns {"runs": {r: [TimedWindow result of each repeat]}, "batch_size", "tf_intra_op_threads",
+    "loops"}.
     """
     import tensorflow as tf
+
+    from benchmarks.window import TimedWindow
 
     from benchmarks.data import batches, load_arrays
     from transforms.embed import concurrent_model_calls
@@ -71,12 +74,14 @@ def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batc
         raise ValueError(f"{pattern} holds {len(dense)} rows, fewer than {max(row_counts)}")
     warm_up = batches(dense, sparse, min(len(dense), 2 * loops * batch_size), batch_size)
     time_model_loop(call, warm_up, loops)
-    seconds: Dict[int, float] = {}
+    runs: Dict[int, List[Dict]] = {rows: [] for rows in row_counts}
     for _ in range(repeats):
         for rows in row_counts:
-            took = time_model_loop(call, batches(dense, sparse, rows, batch_size), loops)
-            seconds[rows] = min(took, seconds.get(rows, float("inf")))
-    return {"seconds": {str(r): s for r, s in seconds.items()}, "batch_size": batch_size,
+            work = batches(dense, sparse, rows, batch_size)
+            with TimedWindow() as window:
+                time_model_loop(call, work, loops)
+            runs[rows].append(window.result())
+    return {"runs": {str(r): found for r, found in runs.items()}, "batch_size": batch_size,
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(), "loops": loops}
 
 

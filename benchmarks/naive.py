@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,6 +28,8 @@ import numpy as np  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from benchmarks.window import TimedWindow, own_peak_rss_mb  # noqa: E402
 
 __all__ = ["EmbedRows", "data_record_bytes", "build_naive_export", "run_naive", "main"]
 
@@ -104,12 +105,12 @@ def run_naive(input_pattern: str, model_path: str, output_prefix: str, batch_siz
     options = PipelineOptions([f"--runner={runner}", *runner_options])
     pipeline = beam.Pipeline(options=options)
     build_naive_export(pipeline, input_pattern, model_path, output_prefix, batch_size, sparse_length, num_shards)
-    start = time.perf_counter()
-    result = pipeline.run()
-    result.wait_until_finish()
-    seconds = time.perf_counter() - start
+    with TimedWindow() as window:
+        result = pipeline.run()
+        result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("rows_embedded"))["counters"]
-    return {"seconds": seconds, "rows_written": int(sum(c.committed or 0 for c in counters))}
+    return {"seconds": window.wall_s, "window": window.result(), "own_peak_rss_mb": own_peak_rss_mb(),
+            "rows_written": int(sum(c.committed or 0 for c in counters))}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,20 +1,25 @@
-"""The benchmark harness (benchmarks/README.md): the export vs the model's limit vs the naive job.
+"""The benchmark harness (benchmarks/README.md): the export against its floor, the model's limit
+and the naive job.
 
-    python benchmarks/run.py --rows N [--naive-rows M] [--json FILE] [--model reference|demo|small]
-                             [--repeats R] [--workdir DIR] [--set section.key=value ...]
+    python benchmarks/run.py --rows N [--naive-rows M] [--datarecord-rows D] [--json FILE]
+                             [--model reference|demo|small] [--repeats R] [--workdir DIR]
+                             [--set section.key=value ...]
 
-Generates the reference model and 2N users of its shape once (in a temp dir), then measures, each
-in a fresh child process: the bare model in a plain loop (``limit``: the faster of TF's default
-threads and the export's thread setting, see ``benchmarks/limit.py``), the real job
-(``pipeline.job.run_export``), and the naive job (``benchmarks/naive.py``), each at N and 2N rows
-(the naive job at M and 2M), plus the batch encoder against thriftpy2 (``benchmarks/
-encode_bench.py``). Throughputs are marginal, rows / (time(2N) - time(N)), so start-up and other
-fixed costs cancel and the ratios compare per-row cost with per-row cost. Prints one JSON object
-(and writes it to FILE); see benchmarks/README.md for the fields.
+Generates the reference model and 2N users of its shape once (in a temp dir; the DataRecord form
+of 2D of them too), then measures, each in a fresh child process: the bare model in a plain loop
+(``limit``, see ``benchmarks/limit.py``), the floor (reading the same input + feeds + model, no
+Beam, the job's threading: ``benchmarks/floor.py``), the real job (``pipeline.job.run_export``),
+the DataRecord-input job and its floor, and the naive job (``benchmarks/naive.py``), each at N and
+2N rows, plus the batch encoder against thriftpy2 (``benchmarks/encode_bench.py``). Every rate
+is the median of R or more estimates with its spread (``benchmarks.estimate``): rows / seconds of
+each loop run, N / (t(2N) - t(N)) of each back-to-back pair of job runs. Prints one JSON object
+(and writes it to FILE); exits with EXIT_INVALID when the result is not to be trusted
+(``invalid_reasons``). See benchmarks/README.md for the fields.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import sys
@@ -26,12 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
+from benchmarks import estimate  # noqa: E402
 from benchmarks.scaling import ChildRun  # noqa: E402
 
 __all__ = ["run_benchmarks", "main"]
 
 DEFAULT_ROWS = 200_000
 DEFAULT_REPEATS = 3
+EXIT_INVALID = 3
+"""Exit status of a run whose result is invalid (``invalid_reasons``); the JSON is still written."""
 MODELS = ("reference", "demo", "small")  # benchmarks.data.MODELS, without importing Beam for --help
 
 
@@ -78,45 +86,92 @@ def _repeat(run_once: Callable[[int], ChildRun], sizes: Sequence[int], repeats: 
 
 
 def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dict[str, Any],
-           intra_op_threads: int, log_path: str) -> Dict[str, Any]:
-    """One limit child (``benchmarks/limit.py``): {"seconds": {r: s}, "rows_per_s", "loops", ...}.
+           intra_op_threads: int, repeats: int, log_path: str) -> Dict[str, Any]:
+    """One limit child (``benchmarks/limit.py``): its result, its runs by size, and their rates.
 
     The loop has nothing to start (model loaded, batches in memory, a warm-up call before
-    timing), so its rate is rows / seconds, the faster of the two sizes: the same per-row cost
-    the marginal rates of the jobs estimate, without the noise of a difference of two timings.
+    timing), so every timed run is an estimate, rows / seconds, of the per-row cost the
+    marginal rates of the jobs estimate.
     """
     from benchmarks.scaling import run_child
 
     run = run_child("limit", ["--model", model_path, "--input", pattern, "--rows", str(rows),
                               "--rows", str(2 * rows), "--batch-size", str(batch_size),
                               "--dense-dim", str(shape["dense_dim"]), "--sparse-length", str(shape["sparse_length"]),
-                              "--repeats", "3", "--intra-op-threads", str(intra_op_threads)], log_path)
-    seconds = {int(k): v for k, v in run.result["seconds"].items()}
-    return {**run.result, "seconds": seconds, "rows_per_s": max(r / t for r, t in seconds.items())}
+                              "--repeats", str(repeats), "--intra-op-threads", str(intra_op_threads)], log_path)
+    runs = {int(k): v for k, v in run.result["runs"].items()}
+    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.loop_rates(runs))}
+
+
+def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir: str, label: str
+           ) -> Dict[str, Any]:
+    """One floor child (``benchmarks/floor.py``) over ``inputs`` ({rows: pattern})."""
+    import yaml
+
+    from benchmarks.scaling import run_child
+
+    config_path = os.path.join(workdir, f"{label}.yaml")
+    Path(config_path).write_text(yaml.safe_dump(config, sort_keys=False))
+    run = run_child("floor", ["--config", config_path, *[f"--input={rows}={pattern}" for rows, pattern in
+                                                          sorted(inputs.items())], "--repeats", str(repeats)],
+                    os.path.join(workdir, f"{label}.log"))
+    runs = {int(k): v for k, v in run.result["runs"].items()}
+    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.loop_rates(runs))}
+
+
+def _windows(runs: Dict[int, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    return [w for windows in runs.values() for w in windows]
+
+
+def _job_summary(rows: int, runs: Dict[int, List[ChildRun]]) -> Dict[str, Any]:
+    """Rates of a job's (N, 2N) pairs: the summary, CPU per row, other processes' share, seconds."""
+    small = [r.result["window"] for r in runs[rows]]
+    big = [r.result["window"] for r in runs[2 * rows]]
+    return {"rate": estimate.summarize(estimate.pair_rates(rows, small, big)),
+            "cpu_us_per_row": estimate.pair_cpu_us_per_row(rows, small, big),
+            "foreign": estimate.foreign_share(small + big),
+            "seconds": {str(size): [round(r.result["window"]["wall_s"], 3) for r in found]
+                        for size, found in runs.items()},
+            "process_seconds": {str(size): [round(r.wall_s, 3) for r in found] for size, found in runs.items()},
+            "peak_rss_mb": {str(size): _round(max(r.peak_rss_mb for r in found)) for size, found in runs.items()}}
+
+
+def _ratio_spread(*spreads: Optional[float]) -> Optional[float]:
+    """Spread of a ratio of medians: at most the sum of its terms' spreads (to first order)."""
+    return round(sum(spreads), 4) if all(s is not None for s in spreads) else None
 
 
 def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "reference",
                    overrides: Sequence[str] = (), repeats: int = DEFAULT_REPEATS,
-                   log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Measure everything at ``rows`` (naive job at ``naive_rows``) in ``workdir``; the result dict.
-
-    Each child run (pipeline and naive, at each size) happens ``repeats`` times and the fastest
-    counts: on a shared machine the slower runs are the ones something else got in the way of.
-    """
+                   log: Callable[[str], None] = print, datarecord_rows: Optional[int] = None) -> Dict[str, Any]:
+    """Measure everything at ``rows`` (naive job at ``naive_rows``, DataRecord input at
+    ``datarecord_rows``, default rows // 2, 0 to leave it out) in ``workdir``; the result dict,
+    with ``valid`` and ``invalid_reasons`` (see ``benchmarks.estimate``)."""
     from benchmarks import data
-    from benchmarks.scaling import machine_info, marginal_rate, run_child, run_export_child
+    from benchmarks.scaling import machine_info, run_child, run_export_child
+    from benchmarks.window import load_average
     from pipeline.config import apply_overrides, parse_config
 
     started = time.perf_counter()
-    sizes = sorted({rows, 2 * rows, naive_rows, 2 * naive_rows})
+    load_before = load_average()
+    dr_rows = rows // 2 if datarecord_rows is None else datarecord_rows
+    sizes = sorted({rows, 2 * rows, naive_rows, 2 * naive_rows} | ({dr_rows, 2 * dr_rows} if dr_rows else set()))
     log(f"generating {max(sizes):,} users and the {model} model in {workdir}")
     patterns = data.prepare_inputs(workdir, sizes, model)
     model_path = data.prepare_model(workdir, model)
     shape = data.model_kwargs(model)
+    dr_patterns = {}
+    if dr_rows:
+        log(f"writing {2 * dr_rows:,} of the users as DataRecords")
+        dr_patterns = data.prepare_datarecord_inputs(workdir, {s: patterns[s] for s in (dr_rows, 2 * dr_rows)},
+                                                     model)
 
-    def config(size: int) -> Dict[str, Any]:
-        raw = data.export_config(patterns[size], model_path, os.path.join(workdir, "out", f"pipeline-{size}"),
-                                 model)
+    def config(size: int, label: str = "pipeline") -> Dict[str, Any]:
+        out = os.path.join(workdir, "out", f"{label}-{size}")
+        if label == "datarecord":
+            raw = data.datarecord_export_config(dr_patterns[size], model_path, out, model)
+        else:
+            raw = data.export_config(patterns[size], model_path, out, model)
         return apply_overrides(raw, overrides)
 
     effective = parse_config(config(rows), "benchmark config (after --set)")
@@ -126,24 +181,28 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
     # The limit is the faster of the model as a plain loop with TF's default threads and the
     # model as the export runs it (the config's intra-op threads, that many loops side by side).
     log(f"limit: the bare model on preloaded batches of {batch_size}, {rows:,} and {2 * rows:,} rows")
-    limits = {"tf_default": _limit(model_path, patterns[2 * rows], rows, batch_size, shape, 0,
+    limits = {"tf_default": _limit(model_path, patterns[2 * rows], rows, batch_size, shape, 0, repeats,
                                    os.path.join(workdir, "limit.log"))}
     if intra > 0:
-        limits["job_threads"] = _limit(model_path, patterns[2 * rows], rows, batch_size, shape, intra,
+        limits["job_threads"] = _limit(model_path, patterns[2 * rows], rows, batch_size, shape, intra, repeats,
                                        os.path.join(workdir, "limit-job-threads.log"))
     for name, found in limits.items():
         log(f"  {name}: {found['loops']} loop(s) of {found['tf_intra_op_threads']} intra-op threads: "
-            f"{found['rows_per_s'] or 0:,.0f} rows/s")
-    limit_mode = max(limits, key=lambda name: limits[name]["rows_per_s"] or 0)
-    limit_s = limits[limit_mode]["seconds"]
+            f"{found['rate']['rows_per_s'] or 0:,.0f} rows/s (spread {found['rate']['spread']})")
+    limit_mode = max(limits, key=lambda name: limits[name]["rate"]["rows_per_s"] or 0)
+    limit = limits[limit_mode]
 
-    def export_once(size: int) -> ChildRun:
-        log(f"pipeline: run_export on {size:,} rows")
+    log(f"floor: read + feeds + model, no Beam, {rows:,} and {2 * rows:,} rows")
+    floor = _floor(config(2 * rows), {rows: patterns[rows], 2 * rows: patterns[2 * rows]}, repeats, workdir, "floor")
+    log(f"  {floor['rate']['rows_per_s'] or 0:,.0f} rows/s (spread {floor['rate']['spread']})")
+
+    def export_once(size: int, label: str = "pipeline") -> ChildRun:
+        log(f"{label}: run_export on {size:,} rows")
         # Not timed: a run over an earlier run's output would spend its time deleting it.
-        shutil.rmtree(os.path.join(workdir, "out", f"pipeline-{size}"), ignore_errors=True)
-        run = run_export_child(config(size), workdir, f"pipeline-{size}")
+        shutil.rmtree(os.path.join(workdir, "out", f"{label}-{size}"), ignore_errors=True)
+        run = run_export_child(config(size, label), workdir, f"{label}-{size}")
         if run.result["rows_written"] != size:
-            raise RuntimeError(f"the pipeline wrote {run.result['rows_written']} of {size} rows "
+            raise RuntimeError(f"the {label} export wrote {run.result['rows_written']} of {size} rows "
                                f"({run.result['rows_rejected']} rejected); see {run.log}")
         log(f"  {run.result['seconds']:.2f} s, peak RSS {run.peak_rss_mb:,.0f} MiB")
         return run
@@ -164,53 +223,117 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         log(f"  {run.result['seconds']:.2f} s, peak RSS {run.peak_rss_mb:,.0f} MiB")
         return run
 
-    pipeline = _repeat(export_once, (rows, 2 * rows), repeats)
-    naive = _repeat(naive_once, (naive_rows, 2 * naive_rows), repeats)
-    pipeline_s = {size: min(r.result["seconds"] for r in runs) for size, runs in pipeline.items()}
-    naive_s = {size: min(r.result["seconds"] for r in runs) for size, runs in naive.items()}
-    pipeline_rss = {size: max(r.peak_rss_mb for r in runs) for size, runs in pipeline.items()}
+    pipeline_runs = _repeat(export_once, (rows, 2 * rows), repeats)
+    pipeline = _job_summary(rows, pipeline_runs)
+    datarecord = None
+    if dr_rows:
+        log(f"datarecord floor: decode + feeds + model, no Beam, {dr_rows:,} and {2 * dr_rows:,} rows")
+        dr_floor = _floor(config(2 * dr_rows, "datarecord"), {dr_rows: dr_patterns[dr_rows],
+                                                               2 * dr_rows: dr_patterns[2 * dr_rows]},
+                          repeats, workdir, "datarecord-floor")
+        dr_runs = _repeat(lambda size: export_once(size, "datarecord"), (dr_rows, 2 * dr_rows), repeats)
+        dr_job = _job_summary(dr_rows, dr_runs)
+        datarecord = {
+            "rows": dr_rows,
+            "floor_rows_per_s": dr_floor["rate"]["rows_per_s"],
+            "pipeline_rows_per_s": dr_job["rate"]["rows_per_s"],
+            "pipeline_vs_floor": _ratio(dr_job["rate"]["rows_per_s"], dr_floor["rate"]["rows_per_s"]),
+            "pipeline_vs_floor_spread": _ratio_spread(dr_job["rate"]["spread"], dr_floor["rate"]["spread"]),
+            "pipeline_vs_parquet_pipeline": _ratio(dr_job["rate"]["rows_per_s"], pipeline["rate"]["rows_per_s"]),
+            "floor": dr_floor["rate"], "pipeline": dr_job["rate"],
+            "cpu_us_per_row": {"floor": estimate.loop_cpu_us_per_row(dr_floor["runs"]),
+                               "pipeline": dr_job["cpu_us_per_row"]},
+            "foreign_cpu_share": {"floor": estimate.foreign_share(_windows(dr_floor["runs"])),
+                                  "pipeline": dr_job["foreign"]},
+            "seconds": {"pipeline": dr_job["seconds"]},
+            "peak_rss_mb": dr_job["peak_rss_mb"],
+            "record_bytes": round(sum(os.path.getsize(f) for f in glob.glob(dr_patterns[dr_rows]))
+                                  / dr_rows, 1),
+        }
+    naive_runs = _repeat(naive_once, (naive_rows, 2 * naive_rows), repeats)
+    naive = _job_summary(naive_rows, naive_runs)
 
     log(f"encode: batch encoder vs thriftpy2 on {rows:,} records")
-    encode = _encode_benchmark(rows, log)
+    encode = _encode_benchmark(rows, log) or {}
 
-    limit_rate = limits[limit_mode]["rows_per_s"]
-    pipeline_rate = marginal_rate(rows, pipeline_s[rows], 2 * rows, pipeline_s[2 * rows])
-    naive_rate = marginal_rate(naive_rows, naive_s[naive_rows], 2 * naive_rows, naive_s[2 * naive_rows])
-    encode = encode or {}
+    limit_rate, floor_rate = limit["rate"]["rows_per_s"], floor["rate"]["rows_per_s"]
+    pipeline_rate, naive_rate = pipeline["rate"]["rows_per_s"], naive["rate"]["rows_per_s"]
+    rates = {f"limit_{name}": found["rate"] for name, found in limits.items()}
+    rates.update({"floor": floor["rate"], "pipeline": pipeline["rate"], "naive": naive["rate"]})
+    if datarecord:
+        rates.update({"datarecord_floor": datarecord["floor"], "datarecord_pipeline": datarecord["pipeline"]})
+    for side in ("encode", "thriftpy2"):
+        if encode.get(f"{side}_rounds"):
+            rates[side] = estimate.summarize(encode[f"{side}_rounds"])
+    foreign = {f"limit_{name}": estimate.foreign_share(_windows(found["runs"])) for name, found in limits.items()}
+    foreign.update({"floor": estimate.foreign_share(_windows(floor["runs"])), "pipeline": pipeline["foreign"],
+                    "naive": naive["foreign"]})
+    if datarecord:
+        foreign.update({"datarecord_" + k: v for k, v in datarecord["foreign_cpu_share"].items()})
+    if encode.get("window"):
+        foreign["encode"] = estimate.foreign_share([encode["window"]])
+    cpu = {f"limit_{name}": estimate.loop_cpu_us_per_row(found["runs"]) for name, found in limits.items()}
+    cpu.update({"floor": estimate.loop_cpu_us_per_row(floor["runs"]), "pipeline": pipeline["cpu_us_per_row"],
+                "naive": naive["cpu_us_per_row"]})
+
+    reasons: List[str] = []
+    for name, summary in rates.items():
+        estimate.check_spread(name, summary, reasons)
+    for name, share in foreign.items():
+        estimate.check_foreign(name, share, reasons)
+    estimate.check_order("the job", pipeline_rate, "the model alone (limit)", limit_rate, reasons)
+    estimate.check_order("the job", pipeline_rate, "its floor", floor_rate, reasons)
+    estimate.check_order("the floor", floor_rate, "the model alone (limit)", limit_rate, reasons)
+    estimate.check_order("the naive job", naive_rate, "the job", pipeline_rate, reasons)
+    if datarecord:
+        estimate.check_order("the DataRecord-input job", datarecord["pipeline_rows_per_s"],
+                             "its floor", datarecord["floor_rows_per_s"], reasons)
+        estimate.check_order("the DataRecord-input floor", datarecord["floor_rows_per_s"],
+                             "the model alone (limit)", limit_rate, reasons)
+    pipeline_rss = pipeline["peak_rss_mb"]
     return {
+        "valid": not reasons,
+        "invalid_reasons": reasons,
         "rows": rows,
         "naive_rows": naive_rows,
-        "limit_rows_per_s": _round(limit_rate),
-        "pipeline_rows_per_s": _round(pipeline_rate),
-        "naive_rows_per_s": _round(naive_rate),
+        "floor_rows_per_s": floor_rate,
+        "pipeline_rows_per_s": pipeline_rate,
+        "pipeline_vs_floor": _ratio(pipeline_rate, floor_rate),
+        "pipeline_vs_floor_spread": _ratio_spread(pipeline["rate"]["spread"], floor["rate"]["spread"]),
+        "pipeline_vs_floor_cpu": _ratio(cpu["floor"], cpu["pipeline"]),
+        "limit_rows_per_s": limit_rate,
         "pipeline_vs_limit": _ratio(pipeline_rate, limit_rate),
+        "naive_rows_per_s": naive_rate,
         "pipeline_vs_naive": _ratio(pipeline_rate, naive_rate),
         "encode_rows_per_s": _round(encode.get("encode_rows_per_s")),
         "encode_vs_thriftpy2": _round(encode.get("encode_vs_thriftpy2"), 2),
-        "peak_rss_mb": _round(max(pipeline_rss.values())),
-        "peak_rss_mb_by_rows": {str(size): _round(mb) for size, mb in pipeline_rss.items()},
-        "naive_peak_rss_mb": _round(max(r.peak_rss_mb for runs in naive.values() for r in runs)),
+        "peak_rss_mb": max(pipeline_rss.values()),
+        "peak_rss_mb_by_rows": pipeline_rss,
+        "naive_peak_rss_mb": max(naive["peak_rss_mb"].values()),
+        "spreads": {name: summary["spread"] for name, summary in rates.items()},
+        "rates": rates,
+        "cpu_us_per_row": cpu,
+        "foreign_cpu_share": foreign,
+        "load_average": {"before": load_before, "after": load_average()},
+        "datarecord": datarecord,
         "limit_mode": limit_mode,
-        "limit_modes": {name: {"rows_per_s": _round(found["rows_per_s"]), "loops": found["loops"],
-                               "tf_intra_op_threads": found["tf_intra_op_threads"]}
+        "limit_modes": {name: {"rows_per_s": found["rate"]["rows_per_s"], "spread": found["rate"]["spread"],
+                               "loops": found["loops"], "tf_intra_op_threads": found["tf_intra_op_threads"]}
                         for name, found in limits.items()},
+        "floor": {"loops": floor["loops"], "queued": floor["queued"], "batch_size": floor["batch_size"]},
         "repeats": repeats,
         "seconds": {
-            "limit": {str(size): round(t, 6) for size, t in sorted(limit_s.items())},
-            "limit_modes": {name: {str(size): round(t, 6) for size, t in sorted(found["seconds"].items())}
-                            for name, found in limits.items()},
-            "pipeline": {str(size): round(t, 3) for size, t in pipeline_s.items()},
-            "naive": {str(size): round(t, 3) for size, t in naive_s.items()},
-            "pipeline_all": {str(size): [round(r.result["seconds"], 3) for r in runs]
-                             for size, runs in pipeline.items()},
-            "naive_all": {str(size): [round(r.result["seconds"], 3) for r in runs]
-                          for size, runs in naive.items()},
-            "pipeline_process": {str(size): [round(r.wall_s, 3) for r in runs] for size, runs in pipeline.items()},
+            "limit_modes": {name: {str(size): [round(w["wall_s"], 4) for w in found["runs"][size]]
+                                   for size in sorted(found["runs"])} for name, found in limits.items()},
+            "floor": {str(size): [round(w["wall_s"], 4) for w in floor["runs"][size]] for size in sorted(floor["runs"])},
+            "pipeline": pipeline["seconds"],
+            "naive": naive["seconds"],
+            "pipeline_process": pipeline["process_seconds"],
         },
         "batch_size": batch_size,
         "num_shards": num_shards,
         "intra_op_threads": intra,
-        "output_bytes": pipeline[2 * rows][-1].result["output_bytes"],
+        "output_bytes": pipeline_runs[2 * rows][-1].result["output_bytes"],
         "runner": {"name": effective.runner.name, "options": list(effective.runner.options)},
         "overrides": list(overrides),
         "model": {"kind": model, **shape, "hidden": list(shape["hidden"])},
@@ -228,8 +351,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="M: the naive job runs at M and 2M rows (default N; smaller saves time, "
                              "and marginal rates still compare)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                        help="runs of the pipeline and the naive job at each size; the fastest counts "
-                             f"(default {DEFAULT_REPEATS})")
+                        help="(N, 2N) pairs of each job, timed runs of each loop per size; every rate is the "
+                             f"median of their estimates (default {DEFAULT_REPEATS})")
+    parser.add_argument("--datarecord-rows", type=int,
+                        help="D: the DataRecord-input export and its floor run at D and 2D rows (default N // 2; "
+                             "0 leaves them out)")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--model", choices=MODELS, default="reference",
                         help="the model and data of its shape (default: the reference model of benchmarks/README.md)")
@@ -242,14 +368,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     naive_rows = args.naive_rows if args.naive_rows is not None else args.rows
     if args.rows <= 0 or naive_rows <= 0 or args.repeats <= 0:
         parser.error("--rows, --naive-rows and --repeats must be > 0")
+    if args.datarecord_rows is not None and args.datarecord_rows < 0:
+        parser.error("--datarecord-rows must be >= 0")
 
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     from benchmarks.data import print_result, work_directory
     with work_directory(args.workdir, "embedding-export-bench-") as workdir:
-        result = run_benchmarks(args.rows, naive_rows, workdir, args.model, args.overrides, args.repeats, log)
+        result = run_benchmarks(args.rows, naive_rows, workdir, args.model, args.overrides, args.repeats, log,
+                                args.datarecord_rows)
     print_result(result, args.json)
+    if not result["valid"]:
+        log("INVALID result, not to be published:")
+        for reason in result["invalid_reasons"]:
+            log(f"  - {reason}")
+        return EXIT_INVALID
     return 0
 
 

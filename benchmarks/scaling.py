@@ -1,11 +1,13 @@
 """The real export job in a child process: its time and peak RSS, and how both scale with rows.
 
-    python benchmarks/scaling.py --rows N [--model reference|demo|small] [--json FILE] [--set section.key=value ...]
+    python benchmarks/scaling.py --rows N [--steps 1,2,4] [--verify] [--model reference|demo|small] [--json FILE]
+                                 [--set section.key=value ...]
 
-runs ``pipeline.job.run_export`` on N, 2N and 4N generated rows (one fresh process each, so the
-peak RSS of each run is its own) and prints rows/s, marginal rows/s between the steps, peak RSS
-per run and its growth from N to 4N. ``run_child`` / ``run_export_child`` are also what
-``benchmarks/run.py`` uses.
+runs ``pipeline.job.run_export`` on N x each step generated rows (default N, 2N and 4N; one
+fresh process each, so the peak RSS of each run is its own) and prints rows/s, marginal rows/s
+between the steps, peak RSS per run, its growth and the change of rows/s from the first size to
+the last, and with ``--verify`` whether the largest export verifies. ``run_child`` /
+``run_export_child`` are also what ``benchmarks/run.py`` uses.
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ class ChildRun:
 
     Args:
       result: the JSON object the child wrote to its ``--result`` file.
-      peak_rss_mb: the peak resident set of the child (and of any process it waited for), MiB.
+      peak_rss_mb: the peak resident set of the child, MiB: the VmHWM it reported
+        (``own_peak_rss_mb``) when it did, else ``wait4``'s figure (which also counts processes
+        it waited for, and the parent's size at the fork: see ``own_peak_rss_mb``).
       wall_s: wall time of the whole process, start-up included.
       log: the file holding the child's stdout and stderr.
     """
@@ -64,8 +68,9 @@ def _tail(path: str, lines: int = 40) -> str:
 def run_child(module: str, args: Sequence[str], log_path: str) -> ChildRun:
     """Run ``python -m benchmarks.<module> ARGS --result FILE`` and collect its result and peak RSS.
 
-    The peak RSS comes from wait4() on that one process, so it is the child's alone (Linux folds
-    in the peak of processes the child itself waited for, e.g. multi-process runner workers).
+    The peak RSS is the child's own VmHWM when its result carries ``own_peak_rss_mb``, else
+    wait4()'s on that one process (Linux folds in the peak of processes the child itself waited
+    for, e.g. multi-process runner workers, and the parent's resident set at the fork).
     """
     result_path = log_path + ".result.json"
     if os.path.exists(result_path):
@@ -93,7 +98,8 @@ def run_child(module: str, args: Sequence[str], log_path: str) -> ChildRun:
     except (OSError, ValueError) as err:
         raise ChildFailed(f"{module} child wrote no readable result ({err}); end of {log_path}:\n"
                           f"{_tail(log_path)}") from None
-    return ChildRun(result, _maxrss_mb(usage.ru_maxrss), wall, log_path)
+    own = result.get("own_peak_rss_mb") if isinstance(result, dict) else None
+    return ChildRun(result, own if own else _maxrss_mb(usage.ru_maxrss), wall, log_path)
 
 
 def run_export_child(raw_config: Dict[str, Any], workdir: str, label: str) -> ChildRun:
@@ -117,23 +123,26 @@ def run_export_child(raw_config: Dict[str, Any], workdir: str, label: str) -> Ch
 
 def _export_once(config_path: str) -> Dict[str, Any]:
     """Child side of run_export_child: one export, timed around run_export alone."""
+    from benchmarks.window import TimedWindow, own_peak_rss_mb
     from pipeline.config import load_config
     from pipeline.job import run_export
     from pipeline.plan import preflight
 
     config = load_config(config_path)
-    start = time.perf_counter()
-    manifest = run_export(preflight(config, overwrite=True))
-    seconds = time.perf_counter() - start
+    with TimedWindow() as window:
+        manifest = run_export(preflight(config, overwrite=True))
+    seconds = window.wall_s
     shards = manifest.get("shards") or []
     return {
         "seconds": seconds,
+        "window": window.result(),
         "rows_read": int(manifest["rows_read"]),
         "rows_written": int(manifest["rows_written"]),
         "rows_rejected": int(manifest["rows_rejected"]),
         "num_shards": len(shards),
         "output_bytes": sum(int(s.get("bytes", 0)) for s in shards),
-        "self_peak_rss_mb": _maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+        "own_peak_rss_mb": own_peak_rss_mb(),
+        "wait4_style_peak_rss_mb": _maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
     }
 
 
@@ -160,10 +169,13 @@ def machine_info() -> Dict[str, Any]:
 
 
 def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] = (),
-                  steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print) -> Dict[str, Any]:
+                  steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print, verify: bool = False
+                  ) -> Dict[str, Any]:
     """Run the real job at rows x each step; rows/s, marginal rows/s and peak RSS at each size.
 
-    With ``repeats`` > 1 each size runs that many times: the fastest time and the largest peak count.
+    With ``repeats`` > 1 each size runs that many times: the fastest time and the largest peak
+    count. With ``verify`` the last (largest) export is checked by ``pipeline.tools.verify.verify_export``
+    (every shard, record and count) and ``verified`` says whether it held.
     """
     from benchmarks import data
     from pipeline.config import apply_overrides, parse_config
@@ -183,17 +195,31 @@ def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] 
             runs.append(run_export_child(raw, workdir, f"scaling-{size}"))
         seconds = min(run.result["seconds"] for run in runs)
         peak = max(run.peak_rss_mb for run in runs)
+        best = min(runs, key=lambda run: run.result["seconds"])
+        window = best.result.get("window") or {}
         points.append({"rows": size, "seconds": round(seconds, 3), "rows_per_s": round(size / seconds, 1),
-                       "peak_rss_mb": round(peak, 1)})
+                       "peak_rss_mb": round(peak, 1),
+                       "cpu_us_per_row": round(1e6 * window["cpu_s"] / size, 3) if window else None,
+                       "foreign_cpu_share": window.get("foreign_cpu_share")})
         log(f"  {size:>10,} rows: {seconds:8.2f} s  {size / seconds:10,.0f} rows/s  peak RSS {peak:,.0f} MiB")
     for prev, point in zip(points, points[1:]):
         rate = marginal_rate(prev["rows"], prev["seconds"], point["rows"], point["seconds"])
         point["marginal_rows_per_s"] = round(rate, 1) if rate else None
     first, last = points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"]
-    return {"rows": rows, "model": model, "repeats": repeats, "points": points,
-            "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
-            "rss_growth": round(last / first - 1.0, 4) if first else None,
-            "machine": machine_info()}
+    result = {"rows": rows, "model": model, "repeats": repeats, "steps": list(steps), "points": points,
+              "peak_rss_mb": max(p["peak_rss_mb"] for p in points),
+              "rss_growth": round(last / first - 1.0, 4) if first else None,
+              "rate_change": round(points[-1]["rows_per_s"] / points[0]["rows_per_s"] - 1.0, 4),
+              "machine": machine_info()}
+    if verify:
+        from pipeline.tools.verify import verify_export
+
+        out_dir = os.path.join(workdir, "out", f"pipeline-{sizes[-1]}")
+        log(f"verifying the {sizes[-1]:,}-row export")
+        report = verify_export(out_dir, processes=os.cpu_count() or 1)
+        result["verified"] = {"rows": sizes[-1], "ok": report.ok, "records": report.records,
+                              "problems": [str(p) for p in report.problems]}
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -203,6 +229,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the benchmark model (default: the reference model of benchmarks/README.md)")
     parser.add_argument("--small", dest="model", action="store_const", const="small", help="= --model small")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
+    parser.add_argument("--steps", default="1,2,4",
+                        help="the sizes as multiples of N, comma-separated (default 1,2,4; e.g. 1,50 for N and 50N)")
+    parser.add_argument("--verify", action="store_true", help="check the largest export with verify_export")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--workdir", help="keep data, model and outputs here (default: a temp dir, removed)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -215,10 +244,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.rows <= 0 or args.repeats <= 0:
         parser.error("--rows and --repeats must be > 0")
+    try:
+        steps = [int(x) for x in args.steps.split(",")]
+    except ValueError:
+        parser.error(f"--steps must be comma-separated integers, got {args.steps!r}")
+    if not steps or min(steps) <= 0 or steps != sorted(set(steps)):
+        parser.error(f"--steps must be increasing positive integers, got {args.steps!r}")
     from benchmarks.data import print_result, work_directory
     with work_directory(args.workdir, "embedding-export-scaling-") as workdir:
-        result = scaling_study(args.rows, args.model, workdir, args.overrides, repeats=args.repeats,
-                               log=lambda msg: print(msg, file=sys.stderr))
+        result = scaling_study(args.rows, args.model, workdir, args.overrides, steps=steps, repeats=args.repeats,
+                               log=lambda msg: print(msg, file=sys.stderr), verify=args.verify)
     print_result(result, args.json)
     return 0
 

@@ -9,7 +9,11 @@
 One argument tree: ``-v`` goes before any subcommand, and each subcommand is added by its module
 (``run`` here, ``demo`` by ``pipeline.demo.run``, ``verify`` and ``inspect`` by ``pipeline.tools``).
 
-Exit status: 0 done, 1 the export failed, 2 the config, model or input does not fit (nothing ran).
+Exit status: 0 done, 1 the export failed, 2 the config, model, input or output directory does not
+fit (nothing ran), 130 ``run`` stopped by SIGINT (Ctrl-C), 143 ``run`` stopped by SIGTERM. A
+stopped run prints one line, removes its scratch files and its claim on the output directory,
+and publishes nothing (a signal that lands after ``_SUCCESS`` is written leaves the finished
+export, and the line says so).
 
 ``run`` draws live progress on a terminal for local runners (``pipeline.progress``) and ends with a
 summary (a table on a terminal, plain lines otherwise). ``run --dry-run`` resolves and validates
@@ -19,8 +23,11 @@ can open the paths, checks the model and input; it submits nothing.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
@@ -30,6 +37,68 @@ from pipeline.logs import setup_logging
 __all__ = ["main", "build_parser", "format_summary", "format_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE = 128  # + the signal number, as a shell reports a process a signal ended
+
+
+class Interrupted(BaseException):
+    """A signal stopped the run (SIGTERM; SIGINT arrives as KeyboardInterrupt). A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS_RECEIVED: List[int] = []  # Beam re-raises an exception from a DoFn as a RuntimeError: remembered here
+
+
+def _raise_interrupted(signum, _frame):
+    # Later signals are ignored while the first one's exception unwinds and cleans up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SIGNALS_RECEIVED.append(signum)
+    # The runner logs the exception this raises in a DoFn with its traceback: the line printed at
+    # the end says what happened.
+    logging.disable(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+def _run_stopping_on_signals(args, out: TextIO, err: TextIO) -> int:
+    """``_run``, with SIGTERM and SIGINT turned into one line, the run's scratch removed, and exit
+    status 128 + the signal's number (only in the main thread: elsewhere signals stay as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args, out, err)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    published: List[str] = []
+    _SIGNALS_RECEIVED.clear()
+    try:
+        return _run(args, out, err, published)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        if published and _finished_by(*published):
+            what = f"the export in {published[0]} had been published (_SUCCESS) before it"
+        else:
+            what = "nothing was published; its scratch files and claim were removed"
+        print(f"embedding-export: stopped by {name} (exit {EXIT_SIGNAL_BASE + signum}): {what}", file=err)
+        err.flush()
+        return EXIT_SIGNAL_BASE + signum
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if _SIGNALS_RECEIVED:
+            logging.disable(logging.NOTSET)
+
+
+def _finished_by(output_path: str, run_id: str) -> bool:
+    """Whether ``output_path`` holds a finished export written by run ``run_id``."""
+    try:
+        from transforms.outputdir import read_manifest
+        return read_manifest(output_path, require_success=True).raw.get("run_id") == run_id
+    except Exception:
+        return False
 
 RUN_EPILOG = f"""\
 Beam options:
@@ -42,7 +111,10 @@ Beam options:
 Exit status:
   {EXIT_OK}  the export is complete (_SUCCESS written), or the dry run found no problem
   {EXIT_FAILED}  the export failed: nothing final-looking was published
-  {EXIT_USAGE}  the config, model, input or output directory does not fit; nothing ran
+  {EXIT_USAGE}  the config, model, input or output directory does not fit (or another run
+     holds the output directory); nothing ran
+  {EXIT_SIGNAL_BASE + 2}  stopped by SIGINT (Ctrl-C), {EXIT_SIGNAL_BASE + 15} stopped by SIGTERM: scratch files and claim
+     removed, nothing published
 
 Config keys: docs/CONFIG.md. Output layout and manifest: docs/FORMAT.md."""
 
@@ -83,7 +155,7 @@ def _register_run(sub) -> None:
     run.add_argument("--dry-run", action="store_true",
                      help="resolve and validate the Beam options, check the config, model and input, "
                           "print the plan, and stop (nothing is submitted)")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run_stopping_on_signals)
 
 
 def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -96,6 +168,7 @@ def _split_beam_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
     """What a run would do, for --dry-run."""
+    from pipeline.plan import key_id_feature
     from transforms.model_files import tensorflow_opens
 
     cfg = plan.config
@@ -103,7 +176,8 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
             else f"{plan.total_rows:,} rows")
     lines = [f"input:   {cfg.input.path}: {len(plan.files)} file(s), {rows}"]
     if cfg.input.format == "datarecord":
-        lines.append(f"  {cfg.input.container} files of DataRecords, key <- discrete feature {cfg.input.key}")
+        kind = "string" if cfg.input.key_type == "string" else "discrete"
+        lines.append(f"  {cfg.input.container} files of DataRecords, key <- {kind} feature {cfg.input.key}")
         for name, column in (cfg.input.features or {}).items():
             names = column.names
             shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, ..., {names[-1]} ({len(names)})"
@@ -121,7 +195,12 @@ def format_plan(plan, beam_args: Sequence[str] = ()) -> str:
         shape = ", ".join("?" if d is None else str(d) for d in spec.shape)
         lines.append(f"  output {spec.name} {spec.dtype}[B{', ' if shape else ''}{shape}] -> feature "
                      f"{spec.feature} ({spec.feature_id})")
+    if plan.layout.string_keys:
+        lines.append(f"  string key {cfg.input.key} -> stringFeatures {cfg.output.key_feature}, its id "
+                     f"feature_id(key) -> discreteFeatures {key_id_feature(cfg.output)}")
     by = "fmix64(key)" if plan.partition.column is None else f"column {plan.partition.column}"
+    if plan.layout.string_keys and plan.partition.column is None:
+        by = "fmix64(key_id)"
     lines += [
         f"shards:  {plan.partition.num_shards} by {by}",
         f"output:  {plan.layout.path} ({plan.layout.format}, compression {plan.layout.compression})",
@@ -169,7 +248,7 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
             try:
                 plan = preflight(config, overwrite=args.overwrite, beam_args=beam_args)
             except PreflightError as e:
-                problems.append(str(e))
+                problems.extend(e.problems)   # preflight reports every problem it finds, not only the first
             except Exception as e:  # the file system itself failed, e.g. an HDFS namenode not reachable
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
                 problems.append(f"model, input and output could not be checked: {type(e).__name__}: {first}")
@@ -190,8 +269,9 @@ def _dry_run(args, config, beam_args: Sequence[str], out: TextIO, err: TextIO) -
     return EXIT_OK
 
 
-def _run(args, out: TextIO, err: TextIO) -> int:
-    """Load the config, make the plan once (``pipeline.plan.preflight``), and run it."""
+def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) -> int:
+    """Load the config, make the plan once (``pipeline.plan.preflight``), and run it; ``published``
+    gets the output path and run id (for the line a signal prints)."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.config import ConfigError, load_config
@@ -216,6 +296,8 @@ def _run(args, out: TextIO, err: TextIO) -> int:
     except (ConfigError, PreflightError) as e:
         print(f"embedding-export: {e}", file=err)
         return EXIT_USAGE
+    if published is not None:  # where and as which run, for the line a signal prints
+        published[:] = [plan.layout.path, plan.run_id]
     live = progress_wanted(err) and is_local_run(config.runner.name, [*config.runner.options, *beam_args])
     console = None
     if live:
@@ -226,10 +308,15 @@ def _run(args, out: TextIO, err: TextIO) -> int:
         with RunProgress(plan.total_rows, console=console, enabled=live) as progress:
             manifest = run_export(plan, beam_args, progress_dir=progress.directory,
                                   on_launch=lambda result, options: _say_launch(result, options, err))
-    except ExportError as e:
-        print(f"embedding-export: export failed: {e}", file=err)
-        return EXIT_FAILED
+    except PreflightError as e:  # another run claimed the output directory meanwhile
+        print(f"embedding-export: {e}", file=err)
+        return EXIT_USAGE
     except Exception as e:  # a worker error, as the runner reports it
+        if _SIGNALS_RECEIVED:  # the signal's exception, wrapped by the runner
+            raise Interrupted(_SIGNALS_RECEIVED[0]) from None
+        if isinstance(e, ExportError):
+            print(f"embedding-export: export failed: {e}", file=err)
+            return EXIT_FAILED
         if args.verbose:
             traceback.print_exc(file=err)
         print(f"embedding-export: export failed: {type(e).__name__}: {e}", file=err)

@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a value of another type is an error, never coerced (YAML's ``true`` is not 1 shard,
+    # nor a reject fraction of 1.0; ``"16"`` is not 16). An int is still accepted for a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataRecordColumn(_Strict):
@@ -67,7 +69,12 @@ class DataRecordColumn(_Strict):
 class InputConfig(_Strict):
     format: Literal["parquet", "datarecord"] = "parquet"
     path: str = Field(..., min_length=1, description="file pattern, local, gs:// or hdfs://")
-    key: str = Field("user_id", min_length=1, description="int64 key column (parquet) or feature name (datarecord)")
+    key: str = Field("user_id", min_length=1,
+                     description="user key: an integer or string column (parquet), or a discrete feature "
+                                 "name (datarecord); string keys: docs/FORMAT.md section 5")
+    key_type: Optional[Literal["int64", "string"]] = Field(
+        None, description="datarecord only: the key is a discrete feature (int64, the default) or a string "
+                          "feature; parquet reads the key type from the files")
     on_bad_file: Literal["fail", "skip"] = "fail"
     container: Optional[Literal["tfrecord", "block"]] = Field(None, description="datarecord only: the file container")
     features: Optional[Dict[str, DataRecordColumn]] = Field(None, description="datarecord only: column -> features")
@@ -75,7 +82,7 @@ class InputConfig(_Strict):
     @model_validator(mode="after")
     def _datarecord_keys(self) -> "InputConfig":
         if self.format == "parquet":
-            extra = [k for k in ("container", "features") if getattr(self, k) is not None]
+            extra = [k for k in ("container", "features", "key_type") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{' and '.join(extra)} apply to format: datarecord only")
             return self
@@ -152,6 +159,9 @@ class OutputConfig(_Strict):
     format: Literal["tfrecord", "block", "parquet"] = "tfrecord"
     compression: Literal["none", "gzip"] = "none"
     key_feature: str = Field("meta.user_id", min_length=1)
+    key_id_feature: Optional[str] = Field(None, min_length=1,
+                                          description="string keys: the discrete feature holding the key's int64 "
+                                                      "id; unset: '<key_feature>.id'")
     records_per_block: int = Field(100, gt=0)
     overwrite: bool = False
     max_reject_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -190,6 +200,9 @@ class ExportConfig(_Strict):
             raise ValueError(f"model.outputs: two outputs are exported under the same feature: {feats}")
         if self.output.key_feature in feats:
             raise ValueError(f"output.key_feature {self.output.key_feature!r} is also a model output feature")
+        key_id = self.output.key_id_feature
+        if key_id is not None and (key_id in feats or key_id == self.output.key_feature):
+            raise ValueError(f"output.key_id_feature {key_id!r} is also the key feature or a model output feature")
         return self
 
 

@@ -26,11 +26,15 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline.config import ExportConfig
 from pipeline.local_engines import note_once, resolve_local_engine
+from pipeline.plan import recheck_output
 from pipeline.progress import ReportRowsRead
-from transforms.errors import ExportError
+from transforms.claim import ClaimRefused, Heartbeat, acquire, release
+from transforms.errors import ExportError, PreflightError
 from transforms.export import ExportEmbeddings
 from transforms.file_listing import list_files
+from transforms.finalize import rejected_dir_of_failed_run
 from transforms.outputdir import JOURNAL_NAME, TEMP_DIR, read_manifest
+from transforms.pause_points import pause_point
 from transforms.plan import ExportPlan
 from transforms.write import DEFAULT_BUFFER_BYTES
 
@@ -106,13 +110,41 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
       progress_dir: a local directory to report rows read to (``pipeline.progress.RunProgress``).
       on_launch: called with the runner's result and the options once the job is submitted,
         before waiting for it (the CLI prints a Dataflow job's id and console URL from it).
+
+    The run claims the output directory before it launches (``transforms.claim``) and checks it
+    again (``pipeline.plan.recheck_output``); the claim is released when the run ends.
+
     Raises:
+      PreflightError: another run holds the output directory, or it changed since the plan was
+        made so that this run may not write there (raised before launching).
       ExportError: the run finished but could not be published (accounting, rejects), or failed.
     """
     options = pipeline_options(plan.config, beam_args)
     _restore_symlinked_output(plan.layout.path)
-    _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files),
-              plan.layout.path, plan.run_id)
+    out = plan.layout.path
+    try:
+        claim = acquire(out, plan.run_id)
+    except ClaimRefused as err:
+        raise PreflightError(str(err)) from None
+    except OSError as err:  # the first write of the run
+        raise PreflightError(f"output.path {out}: cannot write there: {err}") from None
+    try:
+        plan = recheck_output(plan)
+    except PreflightError:
+        release(out, plan.run_id)
+        raise
+    _LOG.info("exporting %s rows from %d files to %s (run %s)", plan.total_rows, len(plan.files), out, plan.run_id)
+    try:
+        pause_point("run.claimed")
+        with Heartbeat(out, claim):
+            _run_pipeline(plan, options, progress_dir, on_launch)
+    finally:
+        release(out, plan.run_id)
+    return read_manifest(out, require_success=True).raw
+
+
+def _run_pipeline(plan: ExportPlan, options: PipelineOptions, progress_dir: Optional[str],
+                  on_launch: Optional[Callable[[PipelineResult, PipelineOptions], None]]) -> None:
     p = beam.Pipeline(options=options)
     build_pipeline(p, plan, progress_dir=progress_dir)
     try:
@@ -120,8 +152,10 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
         if on_launch is not None:
             on_launch(result, options)
         state = result.wait_until_finish()
-    except Exception as err:
+    except BaseException as err:  # a signal (KeyboardInterrupt, the CLI's SIGTERM) cleans up too
         _discard_scratch(plan)
+        if not isinstance(err, Exception):
+            raise
         message = _export_error(err)
         if message is not None:
             raise ExportError(message) from err
@@ -129,7 +163,6 @@ def run_export(plan: ExportPlan, beam_args: Sequence[str] = (), progress_dir: Op
     if state != PipelineState.DONE:
         _discard_scratch(plan)
         raise ExportError(f"the pipeline ended in state {state}; nothing was published to {plan.layout.path}")
-    return read_manifest(plan.layout.path, require_success=True).raw
 
 
 def _restore_symlinked_output(path: str) -> None:
@@ -143,12 +176,15 @@ def _discard_scratch(plan: ExportPlan) -> None:
     """After a failed run, remove its own scratch files (``_temporary/<run_id>``), nothing else.
 
     The publish journal stays when there is one: finalize had started moving files into place,
-    and the journal is what tells the next run that those files are this job's.
+    and the journal is what tells the next run that those files are this job's. So do the
+    rejected rows a run kept in its scratch directory (too many rejected rows beside a finished
+    export, ``transforms.finalize.rejected_dir_of_failed_run``).
     """
     scratch = FileSystems.join(plan.layout.path, TEMP_DIR, plan.run_id)
     try:
         files = [m.path for m in list_files(scratch)]
-        doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME]
+        kept = rejected_dir_of_failed_run(plan.layout.path, plan.run_id, True).rstrip("/") + "/"
+        doomed = [f for f in files if f.rsplit("/", 1)[-1] != JOURNAL_NAME and not f.startswith(kept)]
         if doomed:
             FileSystems.delete(doomed)
         if "://" not in scratch:  # the empty local directories left: the run's, then _temporary

@@ -34,6 +34,8 @@ import apache_beam as beam
 
 from pipeline.extras import available
 
+from transforms.outputdir import REJECTED_DIR
+
 __all__ = ["progress_wanted", "is_local_run", "rows_done", "ReportRowsRead", "RunProgress", "summary_rows",
            "format_summary_lines", "summary_table", "print_summary"]
 
@@ -255,6 +257,15 @@ def summary_rows(manifest: Dict, seconds: float, output_path: str) -> List[Tuple
             ("rows rejected", f"{int(manifest.get('rows_rejected', 0)):,}")]
     for reason, count in (manifest.get("rejected_by_reason") or {}).items():
         rows.append((f"  {reason}", f"{count:,}"))
+    rejected_files = manifest.get("rejected_files") or []
+    if int(manifest.get("rows_rejected", 0)) and rejected_files:
+        rows.append(("  rejected rows in", f"{output_path.rstrip('/')}/{REJECTED_DIR}/ ({len(rejected_files)} "
+                                           f"file{'s' if len(rejected_files) != 1 else ''}; inspect --key K "
+                                           "explains a user's)"))
+    collisions = (manifest.get("key_id_collisions") or {}).get("ids", 0)
+    if collisions:  # string keys whose int64 ids coincide: consumers joining on the id must know
+        rows.append(("key id collisions", f"{collisions:,} id(s) shared by different string keys "
+                                          "(listed in _MANIFEST.json key_id_collisions)"))
     compression = manifest.get("compression")
     rows += [
         ("shards", f"{len(shards)} x {manifest.get('format')}"

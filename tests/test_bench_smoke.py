@@ -3,7 +3,6 @@
 No timing thresholds here: speed is judged by the ratios benchmarks/run.py reports.
 """
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,8 +18,6 @@ from benchmarks import data
 from benchmarks.scaling import marginal_rate, run_child
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_JOB = importlib.util.find_spec("pipeline.job") is not None
-needs_job = pytest.mark.skipif(not HAVE_JOB, reason="pipeline/job.py (run_export) does not exist yet")
 
 
 def _decode_tfrecord_dir(pattern):
@@ -127,8 +124,9 @@ def test_limit_child_times_both_sizes(small_setup, intra):
                               "--sparse-length", str(shape["sparse_length"]), "--repeats", "1",
                               "--intra-op-threads", str(intra)],
                     os.path.join(work, f"limit-{intra}.log"))
-    assert set(run.result["seconds"]) == {"1500", "3000"}
-    assert all(s > 0 for s in run.result["seconds"].values())
+    assert set(run.result["runs"]) == {"1500", "3000"}
+    for windows in run.result["runs"].values():
+        assert len(windows) == 1 and all(w["wall_s"] > 0 and w["cpu_s"] > 0 for w in windows)
     assert run.result["batch_size"] == 256
     # 0: one loop on TF's default pools; 1: one single-threaded loop per core, as the export runs.
     assert run.result["loops"] == concurrent_model_calls(intra) == (1 if intra == 0 else len(os.sched_getaffinity(0)))
@@ -152,24 +150,131 @@ def test_child_failure_shows_the_log(tmp_path):
         run_child("limit", ["--input", "x"], str(tmp_path / "bad.log"))
 
 
-FIELDS = ["rows", "naive_rows", "limit_rows_per_s", "pipeline_rows_per_s", "naive_rows_per_s",
-          "pipeline_vs_limit", "pipeline_vs_naive", "encode_rows_per_s", "encode_vs_thriftpy2",
-          "peak_rss_mb", "batch_size", "num_shards", "seconds", "machine", "versions", "model"]
+def test_estimates_are_medians_with_spreads_and_pairs_are_marginal():
+    from benchmarks import estimate
+
+    summary = estimate.summarize([100.0, 110.0, None, 90.0])
+    assert summary["rows_per_s"] == 100.0 and summary["n"] == 3
+    assert summary["spread"] == pytest.approx(0.2) and (summary["min"], summary["max"]) == (90.0, 110.0)
+    assert estimate.summarize([None])["rows_per_s"] is None
+    small = [{"wall_s": 3.0, "cpu_s": 5.0}, {"wall_s": 3.0, "cpu_s": 5.0}]
+    big = [{"wall_s": 5.0, "cpu_s": 9.0}, {"wall_s": 2.5, "cpu_s": 9.0}]
+    assert estimate.pair_rates(1000, small, big) == [500.0, None]
+    assert estimate.pair_cpu_us_per_row(1000, small, big) == 4000.0
+    assert estimate.loop_rates({100: [{"wall_s": 0.5}], 200: [{"wall_s": 0.5}]}) == [200.0, 400.0]
 
 
-@needs_job
+def test_validity_checks_name_what_is_wrong():
+    from benchmarks import estimate
+
+    reasons = []
+    estimate.check_spread("pipeline", estimate.summarize([100.0, 130.0, 100.0]), reasons)
+    estimate.check_spread("naive", estimate.summarize([100.0, None]), reasons)
+    estimate.check_spread("floor", estimate.summarize([100.0, 101.0]), reasons)
+    estimate.check_spread("datarecord_pipeline", estimate.summarize([100.0]), reasons)
+    estimate.check_order("the job", 1_840_260, "the model alone (limit)", 335_000, reasons)
+    estimate.check_order("the job", 240_000, "its floor", 250_000, reasons)
+    estimate.check_foreign("limit", estimate.foreign_share([{"foreign_cpu_share": 0.4}, {"foreign_cpu_share": 0.3}]),
+                           reasons)
+    estimate.check_foreign("floor", estimate.foreign_share([{"foreign_cpu_share": 0.01}]), reasons)
+    estimate.check_foreign("encode", estimate.foreign_share([{"foreign_cpu_share": None}]), reasons)
+    assert len(reasons) == 5, reasons
+    assert reasons[0].startswith("pipeline: spread 30%")
+    assert reasons[1].startswith("naive: 1 of 2 pairs had a 2N run no slower")
+    assert reasons[2].startswith("datarecord_pipeline: a single estimate has no spread")
+    assert "faster than the model alone (limit)" in reasons[3] and "1,840,260" in reasons[3]
+    assert reasons[4].startswith("limit: other processes used 35% of the CPUs")
+
+
+def test_timed_window_sees_own_cpu_and_others_share():
+    from benchmarks.window import TimedWindow
+
+    with TimedWindow() as window:
+        sum(i * i for i in range(300_000))
+    result = window.result()
+    assert result["wall_s"] > 0 and result["cpu_s"] > 0 and result["cores"] >= 1
+    assert result["foreign_cpu_share"] is None or 0 <= result["foreign_cpu_share"] <= 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_a_childs_own_peak_rss_does_not_include_its_parents():
+    """ru_maxrss of a child counts the parent's resident set at the fork; VmHWM does not."""
+    held = np.ones(300 * 2**20, np.uint8)  # 300 MiB resident in this (the parent) process
+    code = ("import json, resource; from benchmarks.window import own_peak_rss_mb; "
+            "print(json.dumps([own_peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))")
+    own, maxrss = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                                            text=True, check=True).stdout)
+    assert held.sum() == 300 * 2**20
+    assert own < 200 <= 300 <= maxrss
+
+
+def test_datarecords_of_table_hold_the_users():
+    from twml.decode import decode_data_record
+    from twml.feature_ids import feature_id
+
+    from pipeline.demo.users import user_table
+
+    table = user_table(np.array([7, -3, 12], np.int64), seed=1, dense_dim=4, max_sparse=3)
+    records = data.datarecords_of_table(table, 4)
+    names = data.dense_feature_names(4)
+    for raw, key, dense, ids in zip(records, table.column("user_id").to_pylist(), table.column("dense").to_pylist(),
+                                    table.column("sparse_ids").to_pylist()):
+        record = decode_data_record(raw)
+        assert record.discreteFeatures == {feature_id(data.DATARECORD_KEY): key}
+        assert record.continuousFeatures == {feature_id(n): pytest.approx(v) for n, v in zip(names, dense)}
+        assert sorted(record.sparseBinaryFeatures[feature_id(data.DATARECORD_INTERESTS)]) == sorted(
+            str(i) for i in ids)
+        assert not record.tensors and not record.binaryFeatures
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "datarecord"])
+def test_floor_child_reads_every_row_the_export_reads(small_setup, fmt):
+    import yaml
+
+    work, patterns, model = small_setup
+    inputs = {1500: patterns[1500], 3000: patterns[3000]}
+    if fmt == "datarecord":
+        inputs = data.prepare_datarecord_inputs(work, inputs, "small")
+        raw = data.datarecord_export_config(inputs[3000], model, os.path.join(work, "out", "floor"), "small", 256, 2)
+    else:
+        raw = data.export_config(inputs[3000], model, os.path.join(work, "out", "floor"), "small", 256, 2)
+    config = os.path.join(work, f"floor-{fmt}.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(raw, f)
+    run = run_child("floor", ["--config", config, *[f"--input={r}={p}" for r, p in inputs.items()],
+                              "--repeats", "2"], os.path.join(work, f"floor-{fmt}.log"))
+    assert run.result["format"] == fmt and run.result["batch_size"] == 256
+    assert {k: len(v) for k, v in run.result["runs"].items()} == {"1500": 2, "3000": 2}
+    assert all(w["wall_s"] > 0 and w["cpu_s"] > 0 for ws in run.result["runs"].values() for w in ws)
+
+
+FIELDS = ["valid", "invalid_reasons", "rows", "naive_rows", "floor_rows_per_s", "pipeline_vs_floor",
+          "pipeline_vs_floor_spread", "pipeline_vs_floor_cpu", "limit_rows_per_s", "pipeline_rows_per_s",
+          "naive_rows_per_s", "pipeline_vs_limit", "pipeline_vs_naive", "encode_rows_per_s", "encode_vs_thriftpy2",
+          "peak_rss_mb", "spreads", "rates", "cpu_us_per_row", "foreign_cpu_share", "load_average", "datarecord",
+          "batch_size", "num_shards", "seconds", "machine", "versions", "model"]
+
+
 def test_harness_end_to_end_small(tmp_path):
+    from benchmarks.run import EXIT_INVALID
+
     out_json = tmp_path / "bench.json"
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--rows", "2000",
-                           "--small", "--json", str(out_json), "--workdir", str(work),
+                           "--datarecord-rows", "1000", "--small", "--json", str(out_json), "--workdir", str(work),
                            "--set", "model.batch_size=256", "--set", "partition.num_shards=4",
                            "--repeats", "1"],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=800)
+    assert out_json.exists(), proc.stderr[-4000:]
     printed = json.loads(proc.stdout)
     result = json.loads(out_json.read_text())
     assert printed == result
+    # A result the harness cannot trust is printed but marked, with its reasons, and fails the run.
+    if result["valid"]:
+        assert proc.returncode == 0 and result["invalid_reasons"] == [], proc.stderr[-4000:]
+    else:
+        assert proc.returncode == EXIT_INVALID and result["invalid_reasons"], proc.stderr[-4000:]
+        assert "INVALID" in proc.stderr
     for field in FIELDS:
         assert field in result, field
     assert result["rows"] == 2000 and result["naive_rows"] == 2000
@@ -180,27 +285,38 @@ def test_harness_end_to_end_small(tmp_path):
     assert set(result["limit_modes"]) == {"tf_default", "job_threads"}
     assert result["limit_mode"] == max(result["limit_modes"],
                                        key=lambda m: result["limit_modes"][m]["rows_per_s"] or 0)
-    assert result["seconds"]["limit"] == result["seconds"]["limit_modes"][result["limit_mode"]]
     assert 50 < result["peak_rss_mb"] < 8000
-    for name in ("limit", "pipeline", "naive"):
-        assert set(result["seconds"][name]) == {"2000", "4000"}
-        assert all(s > 0 for s in result["seconds"][name].values())
-    # Marginal rates can be null only when noise made the 2N run no slower than the N run.
-    t = result["seconds"]["limit"]
-    # The bare loop starts nothing inside its timing: its rate is rows / seconds (the faster size).
-    assert result["limit_rows_per_s"] == pytest.approx(max(2000 / t["2000"], 4000 / t["4000"]), rel=1e-3)
+    # Every rate is the median of its estimates, published with its spread.
+    for name in ("limit_tf_default", "limit_job_threads", "floor", "pipeline", "naive", "datarecord_floor",
+                 "datarecord_pipeline", "encode", "thriftpy2"):
+        summary = result["rates"][name]
+        assert result["spreads"][name] == summary["spread"]
+        good = [e for e in summary["estimates"] if e is not None]
+        assert summary["n"] == len(good)
+        if good:
+            assert summary["min"] <= summary["rows_per_s"] <= summary["max"]
+            assert summary["spread"] == pytest.approx((summary["max"] - summary["min"]) / summary["rows_per_s"],
+                                                      abs=1e-3)
+    # loops: one estimate per timed run (2 sizes x 1 repeat); jobs: one per (N, 2N) pair.
+    assert len(result["rates"]["floor"]["estimates"]) == 2 and len(result["rates"]["pipeline"]["estimates"]) == 1
+    assert result["limit_rows_per_s"] == result["rates"][f"limit_{result['limit_mode']}"]["rows_per_s"]
+    assert result["floor_rows_per_s"] == result["rates"]["floor"]["rows_per_s"]
     for name in ("pipeline", "naive"):
-        rate = result[f"{name}_rows_per_s"]
-        t = result["seconds"][name]
-        # (the seconds are rounded to ms, so a tiny difference may round to none)
-        assert t["4000"] <= t["2000"] if rate is None else (t["4000"] >= t["2000"] and rate > 0)
-    if result["pipeline_rows_per_s"] and result["limit_rows_per_s"]:
-        assert result["pipeline_vs_limit"] == pytest.approx(
-            result["pipeline_rows_per_s"] / result["limit_rows_per_s"], rel=1e-3)
-    if importlib.util.find_spec("benchmarks.encode_bench") is not None:
-        assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
-    else:
-        assert result["encode_rows_per_s"] is None and result["encode_vs_thriftpy2"] is None
+        seconds = result["seconds"][name]
+        assert set(seconds) == {"2000", "4000"} and all(len(v) == 1 for v in seconds.values())
+        rate = result["rates"][name]
+        for (t1, t2), est in zip(zip(seconds["2000"], seconds["4000"]), rate["estimates"]):
+            # (seconds rounded to ms: a tiny difference may round to none)
+            assert t2 <= t1 if est is None else est == pytest.approx(2000 / (t2 - t1), rel=0.05)
+    if result["pipeline_rows_per_s"] and result["floor_rows_per_s"]:
+        assert result["pipeline_vs_floor"] == pytest.approx(
+            result["pipeline_rows_per_s"] / result["floor_rows_per_s"], rel=1e-3)
+    for name, share in result["foreign_cpu_share"].items():
+        assert share["median"] is None or 0 <= share["median"] <= share["max"] <= 1, name
+    assert result["cpu_us_per_row"]["floor"] > 0
+    dr = result["datarecord"]
+    assert dr["rows"] == 1000 and dr["record_bytes"] > 100
+    assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
 
     # The naive job and the real job wrote the same users with the same embeddings.
     pipeline_out = _decode_tfrecord_dir(str(work / "out" / "pipeline-4000" / "part-*.tfrecord"))
@@ -210,17 +326,24 @@ def test_harness_end_to_end_small(tmp_path):
         naive_embedding, naive_length, naive_shape = naive_out[key]
         assert length == naive_length and shape == naive_shape == [16]
         np.testing.assert_allclose(embedding, naive_embedding, rtol=1e-5, atol=1e-6)
+    # The DataRecord-input export wrote the same users (keys) as the Parquet export of their rows.
+    dr_out = _decode_tfrecord_dir(str(work / "out" / "datarecord-2000" / "part-*.tfrecord"))
+    assert sorted(dr_out) == sorted(pq.read_table(glob.glob(str(work / "data" / "rows-2000" / "*.parquet")))
+                                    .column("user_id").to_pylist())
 
 
-@needs_job
 def test_scaling_study_small(tmp_path):
     from benchmarks.scaling import scaling_study
 
     result = scaling_study(600, "small", workdir=str(tmp_path), steps=(1, 2), log=lambda msg: None,
-                           overrides=["partition.num_shards=2"])
-    assert [p["rows"] for p in result["points"]] == [600, 1200]
+                           overrides=["partition.num_shards=2"], verify=True)
+    assert [p["rows"] for p in result["points"]] == [600, 1200] and result["steps"] == [1, 2]
+    assert result["verified"] == {"rows": 1200, "ok": True, "records": 1200, "problems": []}
+    assert result["rate_change"] == pytest.approx(
+        result["points"][1]["rows_per_s"] / result["points"][0]["rows_per_s"] - 1, abs=1e-3)
     for point in result["points"]:
         assert point["seconds"] > 0 and point["rows_per_s"] > 0 and 50 < point["peak_rss_mb"] < 8000
+        assert point["cpu_us_per_row"] > 0
     assert "marginal_rows_per_s" in result["points"][1]
     assert result["peak_rss_mb"] == max(p["peak_rss_mb"] for p in result["points"])
     assert result["rss_growth"] == pytest.approx(

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twml.io import crc32c_batch
-from twml.io.crc32c_batch import crc32c_rows, crc32c_rows_reference, mask_crc32c, masked_crc32c_into_footer
+from twml.io.crc32c_batch import (crc32c_rows, crc32c_rows_reference, frame_records, mask_crc32c,
+                                  masked_crc32c_into_footer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,6 +120,7 @@ def test_a_kernel_that_fails_its_first_call_check_is_dropped_with_a_warning(monk
 
     monkeypatch.setattr(crc32c_batch, "_KERNEL", wrong)
     monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", crc32c_batch._FOOTER_KERNEL)  # restored after
+    monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", crc32c_batch._FRAME_KERNEL)
     monkeypatch.setattr(crc32c_batch, "_checked", False)
     monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
     rows = np.random.default_rng(5).integers(0, 256, (6, 40), dtype=np.uint8)
@@ -221,6 +223,7 @@ def test_a_footer_kernel_that_fails_its_first_call_check_is_dropped_with_a_warni
 
     monkeypatch.setattr(crc32c_batch, "_KERNEL", crc32c_batch._KERNEL)
     monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", wrong)
+    monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", crc32c_batch._FRAME_KERNEL)
     monkeypatch.setattr(crc32c_batch, "_checked", False)
     monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
     framed = np.random.default_rng(8).integers(0, 256, (6, 60), dtype=np.uint8)
@@ -230,3 +233,56 @@ def test_a_footer_kernel_that_fails_its_first_call_check_is_dropped_with_a_warni
     np.testing.assert_array_equal(framed, want)
     assert crc32c_batch.BACKEND == "google-crc32c"
     assert crc32c_batch._KERNEL is None and crc32c_batch._FOOTER_KERNEL is None
+
+
+# -- frame_records: TFRecord frames of records of differing lengths -------------------------------
+
+def _expected_frames(records) -> bytes:
+    """Each record framed with struct-free arithmetic and one google_crc32c call per piece."""
+    out = b""
+    for record in records:
+        length = len(record).to_bytes(8, "little")
+        out += length + _masked(length).to_bytes(4, "little") + record + _masked(record).to_bytes(4, "little")
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(max_size=70), max_size=20), st.binary(max_size=5))
+def test_frame_records_matches_google_crc32c(records, lead):
+    data = np.frombuffer(lead + b"".join(records), np.uint8)
+    offsets = np.cumsum([len(lead)] + [len(r) for r in records]).astype(np.int64)
+    assert frame_records(data, offsets).tobytes() == _expected_frames(records)
+
+
+def test_frame_records_rejects_bad_offsets():
+    with pytest.raises(ValueError, match="non-decreasing offsets"):
+        frame_records(np.zeros(4, np.uint8), np.array([0, 3, 2]))
+    with pytest.raises(ValueError, match="non-decreasing offsets"):
+        frame_records(np.zeros(4, np.uint8), np.array([0, 5]))
+
+
+def test_frame_records_falls_back_when_numba_is_missing():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np\n"
+            "from twml.io import crc32c_batch as c\n"
+            "framed = c.frame_records(np.frombuffer(b'123456789', np.uint8), np.array([0, 4, 9]))\n"
+            "print(c.BACKEND, framed.tobytes().hex())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["google-crc32c", _expected_frames([b"1234", b"56789"]).hex()]
+
+
+def test_a_frame_kernel_that_fails_its_first_call_check_is_dropped_with_a_warning(monkeypatch):
+    def wrong(src, offsets, out):
+        out[:] = 0
+
+    monkeypatch.setattr(crc32c_batch, "_KERNEL", crc32c_batch._KERNEL)
+    monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", crc32c_batch._FOOTER_KERNEL)
+    monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", wrong)
+    monkeypatch.setattr(crc32c_batch, "_checked", False)
+    monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
+    with pytest.warns(RuntimeWarning, match="framed records differ"):
+        got = frame_records(np.frombuffer(b"abcdef", np.uint8), np.array([0, 2, 6]))
+    assert got.tobytes() == _expected_frames([b"ab", b"cdef"])
+    assert crc32c_batch.BACKEND == "google-crc32c" and crc32c_batch._FRAME_KERNEL is None

@@ -1,6 +1,5 @@
 """The built-in demo: generated users, the demo run config, and the end-to-end demo run."""
 import glob
-import importlib.util
 import io
 import os
 
@@ -16,8 +15,6 @@ from pipeline.demo.run import demo_config
 from pipeline.demo.users import generate_users, user_ids, user_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_JOB = importlib.util.find_spec("pipeline.job") is not None
-needs_job = pytest.mark.skipif(not HAVE_JOB, reason="pipeline/job.py (run_export) does not exist yet")
 
 
 def test_user_ids_are_unique_big_shuffled_and_seeded():
@@ -100,7 +97,6 @@ def test_demo_config_is_local_yaml_under_out_dir(tmp_path):
     assert load_config(os.path.join(REPO, "run_configs", "local.yaml")).model.inputs["sparse_ids"].length == 16
 
 
-@needs_job
 def test_run_demo_end_to_end_twice(tmp_path):
     import tensorflow as tf
 

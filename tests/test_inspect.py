@@ -150,8 +150,6 @@ def test_plot_writes_a_three_panel_png(tmp_path, capsys):
 
 
 def test_real_export_inspects(tmp_path):
-    if not (REPO / "pipeline" / "job.py").is_file():
-        pytest.skip("pipeline/job.py is not in the tree yet (issue 4)")
     from pipeline.demo.run import run_demo
     run_demo(str(tmp_path / "demo"), users=400, stream=io.StringIO())
     export = str(tmp_path / "demo" / "export")

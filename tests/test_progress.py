@@ -18,6 +18,7 @@ from pipeline_fixtures import tiny_config, tiny_model, write_users
 
 MANIFEST = {"rows_read": 1234, "rows_written": 1230, "rows_rejected": 4, "format": "block", "compression": "gzip",
             "rejected_by_reason": {"null_key": 3, "non_finite:dense": 1},
+            "rejected_files": [{"file": "_rejected/part-00000-of-00001.parquet", "records": 4, "bytes": 900}],
             "shards": [{"bytes": 2 ** 20}, {"bytes": 2 ** 20}]}
 
 
@@ -83,15 +84,24 @@ def _report(directory, rows):
     fn.finish_bundle()
 
 
+def _wait_for_frame(stream: io.StringIO, text: str, give_up_after: float = 60.0) -> None:
+    """Wait until a frame showing ``text`` was drawn (the bar redraws on its own thread); the
+    limit only keeps a broken bar from hanging the suite."""
+    deadline = time.monotonic() + give_up_after
+    while text not in stream.getvalue():
+        assert time.monotonic() < deadline, f"no frame showed {text!r}: {stream.getvalue()[-500:]!r}"
+        time.sleep(0.005)
+
+
 def test_progress_bar_renders_rows_total_rate_and_eta_on_a_terminal():
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=120, color_system=None)
     with RunProgress(1000, console=console, poll_seconds=0.02) as progress:
         assert os.path.isdir(progress.directory)
         _report(progress.directory, 400)
-        time.sleep(0.2)
+        _wait_for_frame(stream, "400 / 1,000 rows")
         _report(progress.directory, 600)
-        time.sleep(0.2)
+        _wait_for_frame(stream, "1,000 / 1,000 rows")
     text = stream.getvalue()
     assert "400 / 1,000 rows" in text
     assert "1,000 / 1,000 rows" in text and "done" in text
@@ -104,7 +114,7 @@ def test_progress_without_a_total_counts_rows():
     console = Console(file=stream, force_terminal=True, width=120, color_system=None)
     with RunProgress(None, console=console, poll_seconds=0.02) as progress:
         _report(progress.directory, 77)
-        time.sleep(0.1)
+        _wait_for_frame(stream, "77 rows")
     assert "77 rows" in stream.getvalue() and "/ " not in stream.getvalue().split("77 rows")[0][-5:]
 
 
@@ -121,6 +131,7 @@ def test_summary_plain_lines_and_rich_table():
     assert plain == format_summary(MANIFEST, 2.0, "/out")
     assert plain.splitlines() == [
         "rows read     1,234", "rows written  1,230", "rows rejected 4", "  null_key: 3", "  non_finite:dense: 1",
+        "  rejected rows in: /out/_rejected/ (1 file; inspect --key K explains a user's)",
         "shards        2 x block (gzip), 2.0 MiB", "time          2.0 s (617 rows/s)", "output        /out"]
     stream = io.StringIO()
     Console(file=stream, force_terminal=True, width=80, color_system=None).print(summary_table(rows))

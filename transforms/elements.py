@@ -33,10 +33,13 @@ class EmbeddedBatch:
       outputs: one array per configured output, in config order, each with dim 0 = B;
         outputs[0] is the float32 [B, D] embedding.
       partition_ids: int64 [B] shard ids from the partition-id column, or None (hash placement).
+      key_strings: string keys only: object [B] of the keys' UTF-8 bytes (``keys`` then holds
+        their int64 ids, ``twml.feature_ids.string_key_ids``); None for integer keys.
     """
     keys: np.ndarray
     outputs: List[np.ndarray]
     partition_ids: Optional[np.ndarray] = None
+    key_strings: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -47,16 +50,19 @@ class EmbeddedBatch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the batch's arrays."""
+        """Bytes of the batch's arrays (string keys: their bytes plus a pointer each)."""
         ids = self.partition_ids
-        return int(self.keys.nbytes + sum(out.nbytes for out in self.outputs) + (0 if ids is None else ids.nbytes))
+        strings = 0 if self.key_strings is None else sum(map(len, self.key_strings)) + 8 * len(self.key_strings)
+        return int(self.keys.nbytes + sum(out.nbytes for out in self.outputs) + (0 if ids is None else ids.nbytes)
+                   + strings)
 
     def take(self, rows: np.ndarray) -> "EmbeddedBatch":
         """The users at ``rows`` (in that order) as a new batch."""
         return EmbeddedBatch(
             keys=np.take(self.keys, rows),
             outputs=[np.take(out, rows, axis=0) for out in self.outputs],
-            partition_ids=None if self.partition_ids is None else np.take(self.partition_ids, rows))
+            partition_ids=None if self.partition_ids is None else np.take(self.partition_ids, rows),
+            key_strings=None if self.key_strings is None else np.take(self.key_strings, rows))
 
     @staticmethod
     def concat(batches: Sequence["EmbeddedBatch"]) -> "EmbeddedBatch":
@@ -64,10 +70,12 @@ class EmbeddedBatch:
         if len(batches) == 1:
             return batches[0]
         ids = [b.partition_ids for b in batches]
+        strings = [b.key_strings for b in batches]
         return EmbeddedBatch(
             keys=np.concatenate([b.keys for b in batches]),
             outputs=[np.concatenate(outs) for outs in zip(*(b.outputs for b in batches))],
-            partition_ids=None if any(i is None for i in ids) else np.concatenate(ids))
+            partition_ids=None if any(i is None for i in ids) else np.concatenate(ids),
+            key_strings=None if any(s is None for s in strings) else np.concatenate(strings))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,9 @@ from apache_beam.utils import shared
 
 from transforms.arrow_columns import as_array, table_to_feeds, to_numpy
 from transforms.elements import EmbeddedBatch
+from transforms.errors import ExportError
 from transforms.isolate import ModelFailureIsolation
+from transforms.keys import key_arrays
 from transforms.model_files import local_model_dir
 from transforms.specs import InputSpec, OutputSpec
 from transforms.rejected import REJECTED, rejected_from_tagged
@@ -255,6 +257,26 @@ def finite_rows(array: np.ndarray) -> np.ndarray:
     return np.isfinite(array.reshape(len(array), -1)).all(axis=1)
 
 
+def check_output_shape(spec: OutputSpec, array: np.ndarray, rows: int, first_key: object) -> None:
+    """Fail the run when a batch's output does not have the shape the plan (and the manifest)
+    states: ``rows`` rows, and every per-row dim the plan fixes. A model whose output width
+    changes at run time would otherwise write records that disagree with the manifest.
+
+    Raises:
+      ExportError: naming the output, both shapes and the batch's first key.
+    """
+    planned = tuple(spec.shape)
+    got = tuple(array.shape[1:])
+    fits = (array.shape[:1] == (rows,) and len(got) == len(planned)
+            and all(want is None or want == have for want, have in zip(planned, got)))
+    if not fits:
+        def show(dims):
+            return "[B" + "".join(f", {'?' if d is None else d}" for d in dims) + "]"
+        raise ExportError(f"model output {spec.name!r} gave shape {show(got)} ({array.shape[0]} rows) for the "
+                          f"batch of {rows} rows with first key {first_key}; the plan and the manifest say {show(planned)}: "
+                          "the model's output shape changed at run time; nothing was published")
+
+
 @beam.typehints.with_input_types(pa.Table)
 @beam.typehints.with_output_types(EmbeddedBatch)
 class _EmbedFn(beam.DoFn):
@@ -337,10 +359,8 @@ class _EmbedFn(beam.DoFn):
         self._metrics.update(rows, _feed_bytes(feeds), micros)
         arrays = [outputs[spec.name] for spec in self._handler.outputs]
         for spec, array in zip(self._handler.outputs, arrays):
-            if array.shape[:1] != (rows,):
-                raise RuntimeError(f"model output {spec.name!r} has shape {array.shape}, "
-                                   f"expected {rows} rows (dim 0 = batch size)")
-        keys = to_numpy(as_array(table.column(self._key_column))).astype(np.int64, copy=False)
+            check_output_shape(spec, array, rows, table.column(self._key_column)[0].as_py())
+        keys, key_strings = key_arrays(table.column(self._key_column))
         partition_ids = None
         if self._partition_column is not None:
             partition_ids = to_numpy(as_array(table.column(self._partition_column))).astype(np.int64)
@@ -354,7 +374,7 @@ class _EmbedFn(beam.DoFn):
                 Metrics.counter(self._handler.get_metrics_namespace(), f"rows_rejected.{reason}").inc(count)
                 yield beam.pvalue.TaggedOutput(REJECTED, rejected_from_tagged(table, bad, reason))
                 good &= ~bad
-        batch = EmbeddedBatch(keys, arrays, partition_ids)
+        batch = EmbeddedBatch(keys, arrays, partition_ids, key_strings)
         if not good.all():
             batch = batch.take(np.flatnonzero(good))
         if len(batch):
@@ -367,7 +387,7 @@ class EmbedBatches(beam.PTransform):
 
     Args:
       handler: loads and runs the model.
-      key_column: the integer user-key column.
+      key_column: the user-key column (integer, or string: ``transforms.keys.key_arrays``).
       partition_column: the partition-id column carried to the partition step, or None.
       max_failed_rows: rows the model may fail on (after bisection) before the job stops early,
         certain to exceed output.max_reject_fraction; None for no limit.

@@ -88,7 +88,7 @@ class ExportEmbeddings(beam.PTransform):
                  "unreadable": read.unreadable}
                 | "Finalize" >> FinalizeExport(plan.layout, plan.manifest_base, expected_rows=plan.total_rows,
                                                max_reject_fraction=plan.max_reject_fraction,
-                                               stale=plan.stale_files))
+                                               stale=plan.stale_files, require_claim=plan.claimed))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.claim import claim_problem
 from transforms.elements import RejectedPart, ShardResult
 from transforms.errors import ExportError
 from transforms.file_listing import list_files
@@ -67,7 +68,7 @@ from transforms.ownership import (is_run_id, journal_bytes, journal_name, publis
 from transforms.pause_points import pause_point
 from transforms.specs import OutputLayout
 
-__all__ = ["FinalizeExport", "publish", "RENAME_BATCH", "reason_summary"]
+__all__ = ["FinalizeExport", "publish", "rejected_dir_of_failed_run", "RENAME_BATCH", "reason_summary"]
 
 RENAME_BATCH = 100  # files per FileSystems.rename call (object stores copy a batch at a time)
 MODE_DIRECTORY = "directory"  # the journal's "mode": assembled in a sibling directory, then swapped in
@@ -137,6 +138,15 @@ def _rename_into_place(pairs: Sequence[Tuple[str, str]], pause: Optional[str] = 
             pause_point(pause)
 
 
+def rejected_dir_of_failed_run(out: str, run_id: str, beside_finished_export: bool) -> str:
+    """Where a run that failed on too many rejected rows leaves them: ``_rejected/<run_id>/``, or,
+    when a finished export is in the directory (which a failed run must leave as it was), the
+    run's own scratch directory, ``_temporary/<run_id>/_rejected/``."""
+    if beside_finished_export:
+        return _join(out, TEMP_DIR, run_id, REJECTED_DIR)
+    return _join(out, REJECTED_DIR, run_id)
+
+
 def _check_shards(shards: Iterable[ShardResult], num_shards: int) -> List[ShardResult]:
     by_shard: Dict[int, ShardResult] = {}
     for result in shards:
@@ -201,7 +211,9 @@ def _remove_empty_remote_dirs(root: str) -> None:
 def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
             rejected: Iterable[RejectedPart], manifest_base: Dict, expected_rows: Optional[int] = None,
             max_reject_fraction: float = 1.0, stale: Sequence[str] = (), unreadable: Iterable = (),
-            duplicate_keys: Optional[Dict[str, int]] = None) -> Dict:
+            duplicate_keys: Optional[Dict[str, int]] = None,
+            key_id_collisions: Optional[Sequence[Tuple[int, Sequence[str]]]] = None,
+            require_claim: bool = False) -> Dict:
     """Check, move into place (by swapping directories, or file by file: see the module
     docstring), write the manifest and ``_SUCCESS``; return the manifest.
 
@@ -219,6 +231,10 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
       unreadable: row groups that could not be read (``input.on_bad_file: skip``): objects with
         ``path``, ``row_group``, ``rows`` and ``error``.
       duplicate_keys: {"keys": keys written more than once, "rows": rows beyond each key's first}.
+      key_id_collisions: string keys: (key id, the different keys sharing it) for every shared
+        id (manifest ``key_id_collisions``); None for integer keys.
+      require_claim: the run must still hold its claim on the output directory
+        (``transforms.claim``), checked before anything is moved.
     Raises:
       ExportError: a check failed; the output directory is left as it was, except that on too
         many rejected rows the rejected rows are published to ``_rejected/<run_id>/``.
@@ -244,25 +260,39 @@ def publish(layout: OutputLayout, shards: Iterable[ShardResult], rows_read: int,
 
     out = layout.path
     temp = _join(out, TEMP_DIR, layout.run_id)
+    if require_claim:
+        pause_point("publish.claim")
+        problem = claim_problem(out, layout.run_id)
+        if problem is not None:
+            raise ExportError(f"{problem}; nothing was published")
     if rows_rejected > max_reject_fraction * rows_read:
         # Only the rejected rows are published, for inspection, under this run's own directory
-        # (so they never replace an earlier export's); their footers carry the run-id stamp.
-        names = [_join(REJECTED_DIR, layout.run_id, numbered_file_name(i, len(rejected), ".parquet"))
-                 for i in range(len(rejected))]
-        _rename_into_place([(p.path, _join(out, name)) for p, name in zip(rejected, names)])
-        _delete_tree(temp)
+        # (so they never replace an earlier export's); their footers carry the run-id stamp. A
+        # finished export in the directory stays exactly as it was: the rows then stay in this
+        # run's scratch directory (kept, like the journal), not under the export's _rejected/.
+        beside_export = FileSystems.exists(_join(out, SUCCESS_NAME))
+        kept = rejected_dir_of_failed_run(out, layout.run_id, beside_export)
+        names = [_join(kept, numbered_file_name(i, len(rejected), ".parquet")) for i in range(len(rejected))]
+        _rename_into_place([(p.path, name) for p, name in zip(rejected, names)])
+        if beside_export:  # the rows stay in this run's scratch directory: the rest of it goes
+            _delete([path for path in _matching(_join(temp, "**")) if not path.startswith(kept.rstrip("/") + "/")])
+            if "://" not in temp:
+                for dirpath, _, _ in sorted(os.walk(temp), key=lambda item: -len(item[0])):
+                    if not os.listdir(dirpath):
+                        os.rmdir(dirpath)
+        else:
+            _delete_tree(temp)
         _remove_empty_run_dirs(_join(out, TEMP_DIR))
         raise ExportError(
             f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / max(rows_read, 1):.2%}), "
             f"more than output.max_reject_fraction {max_reject_fraction:g}; commonest reasons: "
-            f"{reason_summary(by_reason)}; the rejected rows are in "
-            f"{_join(out, REJECTED_DIR, layout.run_id)}; nothing else was published")
+            f"{reason_summary(by_reason)}; the rejected rows are in {kept}; nothing else was published")
 
     pause_point("publish.start")
     rejected_names = [_join(REJECTED_DIR, numbered_file_name(i, len(rejected), ".parquet"))
                       for i in range(len(rejected))]
     manifest = finished_manifest(manifest_base, layout.run_id, results, rows_read, list(zip(rejected, rejected_names)),
-                         by_reason, unreadable, duplicate_keys)
+                                 by_reason, unreadable, duplicate_keys, key_id_collisions)
     manifest_data = manifest_bytes(manifest)
 
     creates = {r.final_name: r.bytes for r in results}
@@ -484,17 +514,19 @@ def _publish_directory(out: str, staging: str, run_id: str, journal: bytes, move
 
 class _FinalizeFn(beam.DoFn):
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int],
-                 max_reject_fraction: float, stale: Tuple[str, ...]):
+                 max_reject_fraction: float, stale: Tuple[str, ...], require_claim: bool = False):
         self._layout = layout
+        self._require_claim = require_claim
         self._base = manifest_base
         self._expected = expected_rows
         self._max_reject = max_reject_fraction
         self._stale = stale
 
     def process(self, _run_id, shards, rows_read, rejected, unreadable, duplicates):
-        keys, rows = duplicates
+        keys, rows, collisions = duplicates
         yield publish(self._layout, shards, int(rows_read), rejected, self._base, self._expected,
-                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)})
+                      self._max_reject, self._stale, unreadable, {"keys": int(keys), "rows": int(rows)},
+                      list(collisions) if self._layout.string_keys else None, self._require_claim)
 
 
 class FinalizeExport(beam.PTransform):
@@ -507,15 +539,16 @@ class FinalizeExport(beam.PTransform):
       expected_rows: rows by the input footers, or None.
       max_reject_fraction: fail above this fraction of rejected rows.
       stale: absolute paths of this job's earlier files to remove (``ExportPlan.stale_files``).
+      require_claim: check that the run still holds the output directory's claim before publishing.
 
     Inputs "unreadable" (row groups skipped by ``on_bad_file: skip``) and "duplicates" (one
-    (keys, rows) pair per key bucket, ``transforms.duplicates``) are optional.
+    (keys, rows, key-id collisions) per key bucket, ``transforms.duplicates``) are optional.
     """
 
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int] = None,
-                 max_reject_fraction: float = 1.0, stale: Sequence[str] = ()):
+                 max_reject_fraction: float = 1.0, stale: Sequence[str] = (), require_claim: bool = False):
         super().__init__()
-        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, tuple(stale))
+        self._args = (layout, manifest_base, expected_rows, max_reject_fraction, tuple(stale), require_claim)
 
     def expand(self, inputs):
         layout = self._args[0]
@@ -529,8 +562,8 @@ class FinalizeExport(beam.PTransform):
         unreadable = unreadable | "CollectUnreadable" >> beam.combiners.ToList()
         duplicates = inputs.get("duplicates")
         if duplicates is None:
-            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0)])
-        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_pairs)
+            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0, ())])
+        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_duplicates)
         return (p
                 | "Once" >> beam.Create([layout.run_id])
                 | "Publish" >> beam.ParDo(_FinalizeFn(*self._args),  # side inputs in process()'s order
@@ -541,9 +574,12 @@ class FinalizeExport(beam.PTransform):
                                           beam.pvalue.AsSingleton(duplicates)))
 
 
-def _sum_pairs(pairs: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
+def _sum_duplicates(counts: Iterable[Tuple[int, int, Tuple]]) -> Tuple[int, int, Tuple]:
+    """(keys, rows, collisions) of every key bucket -> their sums (collisions concatenated)."""
     keys = rows = 0
-    for a, b in pairs:
+    collisions: List = []
+    for a, b, shared in counts:
         keys += int(a)
         rows += int(b)
-    return keys, rows
+        collisions.extend(shared)
+    return keys, rows, tuple(collisions)

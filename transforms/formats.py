@@ -14,7 +14,7 @@ then the outputs in config order (the embedding first) as rawTypedTensors in fie
 from __future__ import annotations
 
 import zlib
-from typing import BinaryIO, List, Sequence
+from typing import BinaryIO, List, Optional, Sequence
 
 import google_crc32c
 import numpy as np
@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from twml.encode import EncodedRecords, encode_data_records
+from twml.encode import EncodedRecords, StringColumn, encode_data_records
 from twml.io.compression import DEFAULT_GZIP_LEVEL
 from twml.io.tfrecord import encode_tfrecords
 from transforms.elements import EmbeddedBatch
-from transforms.outputdir import PARQUET_COLUMNS, shard_file_name, shard_suffix
+from transforms.outputdir import PARQUET_COLUMNS, PARQUET_KEY_ID_COLUMN, shard_file_name, shard_suffix
 from transforms.specs import OutputLayout, OutputSpec
 
 __all__ = ["ChecksummedWriter", "PartSink", "PartWriter", "ShardFormat", "TFRecordFormat", "BlockFormat", "ParquetFormat",
@@ -88,9 +88,21 @@ class ChecksummedWriter:
             self._raw.close()
 
 
-def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequence[int]) -> EncodedRecords:
-    """One DataRecord per user of ``batch`` (docs/FORMAT.md section 3)."""
-    return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)))
+def key_strings_column(batch: EmbeddedBatch, key_string_feature_id: Optional[int]) -> List[StringColumn]:
+    """The stringFeatures entries of the batch's records: the string key, or none (integer keys)."""
+    if key_string_feature_id is None:
+        return []
+    if batch.key_strings is None:
+        raise ValueError("the export has string keys but the batch carries none")
+    return [(key_string_feature_id, batch.key_strings)]
+
+
+def encode_batch(batch: EmbeddedBatch, key_feature_id: int, feature_ids: Sequence[int],
+                 key_string_feature_id: Optional[int] = None) -> EncodedRecords:
+    """One DataRecord per user of ``batch``: the key, the outputs; string keys add field 4
+    (docs/FORMAT.md sections 3 and 5)."""
+    return encode_data_records(batch.keys, key_feature_id, list(zip(feature_ids, batch.outputs)),
+                               key_strings_column(batch, key_string_feature_id))
 
 
 class PartSink:
@@ -210,7 +222,7 @@ class ShardFormat:
         return shard_file_name(shard, self.layout.num_shards, self.name, self.layout.compression)
 
     def encode(self, batch: EmbeddedBatch) -> EncodedRecords:
-        return encode_batch(batch, self.layout.key_feature_id, self.feature_ids)
+        return encode_batch(batch, self.layout.key_feature_id, self.feature_ids, self.layout.key_string_feature_id)
 
     def open_part(self, sink: PartSink) -> PartWriter:
         raise NotImplementedError
@@ -256,7 +268,8 @@ class TFRecordFormat(ShardFormat):
         framing ``encode`` 's records.
         """
         return encode_tfrecords(batch.keys, self.layout.key_feature_id,
-                                list(zip(self.feature_ids, batch.outputs)))
+                                list(zip(self.feature_ids, batch.outputs)),
+                                key_strings_column(batch, self.layout.key_string_feature_id))
 
     def open_part(self, sink: PartSink) -> PartWriter:
         return _TFRecordPart(self, sink)
@@ -303,7 +316,8 @@ class _ParquetPart(PartWriter):
 
 
 class ParquetFormat(ShardFormat):
-    """Parquet with columns key int64, embedding fixed_size_list<float32>[D], data_record binary.
+    """Parquet with columns key int64, embedding fixed_size_list<float32>[D], data_record binary;
+    with string keys: key string (the key itself), key_id int64, embedding, data_record.
 
     Parts are Arrow IPC streams of that schema; the shard file is written from them in row
     groups of up to PARQUET_ROW_GROUP_ROWS rows.
@@ -318,8 +332,10 @@ class ParquetFormat(ShardFormat):
             raise ValueError("the parquet format needs the embedding dimension; the model left it open")
         self.dim = int(dim)
         key, embedding, data_record = PARQUET_COLUMNS
-        self.schema = pa.schema([
-            pa.field(key, pa.int64(), nullable=False),
+        keys = [pa.field(key, pa.int64(), nullable=False)]
+        if layout.string_keys:
+            keys = [pa.field(key, pa.string(), nullable=False), pa.field(PARQUET_KEY_ID_COLUMN, pa.int64(), nullable=False)]
+        self.schema = pa.schema(keys + [
             pa.field(embedding, pa.list_(pa.float32(), self.dim), nullable=False),
             pa.field(data_record, pa.binary(), nullable=False)])
 
@@ -336,8 +352,10 @@ class ParquetFormat(ShardFormat):
             None, pa.py_buffer(records.offsets.astype(np.int32)), pa.py_buffer(records.buffer)])
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()),
                                                       type=self.schema.field(PARQUET_COLUMNS[1]).type)
-        return pa.RecordBatch.from_arrays([pa.array(batch.keys, pa.int64()), embedding, data],
-                                          schema=self.schema)
+        keys = [pa.array(batch.keys, pa.int64())]
+        if self.layout.string_keys:  # validated UTF-8: viewing the bytes as strings is safe
+            keys = [pa.array(list(batch.key_strings), pa.binary()).view(pa.string())] + keys
+        return pa.RecordBatch.from_arrays(keys + [embedding, data], schema=self.schema)
 
     def open_part(self, sink: PartSink) -> PartWriter:
         return _ParquetPart(self, sink)

@@ -31,7 +31,8 @@ from twml.export_names import MANIFEST_NAME, SUCCESS_NAME  # shared with twml.da
 from twml.feature_ids import feature_id
 
 __all__ = ["MANIFEST_NAME", "SUCCESS_NAME", "REJECTED_DIR", "TEMP_DIR", "JOURNAL_NAME", "SHARD_PREFIX", "FORMATS",
-           "PARQUET_COLUMNS", "shard_suffix", "numbered_file_name", "shard_file_name", "parse_shard_file_name",
+           "PARQUET_COLUMNS", "PARQUET_KEY_ID_COLUMN", "KEY_ID_RULE", "KEY_ID_SHARD_RULE", "MAX_COLLISIONS_LISTED",
+           "scratch_name", "shard_suffix", "numbered_file_name", "shard_file_name", "parse_shard_file_name", "OutputEntry",
            "ShardEntry", "ExportManifest", "parse_manifest", "static_manifest", "finished_manifest",
            "manifest_bytes", "read_manifest", "versions", "utc_now", "is_remote", "absolute_path", "join_path",
            "open_binary", "open_records"]
@@ -43,6 +44,7 @@ SHARD_PREFIX = "part-"
 FORMATS = ("tfrecord", "block", "parquet")
 _EXTENSIONS = {"tfrecord": ".tfrecord", "block": "", "parquet": ".parquet"}
 PARQUET_COLUMNS = ("key", "embedding", "data_record")  # the columns of a parquet shard, in order
+PARQUET_KEY_ID_COLUMN = "key_id"  # string keys: the key id, after the (string) key column
 _SHARD_NAME = re.compile(r"^part-(\d{5,})-of-(\d{5,})(\.tfrecord|\.parquet)?(\.gz)?$")
 
 
@@ -55,6 +57,11 @@ def shard_suffix(fmt: str, compression: str = "none") -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
     return _EXTENSIONS[fmt] + (".gz" if compression == "gzip" and fmt != "parquet" else "")
+
+
+def scratch_name(run_id: str, name: str) -> str:
+    """``name`` in run ``run_id``'s scratch directory, relative to the output directory."""
+    return f"{TEMP_DIR}/{run_id}/{name}"
 
 
 def numbered_file_name(index: int, count: int, suffix: str) -> str:
@@ -152,15 +159,27 @@ def versions() -> Dict[str, Optional[str]]:
     }
 
 
+# How a string key becomes its int64 id and its shard (docs/FORMAT.md section 5).
+KEY_ID_RULE = ("feature_id(key): the first 64 bits (h1, little-endian, signed) of MurmurHash3_x64_128, "
+               "seed 0, over the key's UTF-16LE code units (twml's feature id function, '#' rule included)")
+KEY_ID_SHARD_RULE = "fmix64(uint64(key_id)) % num_shards"
+MAX_COLLISIONS_LISTED = 100  # key-id collisions the manifest spells out (all are counted)
+
+
 def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature: str, key_feature_id: int,
                     outputs: Sequence[Any], embedding_dim: int, model_path: Optional[str] = None,
                     signature: Optional[str] = None, partition_column: Optional[str] = None,
                     input_path: Optional[str] = None, files: Optional[int] = None, rows: Optional[int] = None,
                     skipped_files: Sequence[Tuple[str, str]] = (), config: Optional[Mapping[str, Any]] = None,
-                    created_at: Optional[str] = None) -> Dict[str, Any]:
+                    created_at: Optional[str] = None, key_id_feature: Optional[str] = None,
+                    key_id_feature_id: Optional[int] = None) -> Dict[str, Any]:
     """Everything in the manifest that is known before the run starts.
 
     Args:
+      key_feature / key_feature_id: the feature holding the key (discreteFeatures for int64
+        keys, stringFeatures for string keys).
+      key_id_feature / key_id_feature_id: string keys only: the discreteFeatures entry holding
+        the key's int64 id (docs/FORMAT.md section 5); None for int64 keys.
       outputs: the exported outputs (``transforms.specs.OutputSpec``), the embedding first.
       model_path / signature: the model, None when the embeddings come from elsewhere.
       partition_column: the partition-id column, None for hash placement.
@@ -171,18 +190,24 @@ def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature:
     """
     first = outputs[0]
     by = "hash" if partition_column is None else "column"
+    string_keys = key_id_feature_id is not None
     return {
         "format": fmt,
         "compression": compression,
         "num_shards": num_shards,
+        "key_type": "string" if string_keys else "int64",
         "key_feature": {"name": key_feature, "id": key_feature_id},
+        # String keys only (null otherwise): where the key's int64 id is, and how it is derived.
+        "key_id_feature": {"name": key_id_feature, "id": key_id_feature_id} if string_keys else None,
+        "key_id": KEY_ID_RULE if string_keys else None,
         "embedding_feature": {"name": first.feature, "id": first.feature_id},
         "embedding_dim": embedding_dim,
         "outputs": [{"output": o.name, "feature": o.feature, "id": o.feature_id, "dtype": o.dtype,
                      "shape": list(o.shape)} for o in outputs],
         "model": {"path": model_path, "signature": signature},
         "partition": {"by": by, "column": partition_column,
-                      "hash": "fmix64(uint64(key)) % num_shards" if by == "hash" else None},
+                      "hash": ((KEY_ID_SHARD_RULE if string_keys else "fmix64(uint64(key)) % num_shards")
+                               if by == "hash" else None)},
         "input": {"path": input_path, "files": files, "rows": rows,
                   # unreadable files (on_bad_file: skip): the rows they hold are not known
                   "skipped_files": [{"file": p, "rows": None, "error": e} for p, e in skipped_files]},
@@ -194,7 +219,8 @@ def static_manifest(*, fmt: str, compression: str, num_shards: int, key_feature:
 
 def finished_manifest(base: Mapping[str, Any], run_id: str, shards: Sequence[Any], rows_read: int,
                       rejected: Sequence[Tuple[Any, str]], by_reason: Dict[str, int], unreadable: Sequence[Any],
-                      duplicate_keys: Optional[Dict[str, int]]) -> Dict[str, Any]:
+                      duplicate_keys: Optional[Dict[str, int]],
+                      key_id_collisions: Optional[Sequence[Tuple[int, Sequence[str]]]] = None) -> Dict[str, Any]:
     """The manifest finalize writes: what the run wrote and counted, then the static entries of ``base``.
 
     Args:
@@ -203,6 +229,8 @@ def finished_manifest(base: Mapping[str, Any], run_id: str, shards: Sequence[Any
       by_reason: rejected rows per reason, commonest first.
       unreadable: row groups skipped (``path``, ``row_group``, ``rows``, ``error``).
       duplicate_keys: {"keys", "rows"} of keys written more than once.
+      key_id_collisions: string keys: (key id, the different keys sharing it) for every shared
+        id; None for int64 keys.
     """
     manifest = {key: base[key] for key in ("format", "compression", "num_shards") if key in base}
     manifest.update({
@@ -213,9 +241,16 @@ def finished_manifest(base: Mapping[str, Any], run_id: str, shards: Sequence[Any
         "rows_rejected": sum(p.records for p, _ in rejected),
         "rows_unreadable": sum(u.rows for u in unreadable),
         "rejected_by_reason": by_reason,
-        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes} for p, name in rejected],
+        "rejected_files": [{"file": name, "records": p.records, "bytes": p.bytes, "crc32c": p.crc32c}
+                           for p, name in rejected],
         "duplicate_keys": dict(duplicate_keys or {"keys": 0, "rows": 0}),
     })
+    manifest["key_id_collisions"] = None   # integer keys: ids are the keys
+    if key_id_collisions is not None:      # string keys: ids that different keys share
+        ordered = sorted(key_id_collisions)
+        manifest["key_id_collisions"] = {
+            "ids": len(ordered),
+            "examples": [{"key_id": key_id, "keys": list(keys)} for key_id, keys in ordered[:MAX_COLLISIONS_LISTED]]}
     manifest.update({k: v for k, v in base.items() if k not in manifest})
     if isinstance(manifest.get("input"), dict):
         manifest["input"] = {**manifest["input"], "unreadable_row_groups": [
@@ -236,6 +271,19 @@ class ShardEntry:
     file: str
     records: int
     bytes: Optional[int]
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    """One ``outputs`` entry of the manifest: a model output and the feature it is exported under.
+
+    ``shape`` is the per-record shape (None for a dim the model left open); ``dtype`` a numpy name.
+    """
+    output: str
+    feature: str
+    id: int
+    dtype: str
+    shape: Tuple[Optional[int], ...]
 
 
 @dataclass(frozen=True)
@@ -263,6 +311,24 @@ class ExportManifest:
     rows_written: Optional[int]
     rows_rejected: Optional[int]
     feature_names: Dict[int, str]
+    key_type: str = "int64"
+    key_id_feature_name: Optional[str] = None
+    key_id_feature_id: Optional[int] = None
+    outputs: Tuple[OutputEntry, ...] = ()
+
+    @property
+    def string_keys(self) -> bool:
+        return self.key_type == "string"
+
+    @property
+    def int_key_feature_id(self) -> int:
+        """The discreteFeatures entry holding the int64 key: the key itself, or a string key's id."""
+        return self.key_id_feature_id if self.string_keys else self.key_feature_id
+
+    @property
+    def other_outputs(self) -> Tuple[OutputEntry, ...]:
+        """The exported outputs after the embedding, in record order."""
+        return tuple(o for o in self.outputs if o.id != self.embedding_feature_id)
 
 
 def _field(raw: Dict[str, Any], name: str, kind, where: str = "") -> Any:
@@ -345,13 +411,42 @@ def parse_manifest(raw: Any) -> ExportManifest:
         names[key_id] = key_name
     if emb_name:
         names[emb_id] = emb_name
+    key_type = raw.get("key_type") or "int64"
+    if key_type not in ("int64", "string"):
+        raise ExportError(f"{MANIFEST_NAME}: key_type {key_type!r} is not 'int64' or 'string'")
+    key_id_name, key_id_id = (None, None)
+    if key_type == "string":
+        key_id_name, key_id_id = _feature(raw, "key_id_feature")
+        if key_id_name:
+            names[key_id_id] = key_id_name
     return ExportManifest(raw=raw, format=fmt, compression=compression, num_shards=num_shards,
                           shards=tuple(shards), embedding_dim=dim, key_feature_name=key_name,
                           key_feature_id=key_id, embedding_feature_name=emb_name,
                           embedding_feature_id=emb_id, partition_by=partition_by,
                           rows_read=_optional_int(raw, "rows_read"),
                           rows_written=_optional_int(raw, "rows_written"),
-                          rows_rejected=_optional_int(raw, "rows_rejected"), feature_names=names)
+                          rows_rejected=_optional_int(raw, "rows_rejected"), feature_names=names,
+                          key_type=key_type, key_id_feature_name=key_id_name, key_id_feature_id=key_id_id,
+                          outputs=_outputs(raw))
+
+
+def _outputs(raw: Dict[str, Any]) -> Tuple[OutputEntry, ...]:
+    """The manifest's ``outputs`` entries (record order); ExportError for a malformed one."""
+    entries = []
+    for i, entry in enumerate(raw.get("outputs") or []):
+        where = f"outputs[{i}]."
+        if not isinstance(entry, dict):
+            raise ExportError(f"{MANIFEST_NAME}: outputs[{i}] must be an object, got {entry!r}")
+        feature = _field(entry, "feature", str, where)
+        fid = entry.get("id")
+        fid = feature_id(feature) if fid is None else fid
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or any(d is not None and (not isinstance(d, int) or isinstance(d, bool))
+                                              for d in shape):
+            raise ExportError(f"{MANIFEST_NAME}: {where}shape must be a list of ints (or null), got {shape!r}")
+        entries.append(OutputEntry(output=str(entry.get("output", feature)), feature=feature, id=int(fid),
+                                   dtype=_field(entry, "dtype", str, where), shape=tuple(shape)))
+    return tuple(entries)
 
 
 def read_manifest(export_dir: str, require_success: bool = False) -> ExportManifest:

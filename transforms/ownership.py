@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from transforms.errors import PreflightError
-from transforms.outputdir import JOURNAL_NAME, MANIFEST_NAME, REJECTED_DIR, SHARD_PREFIX, SUCCESS_NAME, TEMP_DIR
+from transforms.claim import LEASE_SECONDS, describe_live, live_claims
+from transforms.outputdir import (JOURNAL_NAME, MANIFEST_NAME, REJECTED_DIR, SHARD_PREFIX, SUCCESS_NAME, TEMP_DIR,
+                                  scratch_name)
 from transforms.rejected import RUN_ID_METADATA_KEY
 
 __all__ = ["RUN_ID_PATTERN", "new_run_id", "Inventory", "classify", "take_inventory",
@@ -62,7 +64,7 @@ def is_run_id(text: str) -> bool:
 
 def journal_name(run_id: str) -> str:
     """The journal's path relative to the output directory."""
-    return f"{TEMP_DIR}/{run_id}/{JOURNAL_NAME}"
+    return scratch_name(run_id, JOURNAL_NAME)
 
 
 def journal_bytes(run_id: str, creates: Mapping[str, Optional[int]], removes: Iterable[str],
@@ -214,8 +216,9 @@ def classify(sizes: Mapping[str, int], read_json: Callable[[str], object],
     return Inventory(SUCCESS_NAME in sizes, tuple(sorted(ours)), foreign, tuple(sorted(runs)))
 
 
-def take_inventory(out: str) -> Inventory:
-    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it."""
+def take_inventory(out: str, skip_run: Optional[str] = None) -> Inventory:
+    """List the output directory ``out`` (local or a URL Beam's FileSystems reads) and classify it;
+    ``skip_run``'s own scratch (a run looking at the directory it claimed) is left out."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -225,6 +228,8 @@ def take_inventory(out: str) -> Inventory:
     matched = list_files(out)  # not match(**): Beam's HDFS listing is one level deep
     sizes = {m.path[len(prefix):].replace("\\", "/"): int(m.size_in_bytes) for m in matched
              if m.path.startswith(prefix)}
+    if skip_run is not None:
+        sizes = {name: size for name, size in sizes.items() if scratch_run_id(name) != skip_run}
 
     def read_json(name: str) -> object:
         try:
@@ -269,22 +274,34 @@ def _note_killed_publish(path: str) -> None:
                      "aside); the run makes it again", path, os.path.realpath(path))
 
 
-def check_output_dir(path: str, overwrite: bool) -> Inventory:
+def check_output_dir(path: str, overwrite: bool, own_run: Optional[str] = None) -> Inventory:
     """What the output directory holds, and whether this run may write there.
 
     Allowed: an empty or missing directory; one holding only what an unfinished run of this job
     left (no ``_SUCCESS``; scratch, journal-listed or stamped files: ``transforms.ownership``),
     which the run removes; and with ``overwrite``, an earlier export of this job, whose files are
     removed while foreign files stay, unless a foreign file has a name the export uses or a
-    loader reads (then the run is refused: the job neither deletes nor mixes with it).
+    loader reads (then the run is refused: the job neither deletes nor mixes with it). A directory
+    another live run has claimed (``transforms.claim``) is refused.
+
+    Args:
+      own_run: the run that now holds the directory's claim (its recheck): its own scratch is
+        skipped, its claim is not another's, and the killed-publish notes are not repeated.
     """
-    _note_killed_publish(path)
+    if own_run is None:
+        _note_killed_publish(path)
     if "://" not in path and os.path.isfile(path):
         raise PreflightError(f"output.path {path} is a file; it must be a directory")
     try:
-        inventory = take_inventory(path)
+        inventory = take_inventory(path, skip_run=own_run)
     except Exception as err:
         raise PreflightError(f"output.path {path}: cannot list it: {err}") from None
+    live = live_claims(path, except_run=own_run) if inventory.runs else []
+    if live:
+        raise PreflightError(f"output.path {path} is claimed by {describe_live(live)}: another export is "
+                             "writing there; wait for it to finish or stop it (the claim of a killed run is "
+                             "taken over: on this host at once, from another host "
+                             f"{LEASE_SECONDS:g} s after its last heartbeat)")
     if inventory.empty:
         return inventory
     if inventory.debris_only:

@@ -3,10 +3,14 @@
 The crash tests (tests/reliability) run the real command line in a subprocess with
 ``EMBEDDING_EXPORT_PAUSE_AT=<name>`` and ``EMBEDDING_EXPORT_PAUSE_DIR=<dir>`` set. When the run
 reaches ``pause_point(name)`` it creates ``<dir>/<name>`` and sleeps; the test sees the file and
-sends SIGKILL, so the kill lands at exactly that moment rather than at a guessed time. Without
-the variable a pause point is one environment lookup. The points:
+sends SIGKILL, so the kill lands at exactly that moment rather than at a guessed time (or
+creates ``<dir>/<name>.resume``, and the run goes on: a test changes something at that moment).
+Without the variable a pause point is one environment lookup. The points:
 
+    run.claimed         the launcher holds the output directory's claim; the pipeline is not built yet
     read.row_group      a row group was read (reading and embedding under way, nothing written)
+    publish.claim       every shard file is complete, the counts check out; the claim on the output
+                        directory is about to be checked (transforms.claim)
     publish.start       every shard file is complete under _temporary/, nothing published yet
     publish.renamed     a batch of files was renamed into place (a directory publish: into the
                         hidden staging directory beside the output), more to go
@@ -37,7 +41,10 @@ def pause_point(name: str) -> None:
     marker_dir = os.environ.get(PAUSE_DIR_ENV) or "."
     with open(os.path.join(marker_dir, name), "w") as marker:
         marker.write(str(os.getpid()))
+    resume = os.path.join(marker_dir, name + ".resume")
     deadline = time.monotonic() + MAX_PAUSE_SECONDS
     while time.monotonic() < deadline:
+        if os.path.exists(resume):
+            return
         time.sleep(0.05)
-    raise RuntimeError(f"paused at {name} for {MAX_PAUSE_SECONDS:g} s and nobody killed the process")
+    raise RuntimeError(f"paused at {name} for {MAX_PAUSE_SECONDS:g} s and nobody killed or resumed the process")

@@ -42,6 +42,8 @@ class ExportPlan:
       stale_files: files in the output directory that this job wrote earlier (an earlier export
         when overwriting, or what an unfinished run left): finalize removes these and no others.
       previous_runs: run ids of unfinished runs whose files are among them.
+      claimed: the run holds the claim on the output directory (``transforms.claim``;
+        ``pipeline.job.run_export`` claims it and sets this): finalize checks it still does.
       input_schema: every column of the Parquet input files (their union, in order of first
         appearance, each with the type of the first file that has it), for the rejected rows;
         None for DataRecord input.
@@ -68,6 +70,7 @@ class ExportPlan:
     previous_runs: Tuple[str, ...] = ()
     input_schema: Optional[pa.Schema] = None
     config: Any = None
+    claimed: bool = False
 
     @property
     def total_rows(self) -> Optional[int]:

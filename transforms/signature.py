@@ -17,14 +17,14 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import PreflightError
+from transforms.errors import PreflightError, PreflightProblems
 from transforms.model_files import local_model_dir, model_files, tensorflow_opens
 from transforms.specs import KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, ModelSpec, OutputSpec
 from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
 __all__ = ["SignatureTensor", "ModelSpecs", "model_specs", "read_signature", "resolve_inputs", "resolve_outputs",
-           "probe_embedding_dim", "check_model_copyable"]
+           "probe_embedding_dim", "check_model_copyable", "resolve_model", "finish_specs"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ def _fmt_shape(shape) -> str:
 
 
 def resolve_inputs(model, sig_inputs: Dict[str, SignatureTensor]) -> Tuple[InputSpec, ...]:
+    """The ``InputSpec`` of every configured model input; raises with every input that does not fit."""
     where = f"model {model.path} signature {model.signature!r}"
     unknown = sorted(set(model.inputs) - set(sig_inputs))
     unfed = sorted(set(sig_inputs) - set(model.inputs))
@@ -106,59 +107,65 @@ def resolve_inputs(model, sig_inputs: Dict[str, SignatureTensor]) -> Tuple[Input
             + (f"not in the signature: {unknown}; " if unknown else "")
             + (f"not configured: {unfed}; " if unfed else "")
             + f"the signature takes {sorted(sig_inputs)}")
-    specs = []
-    for name, cfg in model.inputs.items():
-        tensor = sig_inputs[name]
-        key = f"model.inputs.{name}"
-        if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
-            raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
-                                 "float32/float64/int32/int64/bool inputs from Parquet columns")
-        shape = tensor.shape
-        if shape is None or len(shape) not in (1, 2):
-            raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
-                                 "[batch] (a scalar column) or [batch, n] (a list column)")
-        if shape[0] is not None:
-            raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
-                                 "the job needs [None, ...]")
-        if len(shape) == 1:
-            if cfg.length is not None:
-                raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
-                                     f"(shape {_fmt_shape(shape)})")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR))
-        elif cfg.length is not None:
-            if shape[1] is not None and shape[1] != cfg.length:
-                raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
-                                     f"{_fmt_shape(shape)}")
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad))
-        elif shape[1] is None:
-            raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
-                                 f"set {key}.length to pad/truncate the lists to a fixed length")
-        else:
-            specs.append(InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1]))
+    problems = PreflightProblems()
+    specs = [problems.run(_resolve_input, name, cfg, sig_inputs[name]) for name, cfg in model.inputs.items()]
+    problems.raise_any()   # every input that does not fit, not only the first
     return tuple(specs)
 
 
+def _resolve_input(name: str, cfg: Any, tensor: SignatureTensor) -> InputSpec:
+    key = f"model.inputs.{name}"
+    if tensor.dtype is None or tensor.dtype not in ("float32", "float64", "int32", "int64", "bool"):
+        raise PreflightError(f"{key}: signature input has dtype {tensor.dtype or 'string'}; the job feeds "
+                             "float32/float64/int32/int64/bool inputs from Parquet columns")
+    shape = tensor.shape
+    if shape is None or len(shape) not in (1, 2):
+        raise PreflightError(f"{key}: signature input has shape {_fmt_shape(shape)}; the job feeds "
+                             "[batch] (a scalar column) or [batch, n] (a list column)")
+    if shape[0] is not None:
+        raise PreflightError(f"{key}: signature input has a fixed batch dimension {shape[0]}; "
+                             "the job needs [None, ...]")
+    if len(shape) == 1:
+        if cfg.length is not None:
+            raise PreflightError(f"{key}.length is set but the signature input is a scalar per row "
+                                 f"(shape {_fmt_shape(shape)})")
+        return InputSpec(name, cfg.column, tensor.dtype, KIND_SCALAR)
+    if cfg.length is not None:
+        if shape[1] is not None and shape[1] != cfg.length:
+            raise PreflightError(f"{key}.length is {cfg.length} but the signature input has shape "
+                                 f"{_fmt_shape(shape)}")
+        return InputSpec(name, cfg.column, tensor.dtype, KIND_PADDED, cfg.length, cfg.pad)
+    if shape[1] is None:
+        raise PreflightError(f"{key}: the signature input has shape {_fmt_shape(shape)} (open length); "
+                             f"set {key}.length to pad/truncate the lists to a fixed length")
+    return InputSpec(name, cfg.column, tensor.dtype, KIND_FIXED, shape[1])
+
+
 def resolve_outputs(model, sig_outputs: Dict[str, SignatureTensor]) -> Tuple[OutputSpec, ...]:
+    """The ``OutputSpec`` of every exported output, the embedding first; raises with every output
+    that does not fit."""
     missing = [name for name in model.outputs if name not in sig_outputs]
     if missing:
         raise PreflightError(f"model.outputs {missing} are not outputs of model {model.path} signature "
                              f"{model.signature!r}; it has {sorted(sig_outputs)}")
-    specs = []
-    for name in model.ordered_outputs:
-        cfg = model.outputs[name]
-        tensor = sig_outputs[name]
-        key = f"model.outputs.{name}"
-        if tensor.shape is None or len(tensor.shape) < 1:
-            raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
-        if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
-            how = "model.embedding names it" if model.embedding else "the first output written"
-            raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
-                                 f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
-        if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
-            raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
-        specs.append(OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string",
-                                tuple(tensor.shape[1:])))
+    problems = PreflightProblems()
+    specs = [problems.run(_resolve_output, model, name, sig_outputs[name]) for name in model.ordered_outputs]
+    problems.raise_any()   # every output that does not fit, not only the first
     return tuple(specs)
+
+
+def _resolve_output(model: Any, name: str, tensor: SignatureTensor) -> OutputSpec:
+    cfg = model.outputs[name]
+    key = f"model.outputs.{name}"
+    if tensor.shape is None or len(tensor.shape) < 1:
+        raise PreflightError(f"{key}: output shape {_fmt_shape(tensor.shape)} has no batch dimension")
+    if name == model.embedding_output and (tensor.dtype != "float32" or len(tensor.shape) != 2):
+        how = "model.embedding names it" if model.embedding else "the first output written"
+        raise PreflightError(f"{key} is the embedding ({how}) and must be float32 [batch, D]; "
+                             f"the signature gives {tensor.dtype or 'string'} {_fmt_shape(tensor.shape)}")
+    if tensor.dtype is not None and tensor.dtype not in {d.name for d in DTYPE_TO_DATA_TYPE}:
+        raise PreflightError(f"{key}: dtype {tensor.dtype} cannot be written as a DataRecord tensor")
+    return OutputSpec(name, cfg.feature, feature_id(cfg.feature), tensor.dtype or "string", tuple(tensor.shape[1:]))
 
 
 def probe_embedding_dim(model, inputs: Sequence[InputSpec]) -> int:
@@ -209,20 +216,27 @@ def _section(model: Any) -> Any:
         inter_op_threads=model.get("inter_op_threads", 0))
 
 
-def model_specs(model: Any) -> ModelSpecs:
-    """The specs of the run config's ``model`` section, checked against the model's signature.
-
-    Args:
-      model: the ``model:`` section, as a mapping (keys as in ``run_configs/*.yaml``) or as
-        ``ExportConfig.model``.
-    Raises:
-      PreflightError: naming the config key and what does not fit the signature.
-    """
+def resolve_model(model: Any, problems: PreflightProblems) -> Optional[Tuple[Tuple[InputSpec, ...],
+                                                                              Tuple[OutputSpec, ...]]]:
+    """(inputs, outputs) of the ``model`` section checked against the signature, or None after
+    noting every problem in ``problems`` (the signature, the copy to workers, each input and output:
+    independent checks all run, so one report lists them all)."""
     model = _section(model)
-    sig_inputs, sig_outputs = read_signature(model.path, model.signature)
-    check_model_copyable(model.path)
-    inputs = resolve_inputs(model, sig_inputs)
-    outputs = resolve_outputs(model, sig_outputs)
+    signature = problems.run(read_signature, model.path, model.signature)
+    problems.run(check_model_copyable, model.path)
+    if signature is None:
+        return None
+    sig_inputs, sig_outputs = signature
+    inputs = problems.run(resolve_inputs, model, sig_inputs)
+    outputs = problems.run(resolve_outputs, model, sig_outputs)
+    if inputs is None or outputs is None:
+        return None
+    return inputs, outputs
+
+
+def finish_specs(model: Any, inputs: Tuple[InputSpec, ...], outputs: Tuple[OutputSpec, ...]) -> ModelSpecs:
+    """The ``ModelSpecs`` of resolved inputs and outputs; D probed when the signature leaves it open."""
+    model = _section(model)
     dim = outputs[0].shape[0]
     if dim is None:
         dim = probe_embedding_dim(model, inputs)
@@ -230,3 +244,18 @@ def model_specs(model: Any) -> ModelSpecs:
         outputs = (OutputSpec(first.name, first.feature, first.feature_id, first.dtype, (dim,)),) + outputs[1:]
     spec = ModelSpec(model.path, model.signature, model.batch_size, model.intra_op_threads, model.inter_op_threads)
     return ModelSpecs(spec, inputs, outputs, int(dim))
+
+
+def model_specs(model: Any) -> ModelSpecs:
+    """The specs of the run config's ``model`` section, checked against the model's signature.
+
+    Args:
+      model: the ``model:`` section, as a mapping (keys as in ``run_configs/*.yaml``) or as
+        ``ExportConfig.model``.
+    Raises:
+      PreflightError: naming the config key and what does not fit the signature (every problem found).
+    """
+    problems = PreflightProblems()
+    resolved = resolve_model(model, problems)
+    problems.raise_any()
+    return finish_specs(model, *resolved)

@@ -100,8 +100,11 @@ class OutputLayout:
       format: "tfrecord", "block" or "parquet".
       compression: "none" or "gzip" (tfrecord and block).
       num_shards: number of shard files.
-      key_feature_id: the feature id the user key is stored under (docs/FORMAT.md section 3).
+      key_feature_id: the discreteFeatures id the int64 user key is stored under: the key
+        feature for integer keys, the key-id feature for string keys (docs/FORMAT.md section 5).
       records_per_block: records per block of the block format.
+      key_string_feature_id: string keys only: the stringFeatures id the key itself is stored
+        under (the key feature); None for integer keys.
     """
     path: str
     run_id: str
@@ -110,3 +113,8 @@ class OutputLayout:
     num_shards: int
     key_feature_id: int
     records_per_block: int = 100
+    key_string_feature_id: Optional[int] = None
+
+    @property
+    def string_keys(self) -> bool:
+        return self.key_string_feature_id is not None

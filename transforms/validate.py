@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 
 import transforms.elements  # noqa: F401  registers the coder of pa.Table that our outputs use
 from transforms.arrow_columns import as_array, list_values_and_lengths, to_numpy
+from transforms.keys import EMPTY_KEY, INVALID_UTF8_KEY, empty_key_rows, invalid_utf8_rows, is_string_key_type
 from transforms.rejected import REJECTED, rejected_table, source_rows, tag_source
 from transforms.specs import KIND_FIXED, KIND_SCALAR, InputSpec, PartitionSpec
 
@@ -50,7 +51,7 @@ class ValidationRules:
     """What a row needs to be exported.
 
     Args:
-      key_column: the integer user-key column.
+      key_column: the user-key column (integer, or string: ``transforms.keys``).
       inputs: the signature inputs and their columns.
       partition: shard count and optional partition-id column.
       schema: the columns read, with their types (every input table is cast to it, so tables
@@ -64,6 +65,10 @@ class ValidationRules:
     def checks(self) -> List[Check]:
         """The checks in the order they are applied (a row's reason is its first failure)."""
         checks: List[Check] = [("null_key", _null_rows(self.key_column))]
+        if is_string_key_type(self.schema.field(self.key_column).type):
+            key = self.key_column
+            checks += [(EMPTY_KEY, lambda t: empty_key_rows(t.column(key))),
+                       (INVALID_UTF8_KEY, lambda t: invalid_utf8_rows(t.column(key)))]
         pcol = self.partition.column
         if pcol is not None:
             checks += [("null_partition_id", _null_rows(pcol)),
@@ -106,6 +111,12 @@ def _null_rows(column: str):
 def _outside_rows(column: str, low: int, high: int):
     def check(table: pa.Table) -> np.ndarray:
         values = as_array(table.column(column))
+        info = np.iinfo(_int_dtype(values.type)) if pa.types.is_integer(values.type) else None
+        if info is not None:  # compare in the column's own type (bounds clipped to it)
+            if low <= info.min and high >= info.max:
+                return np.zeros(len(values), dtype=bool)
+            return _outside_values(values.type, low if low > info.min else None,
+                                   high if high < info.max else None)(values)
         outside = pc.or_(pc.less(values, low), pc.greater(values, high)).fill_null(False)
         return to_numpy(outside)
     return check
@@ -131,18 +142,39 @@ def _int_dtype(arrow_type: pa.DataType) -> np.dtype:
     return np.dtype(f"{prefix}{arrow_type.bit_width}")
 
 
+def _outside_values(value_type: pa.DataType, low: Optional[Union[int, float]],
+                    high: Optional[Union[int, float]]) -> Callable[[pa.Array], Optional[np.ndarray]]:
+    """A test for values below ``low`` or above ``high`` (None: no bound), compared in the
+    values' own type (the bounds are within it), so no value makes the comparison itself fail:
+    a uint64 of 2**64 - 1 against an int64 bound would not cast."""
+    bounds = [(pc.less, pa.scalar(low, value_type)) if low is not None else None,
+              (pc.greater, pa.scalar(high, value_type)) if high is not None else None]
+    bounds = [b for b in bounds if b is not None]
+
+    def test(values: pa.Array) -> Optional[np.ndarray]:
+        masks = [compare(values, bound) for compare, bound in bounds]
+        mask = masks[0] if len(masks) == 1 else pc.or_(*masks)
+        return to_numpy(mask.fill_null(False))
+    return test
+
+
 def _value_checks(column: str, arrow_type: pa.DataType, target: np.dtype, in_list: bool) -> List[Check]:
-    """Non-finite floats and integers that do not fit ``target``, for a scalar or list column."""
+    """Non-finite floats, and values that do not fit ``target`` (integers outside its range,
+    finite float64 values beyond float32's), for a scalar or list column."""
     value_type = arrow_type.value_type if in_list else arrow_type
     tests: List[Tuple[str, Callable[[pa.Array], np.ndarray]]] = []
     if pa.types.is_floating(value_type):
         tests.append((f"non_finite:{column}", _non_finite_values))
+        if target.kind == "f" and np.finfo(target).bits < value_type.bit_width:
+            largest = float(np.finfo(target).max)
+            tests.append((f"out_of_range:{column}", _outside_values(value_type, -largest, largest)))
     if pa.types.is_integer(value_type) and target.kind in "iu":
         info = np.iinfo(target)
         source = np.iinfo(_int_dtype(value_type))
         if source.min < info.min or source.max > info.max:
-            tests.append((f"out_of_range:{column}", lambda v: to_numpy(
-                pc.or_(pc.less(v, info.min), pc.greater(v, info.max)).fill_null(False))))
+            tests.append((f"out_of_range:{column}", _outside_values(
+                value_type, int(info.min) if source.min < info.min else None,
+                int(info.max) if source.max > info.max else None)))
     checks: List[Check] = []
     for reason, test in tests:
         if in_list:

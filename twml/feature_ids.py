@@ -14,7 +14,7 @@ from typing import Iterable, Union
 import mmh3
 import numpy as np
 
-__all__ = ["feature_id", "feature_ids", "resolve_feature_id"]
+__all__ = ["feature_id", "feature_ids", "resolve_feature_id", "string_key_ids"]
 
 
 def _h1(data: bytes) -> int:
@@ -27,6 +27,10 @@ def feature_id(name: str) -> int:
     """Return the int64 feature id of ``name`` exactly as libtwml computes it."""
     if not isinstance(name, str):
         raise TypeError(f"feature name must be str, got {type(name).__name__}: {name!r}")
+    return _feature_id(name)
+
+
+def _feature_id(name: str) -> int:
     k = name.find("#")
     if k > 0:
         prefix = _h1(name[:k].encode("utf-16-le"))
@@ -51,3 +55,19 @@ def resolve_feature_id(key: Union[str, int, np.integer]) -> int:
             raise ValueError(f"feature id {value} does not fit in int64")
         return value
     raise TypeError(f"feature key must be a name or an int64 id, got {type(key).__name__}: {key!r}")
+
+
+def string_key_ids(keys: Iterable[Union[str, bytes]]) -> np.ndarray:
+    """The int64 id of each string user key: ``feature_id(key)``, the function twml uses for
+    feature names, so any twml install (``twml_get_feature_id``) derives the same id from the
+    string. ``bytes`` keys are UTF-8 (a key that is not raises UnicodeDecodeError). Not cached:
+    user keys are mostly seen once."""
+    hash64 = mmh3.hash64
+    ids = []
+    for key in keys:
+        text = key.decode("utf-8") if isinstance(key, (bytes, bytearray)) else key
+        if "#" in text[1:]:
+            ids.append(_feature_id(text))   # the two-stage rule
+        else:
+            ids.append(hash64(text.encode("utf-16-le"), 0, True, True)[0])
+    return np.array(ids, dtype=np.int64)

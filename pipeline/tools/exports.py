@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.outputdir import FORMATS, MANIFEST_NAME, PARQUET_COLUMNS, is_remote, join_path, open_binary, open_records
+from transforms.outputdir import (FORMATS, MANIFEST_NAME, PARQUET_COLUMNS, PARQUET_KEY_ID_COLUMN, is_remote,
+                                  join_path, open_binary, open_records)
 from twml.encode import EncodedRecords
 from twml.errors import RecordFormatError
 from twml.io.block import iter_block_records
@@ -80,25 +81,30 @@ class RecordBatch:
     Attributes:
       first: index in the shard of ``records[0]``.
       records: the serialized DataRecords.
-      keys, embeddings: the parquet ``key`` / ``embedding`` columns of these rows (None for the
-        framed formats, whose only content is the records).
+      keys, embeddings: the parquet ``key`` (int64 keys) or ``key_id`` (string keys) and
+        ``embedding`` columns of these rows (None for the framed formats, whose only content is
+        the records).
+      key_strings: string keys in parquet: the ``key`` column (object array of str), else None.
     """
     first: int
     records: EncodedRecords
     keys: Optional[np.ndarray] = None
     embeddings: Optional[np.ndarray] = None
+    key_strings: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RecordBatch]:
+def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                        string_keys: bool = False) -> Iterator[RecordBatch]:
     """Stream one shard file as RecordBatches of at most ``batch_size`` records.
 
     Args:
       path: the shard file (gzip is recognised by suffix or magic for the framed formats).
       fmt: "tfrecord", "block" or "parquet".
       batch_size: records a batch; the reader holds about one batch in memory.
+      string_keys: the export has string keys (parquet: ``key`` is a string column, plus ``key_id``).
     Raises:
       ShardReadError with the file, the index of the record where reading failed and, for the
       framed formats, the byte offset: framing, checksum, gzip or parquet errors, and parquet
@@ -107,7 +113,7 @@ def iter_record_batches(path: str, fmt: str, batch_size: int = DEFAULT_BATCH_SIZ
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if fmt == "parquet":
-        yield from _parquet_batches(path, batch_size)
+        yield from _parquet_batches(path, batch_size, string_keys)
         return
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
@@ -149,12 +155,19 @@ def _binary_column_records(column: pa.Array) -> EncodedRecords:
     return EncodedRecords(buffer, offsets - offsets[0])
 
 
-def _check_parquet_schema(schema: pa.Schema, path: str) -> None:
-    missing = [c for c in PARQUET_COLUMNS if c not in schema.names]
+def _check_parquet_schema(schema: pa.Schema, path: str, string_keys: bool = False) -> None:
+    columns = PARQUET_COLUMNS + ((PARQUET_KEY_ID_COLUMN,) if string_keys else ())
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ShardReadError(f"parquet shard lacks column(s) {missing}; has {schema.names}", path, None, 0)
     key_type, emb_type, rec_type = (schema.field(c).type for c in PARQUET_COLUMNS)
-    if key_type != pa.int64():
+    if string_keys:
+        if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
+            raise ShardReadError(f"column key must be string (string keys), is {key_type}", path, None, 0)
+        key_id_type = schema.field(PARQUET_KEY_ID_COLUMN).type
+        if key_id_type != pa.int64():
+            raise ShardReadError(f"column {PARQUET_KEY_ID_COLUMN} must be int64, is {key_id_type}", path, None, 0)
+    elif key_type != pa.int64():
         raise ShardReadError(f"column key must be int64, is {key_type}", path, None, 0)
     if not (pa.types.is_fixed_size_list(emb_type) and emb_type.value_type == pa.float32()):
         raise ShardReadError(f"column embedding must be fixed_size_list<float32>, is {emb_type}", path, None, 0)
@@ -162,15 +175,22 @@ def _check_parquet_schema(schema: pa.Schema, path: str) -> None:
         raise ShardReadError(f"column data_record must be binary, is {rec_type}", path, None, 0)
 
 
-def _parquet_batches(path: str, batch_size: int) -> Iterator[RecordBatch]:
+def _parquet_batches(path: str, batch_size: int, string_keys: bool = False) -> Iterator[RecordBatch]:
     count = 0
     stack = contextlib.ExitStack()
+    columns = list(PARQUET_COLUMNS) + ([PARQUET_KEY_ID_COLUMN] if string_keys else [])
     try:
         source = stack.enter_context(open_binary(path))
         parquet = stack.enter_context(pq.ParquetFile(source))
-        _check_parquet_schema(parquet.schema_arrow, path)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(PARQUET_COLUMNS)):
+        _check_parquet_schema(parquet.schema_arrow, path, string_keys)
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
             keys_col, emb_col, rec_col = (batch.column(c) for c in PARQUET_COLUMNS)
+            key_strings = None
+            if string_keys:
+                if keys_col.null_count:
+                    raise ShardReadError("key column has nulls", path, None, count)
+                key_strings = np.asarray(keys_col.to_pylist(), dtype=object)
+                keys_col = batch.column(PARQUET_KEY_ID_COLUMN)
             if keys_col.null_count or emb_col.null_count:
                 raise ShardReadError("key or embedding column has nulls", path, None, count)
             dim = emb_col.type.list_size
@@ -180,7 +200,7 @@ def _parquet_batches(path: str, batch_size: int) -> Iterator[RecordBatch]:
                 records = _binary_column_records(rec_col)
             except ValueError as err:
                 raise ShardReadError(str(err), path, None, count) from None
-            yield RecordBatch(count, records, keys_col.to_numpy(), embeddings)
+            yield RecordBatch(count, records, keys_col.to_numpy(), embeddings, key_strings)
             count += batch.num_rows
     except ShardReadError:
         raise

@@ -13,18 +13,23 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.tools.exports import is_directory, iter_record_batches
 from transforms.errors import ExportError
-from transforms.outputdir import join_path, read_manifest
+from transforms.outputdir import ExportManifest, join_path, open_binary, read_manifest
+from transforms.rejected import REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 from twml.errors import RecordFormatError
+from twml.feature_ids import string_key_ids
 from twml.sharding import shard_of_keys
 
-__all__ = ["record_to_json", "iter_records", "register", "main"]
+__all__ = ["record_to_json", "iter_records", "lookup_key", "record_key", "find_rejected", "register", "main"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,15 +105,47 @@ def record_to_json(record, names: Dict[int, str]) -> Dict[str, Any]:
     return out
 
 
-def iter_records(path: str, head: Optional[int] = None, key: Optional[int] = None,
+UserKey = Union[int, str]
+
+
+def lookup_key(manifest: ExportManifest, key: UserKey) -> Tuple[UserKey, int]:
+    """(the key as the export holds it, the int64 id its records and shards go by).
+
+    Integer keys are their own id; a string key's id is ``feature_id(key)``
+    (docs/FORMAT.md section 5). ExportError when ``key`` cannot be a key of this export.
+    """
+    if manifest.string_keys:
+        key = str(key)
+        if not key:
+            raise ExportError("the empty string is never a key (empty keys are rejected)")
+        return key, int(string_key_ids([key])[0])
+    try:
+        value = int(key)
+    except ValueError:
+        raise ExportError(f"key {key!r} is not an integer, and this export has int64 keys") from None
+    if not -(1 << 63) <= value < (1 << 63):
+        raise ExportError(f"key {value} does not fit in int64")
+    return value, value
+
+
+def record_key(record, manifest: ExportManifest) -> Optional[UserKey]:
+    """The user key of a decoded record: the int64 key, or the string key (str; {"base64"} if not UTF-8)."""
+    if not manifest.string_keys:
+        return (record.discreteFeatures or {}).get(manifest.key_feature_id)
+    value = (record.stringFeatures or {}).get(manifest.key_feature_id)
+    return _json_bytes(value) if isinstance(value, (bytes, bytearray)) else value
+
+
+def iter_records(path: str, head: Optional[int] = None, key: Optional[UserKey] = None,
                  named: bool = True, batch_size: int = 1024) -> Iterator[Dict[str, Any]]:
     """Decoded records of the export at ``path`` as JSON-ready dicts, in shard order.
 
     Args:
       path: the export directory.
       head: stop after this many records (None: all).
-      key: only records of this user key. With hash placement only the key's own shard is
-        read (a lookup); with column placement every shard is scanned.
+      key: only records of this user key (an int, or a str for string keys). With hash
+        placement only the key's own shard is read (a lookup); with column placement every
+        shard is scanned.
       named: show feature ids by their names where the manifest knows them (else decimal ids).
       batch_size: records read and decoded at a time.
     Yields:
@@ -120,28 +157,97 @@ def iter_records(path: str, head: Optional[int] = None, key: Optional[int] = Non
     if head is not None and head <= 0:
         return
     files = [entry.file for entry in manifest.shards]
-    if key is not None and manifest.partition_by == "hash":
-        shard = int(shard_of_keys(np.array([key], np.int64), manifest.num_shards)[0])
-        files = files[shard:shard + 1]
+    key_id = None
+    if key is not None:
+        key, key_id = lookup_key(manifest, key)
+        if manifest.partition_by == "hash":
+            shard = int(shard_of_keys(np.array([key_id], np.int64), manifest.num_shards)[0])
+            files = files[shard:shard + 1]
     names = manifest.feature_names if named else {}
     emitted = 0
     for file_name in files:
         shard_path = join_path(path, file_name)
-        for batch in iter_record_batches(shard_path, manifest.format, batch_size):
+        for batch in iter_record_batches(shard_path, manifest.format, batch_size, manifest.string_keys):
             rows = range(len(batch))
             if key is not None:
-                keys, _ = decode_embeddings(batch.records, manifest.key_feature_id,
+                keys, _ = decode_embeddings(batch.records, manifest.int_key_feature_id,
                                             manifest.embedding_feature_id, shard_path)
-                rows = np.flatnonzero(keys == key).tolist()
+                rows = np.flatnonzero(keys == key_id).tolist()
             for i in rows:
                 offset = int(batch.records.offsets[i])
                 record = decode_data_record(batch.records[i], shard_path, offset)
-                user = (record.discreteFeatures or {}).get(manifest.key_feature_id)
+                user = record_key(record, manifest)
+                if key is not None and user != key:
+                    continue   # another string with the same id (the export refuses those; be exact anyway)
                 yield {"file": file_name, "record": batch.first + i, "key": user,
                        **record_to_json(record, names)}
                 emitted += 1
                 if head is not None and emitted >= head:
                     return
+
+
+def find_rejected(path: str, key: UserKey) -> List[Dict[str, Any]]:
+    """The rejected rows of user ``key`` in the export at ``path``, from the rejected-rows files
+    its manifest lists: [{"rejected": True, "file" (relative to the export), "row" (index in
+    that file), then the row's columns: the input columns, reason, source_file, source_row, error}]."""
+    manifest = read_manifest(path)
+    key, _ = lookup_key(manifest, key)
+    config = manifest.raw.get("config")
+    section = config.get("input") if isinstance(config, dict) else None
+    column = section.get("key") if isinstance(section, dict) else None   # rejected rows keep the input's columns
+    found: List[Dict[str, Any]] = []
+    if not isinstance(column, str):
+        return found
+    for entry in manifest.raw.get("rejected_files") or []:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        try:
+            found += _rejected_rows(join_path(path, name), name, column, key)
+        except (OSError, pa.ArrowException) as err:
+            raise ExportError(f"{join_path(path, name)}: unreadable rejected-rows file: {err}") from None
+    return found
+
+
+def _rejected_rows(file_path: str, name: str, column: str, key: UserKey) -> List[Dict[str, Any]]:
+    """The rows of one rejected-rows file whose ``column`` is ``key``: the key column is read
+    whole, then only the row groups holding a match."""
+    with open_binary(file_path) as handle:
+        parquet = pq.ParquetFile(handle)
+        if column not in parquet.schema_arrow.names:
+            return []
+        values = parquet.read(columns=[column]).column(column)
+        if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+            target = pa.scalar(str(key).encode("utf-8"), values.type)
+        elif pa.types.is_integer(values.type) and isinstance(key, int):
+            target = pa.scalar(key, pa.int64())
+        elif (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and isinstance(key, str):
+            target = pa.scalar(key, values.type)
+        else:
+            return []
+        matches = np.flatnonzero(pc.equal(values, target).fill_null(False).to_numpy(zero_copy_only=False))
+        ends = np.cumsum([parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)])
+        rows = []
+        for group in sorted(set(np.searchsorted(ends, matches, side="right").tolist())):
+            table = parquet.read_row_group(group)
+            first = int(ends[group - 1]) if group else 0
+            for row in matches[(matches >= first) & (matches < ends[group])].tolist():
+                values_of_row = {k: _json_value(v) for k, v in table.slice(row - first, 1).to_pylist()[0].items()}
+                rows.append({"rejected": True, "file": name, "row": row, **values_of_row})
+        return rows
+
+
+def _json_value(value: Any) -> Any:
+    """A rejected row's value as JSON: bytes as text (or base64), floats spelled out when not finite."""
+    if isinstance(value, (bytes, bytearray)):
+        return _json_bytes(value)
+    if isinstance(value, float):
+        return _json_number(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,9 +262,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", type=int, default=None, metavar="N",
                         help="print the first N records (default 10 unless --key, --all or --plot)")
     parser.add_argument("--all", action="store_true", help="print every record")
-    parser.add_argument("--key", type=int, default=None, metavar="K",
-                        help="print the record(s) of user key K (reads only K's shard when "
-                             "placement is by hash)")
+    parser.add_argument("--key", default=None, metavar="K",
+                        help="print the record(s) of user key K, an integer or, for an export with "
+                             "string keys, the string (reads only K's shard when placement is by "
+                             "hash); a rejected user's rejected row(s) instead, with the reason and "
+                             "the file (exit 1: no exported record)")
     parser.add_argument("--ids", action="store_true", help="show raw feature ids instead of names")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="write shard balance, embedding-norm histogram and a 2-D PCA "
@@ -173,6 +281,20 @@ def register(subcommands) -> None:
                                     help="print decoded records as JSON lines; --key K, --plot FILE.png")
     _add_arguments(parser)
     parser.set_defaults(handler=_inspect)
+
+
+def _explain_missing_key(path: str, key: str, out: TextIO, err: TextIO) -> None:
+    """No exported record has ``key``: print its rejected rows (``out``, JSON lines) and say why
+    and where (``err``), or that the export has no such user at all."""
+    rejected = find_rejected(path, key)
+    if not rejected:
+        print(f"inspect: no record with key {key} in {path}, and no rejected row either", file=err)
+        return
+    for row in rejected:
+        out.write(json.dumps(row) + "\n")
+        print(f"inspect: key {key} was rejected: {row.get(REASON_COLUMN)} (input {row.get(SOURCE_COLUMN)} row "
+              f"{row.get(SOURCE_ROW_COLUMN)}); its row is {join_path(path, row['file'])} row {row['row']}",
+              file=err)
 
 
 def _inspect(opts: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -204,7 +326,7 @@ def _inspect(opts: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             for found, row in enumerate(rows, start=1):
                 out.write(json.dumps(row) + "\n")
         if opts.key is not None and found == 0:
-            print(f"inspect: no record with key {opts.key} in {opts.path}", file=err)
+            _explain_missing_key(opts.path, opts.key, out, err)
             return 1
     except (ExportError, RecordFormatError) as error:
         print(f"inspect: {error}", file=err)

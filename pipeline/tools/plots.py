@@ -2,7 +2,10 @@
 
 Three panels: records per shard (balance; from the manifest, which ``verify`` checks against the
 files), a histogram of embedding L2 norms, and a 2-D PCA scatter of the embeddings coloured by
-shard (well-mixed colours mean placement does not depend on the embedding). The norms and the
+shard (well-mixed colours mean placement does not depend on the embedding; a 1-d embedding gets
+a histogram of its values instead). An export with further model outputs gets a fourth panel
+summarising them (values of a scalar output, L2 norms of a vector one); the embedding is always
+the manifest's ``embedding_feature``, never another output. The norms and the
 scatter use a sample read from the start of the shards (up to ``MAX_SAMPLED_SHARDS`` of them,
 chosen evenly), so a plot costs about ``sample`` decoded records whatever the export's size.
 Hash placement makes each shard a random slice of the users; the first records of a shard are
@@ -11,14 +14,14 @@ only as random as the input order within it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from pipeline.tools.exports import DEFAULT_BATCH_SIZE, file_size, iter_record_batches
 from transforms.outputdir import ExportManifest, join_path, read_manifest
-from twml.decode import decode_embeddings
+from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 
 __all__ = ["DEFAULT_SAMPLE", "MAX_SAMPLED_SHARDS", "EmbeddingSample", "sample_embeddings", "pca_2d",
            "plot_export"]
@@ -30,9 +33,33 @@ _DEGENERATE_SPREAD = 1e-3   # norms within this fraction of their median: draw a
 
 @dataclass(frozen=True)
 class EmbeddingSample:
-    """Embeddings read from an export: ``embeddings`` [n, D] float32 and the shard of each row."""
+    """Embeddings read from an export: ``embeddings`` [n, D] float32, the shard of each row, and
+    ``others``: {feature: [n, k] float64 values} of each further numeric output (record order)."""
     embeddings: np.ndarray
     shards: np.ndarray
+    others: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def take(self, rows: np.ndarray) -> "EmbeddingSample":
+        return EmbeddingSample(self.embeddings[rows], self.shards[rows],
+                               {name: values[rows] for name, values in self.others.items()})
+
+
+def _other_values(batch, manifest: ExportManifest, path: str) -> Dict[str, np.ndarray]:
+    """{feature: [B, k] float64} of the batch's further numeric outputs (decoded record by record;
+    a record without the output, or a non-numeric output, gives NaN)."""
+    outputs = [o for o in manifest.other_outputs if o.dtype not in ("string", "object")]
+    size = {o.feature: int(np.prod([d or 1 for d in o.shape], dtype=np.int64)) for o in outputs}
+    values = {o.feature: np.full((len(batch), size[o.feature]), np.nan) for o in outputs}
+    for i in range(len(batch)):
+        tensors = decode_data_record(batch.records[i], path).tensors or {}
+        for o in outputs:
+            tensor = tensors.get(o.id)
+            if tensor is None:
+                continue
+            array = tensor_to_numpy(tensor).reshape(-1)
+            if array.dtype.kind in "fiub" and array.size == size[o.feature]:
+                values[o.feature][i] = array.astype(np.float64)
+    return values
 
 
 def sample_embeddings(path: str, manifest: ExportManifest, sample: int) -> EmbeddingSample:
@@ -44,6 +71,7 @@ def sample_embeddings(path: str, manifest: ExportManifest, sample: int) -> Embed
     quota = math.ceil(sample / len(chosen))
     parts: List[np.ndarray] = []
     shard_ids: List[np.ndarray] = []
+    others: Dict[str, List[np.ndarray]] = {}
     for shard in chosen.tolist():
         if shard >= len(manifest.shards):
             continue
@@ -51,10 +79,13 @@ def sample_embeddings(path: str, manifest: ExportManifest, sample: int) -> Embed
         if file_size(file_path) is None:
             continue
         taken = 0
-        for batch in iter_record_batches(file_path, manifest.format, min(quota, DEFAULT_BATCH_SIZE)):
-            _, embeddings = decode_embeddings(batch.records, manifest.key_feature_id,
+        for batch in iter_record_batches(file_path, manifest.format, min(quota, DEFAULT_BATCH_SIZE),
+                                         manifest.string_keys):
+            _, embeddings = decode_embeddings(batch.records, manifest.int_key_feature_id,
                                               manifest.embedding_feature_id, file_path)
             embeddings = embeddings[:quota - taken]
+            for name, values in _other_values(batch, manifest, file_path).items():
+                others.setdefault(name, []).append(values[:quota - taken])
             parts.append(embeddings)
             shard_ids.append(np.full(len(embeddings), shard))
             taken += len(embeddings)
@@ -62,7 +93,8 @@ def sample_embeddings(path: str, manifest: ExportManifest, sample: int) -> Embed
                 break
     if not parts:
         return EmbeddingSample(np.zeros((0, manifest.embedding_dim), np.float32), np.zeros(0, int))
-    return EmbeddingSample(np.concatenate(parts)[:sample], np.concatenate(shard_ids)[:sample])
+    return EmbeddingSample(np.concatenate(parts)[:sample], np.concatenate(shard_ids)[:sample],
+                           {name: np.concatenate(values)[:sample] for name, values in others.items()})
 
 
 def pca_2d(embeddings: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -122,6 +154,14 @@ def _plot_norms(ax, embeddings: np.ndarray) -> str:
 
 
 def _plot_pca(ax, sample: EmbeddingSample, num_shards: int) -> str:
+    if sample.embeddings.ndim == 2 and sample.embeddings.shape[1] < 2:
+        # One dimension has no 2-D projection: show its values instead of a degenerate scatter.
+        values = sample.embeddings.reshape(-1).astype(np.float64)
+        ax.hist(values, bins=50, color="#8172B2")
+        ax.set_title(f"Embedding values (dimension 1: no PCA), {len(values):,} sampled")
+        ax.set_xlabel("embedding value")
+        ax.set_ylabel("records in sample")
+        return "embedding dim 1, no PCA"
     points, ratio = pca_2d(sample.embeddings)
     if num_shards <= 20:
         colours = {"c": sample.shards, "cmap": "tab20" if num_shards > 10 else "tab10",
@@ -141,12 +181,37 @@ def _plot_pca(ax, sample: EmbeddingSample, num_shards: int) -> str:
     return f"PCA {ratio[0]:.1%}+{ratio[1]:.1%} of variance"
 
 
+def _plot_others(ax, others: Dict[str, np.ndarray]) -> str:
+    """The further outputs summarised: a scalar's values, a vector's L2 norms, one histogram each."""
+    notes = []
+    for name, values in others.items():
+        finite = np.isfinite(values).all(axis=1)
+        values = values[finite]
+        scalar = values.shape[1] == 1
+        shown = values[:, 0] if scalar else np.linalg.norm(values, axis=1)
+        label = name if scalar else f"|{name}| (dim {values.shape[1]})"
+        if len(shown):
+            ax.hist(shown, bins=50, alpha=0.6, label=label)
+            notes.append(f"{label} median {float(np.median(shown)):.4g}, range {float(shown.min()):.4g} to "
+                         f"{float(shown.max()):.4g}")
+        else:
+            notes.append(f"{label}: no finite values")
+    ax.set_title("Other outputs: " + ("; ".join(notes) if len(notes) == 1 else f"{len(notes)} outputs"),
+                 fontsize=10)
+    ax.set_xlabel("value (scalar outputs) or L2 norm (vector outputs)")
+    ax.set_ylabel("records in sample")
+    if notes:
+        ax.legend(loc="upper right", fontsize=8)
+    return "other outputs: " + "; ".join(notes)
+
+
 def _short(path: str, limit: int = 60) -> str:
     return path if len(path) <= limit else "..." + path[-(limit - 3):]
 
 
 def plot_export(path: str, out_png: str, sample: int = DEFAULT_SAMPLE) -> str:
-    """Write the three-panel PNG for the export at ``path``; return a one-line summary.
+    """Write the PNG for the export at ``path``; return a one-line summary. Three panels, plus a
+    fourth summarising the further model outputs when the export has any.
 
     Args:
       path: the export directory.
@@ -160,11 +225,14 @@ def plot_export(path: str, out_png: str, sample: int = DEFAULT_SAMPLE) -> str:
     manifest = read_manifest(path)
     drawn = sample_embeddings(path, manifest, sample)
     finite = np.isfinite(drawn.embeddings).all(axis=1)
-    clean = EmbeddingSample(drawn.embeddings[finite], drawn.shards[finite])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), dpi=100, constrained_layout=True)
+    clean = drawn.take(finite)
+    panels = 4 if clean.others else 3
+    fig, axes = plt.subplots(1, panels, figsize=(17 * panels / 3, 5.2), dpi=100, constrained_layout=True)
     try:
         notes = [_plot_balance(axes[0], manifest), _plot_norms(axes[1], clean.embeddings),
                  _plot_pca(axes[2], clean, manifest.num_shards)]
+        if clean.others:
+            notes.append(_plot_others(axes[3], clean.others))
         total = sum(s.records for s in manifest.shards)
         dropped = f"; {int((~finite).sum())} non-finite left out" if (~finite).any() else ""
         fig.suptitle(f"{_short(path)}: {total:,} records, {manifest.num_shards} "

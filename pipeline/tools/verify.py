@@ -8,11 +8,15 @@ What is checked (docs/FORMAT.md):
   rows_rejected, and the shard counts add up to rows_written;
 - every shard, streamed in batches: framing and checksums (TFRecord crc32c, gzip crc, parquet
   pages), every record decoded, the key and an embedding of the manifest's dimension present,
-  every value finite, the record in the shard its key hashes to (hash placement only: exports
-  placed by an input column cannot be checked from the records, and the summary says so), for
-  parquet the ``key``/``embedding`` columns equal to the decoded record, and the record and byte
-  counts equal to the manifest's (plus the file's crc32c when the manifest records one);
-- the rejected-rows files the manifest lists: present, with the row counts it gives.
+  every value finite, every further output the manifest lists present with its dtype and shape
+  and finite, a string key non-empty UTF-8 with ``feature_id(key)`` as its key id
+  (docs/FORMAT.md section 5), the record in the shard its key (id) hashes to (hash placement
+  only: exports placed by an input column cannot be checked from the records, and the summary
+  says so), for parquet the ``key`` (and ``key_id``) and ``embedding`` columns equal to the
+  decoded record, and the record and byte counts equal to the manifest's (plus the file's crc32c
+  when the manifest records one);
+- the rejected-rows files the manifest lists: present, with the row counts, bytes and crc32c it
+  gives; any other file under ``_rejected/`` is a problem.
 
 Memory is bounded by the batch size: a shard is never loaded whole (only its keys are kept, 8
 bytes a record, to find duplicate users). Shards are independent, so ``--processes N`` checks N
@@ -22,9 +26,11 @@ prints a summary table (rich on a terminal, plain text otherwise) and returns 0 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,13 +44,13 @@ import pyarrow.parquet as pq
 from pipeline.tools.exports import (DEFAULT_BATCH_SIZE, RecordBatch, ShardReadError, file_size, is_directory,
                                     iter_record_batches, list_directory)
 from transforms.errors import ExportError
-from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, ExportManifest, join_path, open_binary,
+from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, ExportManifest, is_remote, join_path, open_binary,
                                   parse_shard_file_name, read_manifest, shard_file_name)
 from twml.sharding import shard_of_keys
 from twml.decode import decode_data_record, decode_embeddings, tensor_to_numpy
 from twml.encode import encode_data_records
 from twml.errors import RecordFormatError
-from twml.feature_ids import feature_id
+from twml.feature_ids import feature_id, string_key_ids
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Problem", "ShardCheck", "ShardOutcome", "VerifyReport", "verify_shard",
            "verify_export", "print_report", "register", "main"]
@@ -107,6 +113,8 @@ class VerifyReport:
     compression: Optional[str] = None
     num_shards: Optional[int] = None
     embedding_dim: Optional[int] = None
+    key_type: Optional[str] = None
+    outputs_checked: List[str] = field(default_factory=list)
     partition_by: Optional[str] = None
     placement_checked: bool = False
     records: int = 0
@@ -154,6 +162,7 @@ class _ShardChecker:
         self.first: Dict[str, Problem] = {}
         self.counts: Dict[str, int] = {}
         self.keys: List[np.ndarray] = []
+        self.strings: List[np.ndarray] = []   # string keys: the keys themselves (``keys`` holds their ids)
         self.norm_min = np.inf
         self.norm_max = -np.inf
         self.norm_sum = 0.0
@@ -166,13 +175,17 @@ class _ShardChecker:
         self.counts[kind] = self.counts.get(kind, 0) + count
 
     def check(self, batch: RecordBatch, path: str) -> None:
-        keys, embeddings, decoded = _decode_batch(batch, self.manifest, path, self)
+        keys, embeddings, decoded, strings = _decode_batch(batch, self.manifest, path, self)
         self.shard.records += len(batch)
         if not decoded.any():
             return
         index = batch.first + np.flatnonzero(decoded)
+        if batch.key_strings is not None and strings is not None:
+            self._check_parquet_key_strings(batch, decoded, index, strings)
         keys, embeddings = keys[decoded], embeddings[decoded]
         self.keys.append(keys)
+        if strings is not None:
+            self.strings.append(strings[decoded])
         if embeddings.shape[1] != self.manifest.embedding_dim:
             self.note("dim", int(index[0]), f"embedding has dimension {embeddings.shape[1]}, "
                       f"the manifest says {self.manifest.embedding_dim}", count=len(index))
@@ -184,12 +197,13 @@ class _ShardChecker:
                       f"embedding of key {int(keys[bad[0]])} has non-finite values", count=len(bad))
         if self.check_placement:
             shards = shard_of_keys(keys, self.manifest.num_shards)
+            what = "key_id" if self.manifest.string_keys else "key"
             wrong = np.flatnonzero(shards != self.shard.index)
             if len(wrong):
                 i = wrong[0]
                 self.note("placement", int(index[i]),
-                          f"key {int(keys[i])} belongs in shard {int(shards[i])} "
-                          f"(fmix64(key) % {self.manifest.num_shards}), not shard {self.shard.index}",
+                          f"{what} {int(keys[i])} belongs in shard {int(shards[i])} "
+                          f"(fmix64({what}) % {self.manifest.num_shards}), not shard {self.shard.index}",
                           count=len(wrong))
         if batch.keys is not None:
             self._check_parquet_columns(batch, decoded, index, keys, embeddings)
@@ -200,6 +214,32 @@ class _ShardChecker:
             self.norm_sum += float(norms.sum())
             self.norm_count += len(norms)
             self.zero_vectors += int((norms == 0).sum())
+
+    def _string_key_warnings(self, outcome: "ShardOutcome") -> None:
+        """String keys: duplicate keys (one string twice) and key ids shared by different strings."""
+        ids, strings = np.concatenate(self.keys), np.concatenate(self.strings)
+        unique, counts = np.unique(strings.astype(str), return_counts=True)
+        if len(unique) != len(strings):
+            outcome.warnings.append(f"{self.shard.file}: {len(strings) - len(unique)} duplicate key(s), "
+                                    f"e.g. key {unique[np.argmax(counts)]!r} x{int(counts.max())}")
+        shared = collections.defaultdict(set)
+        for key_id, key in zip(ids.tolist(), strings.tolist()):
+            shared[key_id].add(key)
+        collided = sorted((key_id, sorted(keys)) for key_id, keys in shared.items() if len(keys) > 1)
+        if collided:
+            key_id, keys = collided[0]
+            outcome.warnings.append(f"{self.shard.file}: {len(collided)} key id(s) shared by different keys, e.g. "
+                                    f"{key_id} by {keys} (a hash collision; the manifest lists key_id_collisions)")
+
+    def _check_parquet_key_strings(self, batch: RecordBatch, decoded: np.ndarray, index: np.ndarray,
+                                   strings: np.ndarray) -> None:
+        """String keys in parquet: the ``key`` column equals the record's string key."""
+        column, held = batch.key_strings[decoded], strings[decoded]
+        wrong = [i for i in range(len(column)) if column[i] != held[i]]
+        if wrong:
+            i = wrong[0]
+            self.note("parquet_key", int(index[i]), f"column key is {column[i]!r} but the data_record holds "
+                      f"key {held[i]!r}", count=len(wrong))
 
     def _check_parquet_columns(self, batch: RecordBatch, decoded: np.ndarray, index: np.ndarray,
                                keys: np.ndarray, embeddings: np.ndarray) -> None:
@@ -230,7 +270,9 @@ class _ShardChecker:
             if count > 1:
                 message += f" ({count} records of this shard have this problem)"
             outcome.add(Problem(message, problem.file, problem.record, problem.offset), count)
-        if self.keys:
+        if self.strings:
+            self._string_key_warnings(outcome)
+        elif self.keys:
             keys = np.concatenate(self.keys)
             unique, counts = np.unique(keys, return_counts=True)
             if len(unique) != len(keys):
@@ -244,38 +286,45 @@ class _ShardChecker:
 
 
 def _decode_batch(batch: RecordBatch, manifest: ExportManifest, path: str, checker: _ShardChecker
-                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keys, embeddings, decoded mask) of a batch; records that do not decode become problems.
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(keys, embeddings, decoded mask, string keys or None) of a batch; records that do not
+    decode become problems. ``keys`` are the int64 keys, or a string-key export's key ids.
 
-    The batch decoder reads every record (byte-checking those laid out as the exporter writes
-    them, fully decoding the rest). Records it accepts are then re-encoded from what was decoded:
-    a record whose bytes differ from the encoder's (a DOUBLE embedding, another layout, further
-    outputs) is decoded strictly on its own, so the exported form of docs/FORMAT.md section 3 (FLOAT rawTypedTensor of shape [D])
-    is held to in every batch. When the batch decoder refuses a batch, its records are decoded
-    one by one to name the bad ones.
+    An export with further outputs or string keys has every record decoded strictly on its own
+    (once), so each output and the string key are checked against the manifest. Otherwise the
+    batch decoder reads every record (byte-checking those laid out as the exporter writes them,
+    fully decoding the rest) and the records it accepts are re-encoded from what was decoded: a
+    record whose bytes differ from the encoder's (a DOUBLE embedding, another layout) is decoded
+    strictly on its own, so the exported form (FLOAT rawTypedTensor of shape [D]) is held to in
+    every batch. When the batch decoder refuses a batch, its records are decoded one by one to
+    name the bad ones.
     """
+    if manifest.string_keys or manifest.other_outputs:   # every record is checked whole: decode each once
+        return _decode_each(batch, np.arange(len(batch)), manifest, path, checker)
     try:
-        keys, embeddings = decode_embeddings(batch.records, manifest.key_feature_id,
+        keys, embeddings = decode_embeddings(batch.records, manifest.int_key_feature_id,
                                              manifest.embedding_feature_id, path)
     except RecordFormatError:
         return _decode_each(batch, np.arange(len(batch)), manifest, path, checker)
     decoded = np.ones(len(batch), dtype=bool)
     if embeddings.shape[1] != manifest.embedding_dim:
-        return keys, embeddings, decoded   # reported once for the whole batch by the caller
+        return keys, embeddings, decoded, None   # reported once for the whole batch by the caller
     unusual = _differs_from_encoder(batch, keys, embeddings, manifest)
+    strings = None
     if len(unusual):
-        _, _, strict_ok = _decode_each(batch, unusual, manifest, path, checker)
+        _, _, strict_ok, strings = _decode_each(batch, unusual, manifest, path, checker)
         decoded[unusual] = strict_ok[unusual]
-    return keys, embeddings, decoded
+    return keys, embeddings, decoded, strings
 
 
 def _differs_from_encoder(batch: RecordBatch, keys: np.ndarray, embeddings: np.ndarray,
                           manifest: ExportManifest) -> np.ndarray:
-    """Indices of the records whose bytes are not what ``encode_data_records`` writes for them."""
+    """Indices of the records whose bytes are not what ``encode_data_records`` writes for a key and
+    an embedding alone."""
+    n = len(batch)
     expected = encode_data_records(keys, manifest.key_feature_id,
                                    [(manifest.embedding_feature_id, embeddings)])
     length = expected.fixed_length()
-    n = len(batch)
     if length is not None and batch.records.fixed_length() == length:
         have = batch.records.buffer[:n * length].reshape(n, length)
         want = expected.buffer.reshape(n, length)
@@ -284,17 +333,18 @@ def _differs_from_encoder(batch: RecordBatch, keys: np.ndarray, embeddings: np.n
 
 
 def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest, path: str,
-                 checker: _ShardChecker) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 checker: _ShardChecker) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Strictly decode the records at ``rows`` one by one; each failure becomes a problem."""
     n = len(batch)
     dim = manifest.embedding_dim
     keys = np.zeros(n, np.int64)
     embeddings = np.zeros((n, dim), np.float32)
     decoded = np.zeros(n, dtype=bool)
+    strings = np.full(n, None, dtype=object) if manifest.string_keys else None
     for i in rows.tolist():
         record_index = batch.first + i
         try:
-            key, vector = _decode_one(batch.records[i], manifest, path)
+            key, vector, string, issues = _decode_one(batch.records[i], manifest, path)
         except RecordFormatError as err:
             checker.note("decode", record_index, f"record does not decode as the export writes it: {err.reason}")
             continue
@@ -302,17 +352,26 @@ def _decode_each(batch: RecordBatch, rows: np.ndarray, manifest: ExportManifest,
             checker.note("dim", record_index, f"embedding has dimension {vector.shape[0]}, "
                          f"the manifest says {dim}")
             continue
+        for kind, message in issues:
+            checker.note(kind, record_index, f"{message} (key {string if string is not None else key})")
         keys[i], embeddings[i], decoded[i] = key, vector, True
-    return keys, embeddings, decoded
+        if strings is not None:
+            strings[i] = string
+    return keys, embeddings, decoded, strings
 
 
-def _decode_one(data: bytes, manifest: ExportManifest, path: str) -> Tuple[int, np.ndarray]:
-    """Key and embedding of one record, strictly as the export writes them (FLOAT rawTypedTensor, 1-D)."""
+def _decode_one(data: bytes, manifest: ExportManifest, path: str
+                ) -> Tuple[int, np.ndarray, Optional[str], List[Tuple[str, str]]]:
+    """(int64 key or key id, embedding, string key or None, [(kind, problem)] of the further
+    outputs) of one record, strictly as the job writes them (FLOAT rawTypedTensor, 1-D); a
+    string key must be non-empty UTF-8 with ``feature_id(key)`` as its key id."""
     record = decode_data_record(data, path)
-    key = (record.discreteFeatures or {}).get(manifest.key_feature_id)
+    key_name = manifest.key_id_feature_name if manifest.string_keys else manifest.key_feature_name
+    key = (record.discreteFeatures or {}).get(manifest.int_key_feature_id)
     if key is None:
         raise RecordFormatError(f"no key: discreteFeatures has no entry for "
-                                f"{manifest.key_feature_name or manifest.key_feature_id}")
+                                f"{key_name or manifest.int_key_feature_id}")
+    string = _string_key(record, manifest, int(key)) if manifest.string_keys else None
     tensor = (record.tensors or {}).get(manifest.embedding_feature_id)
     if tensor is None:
         raise RecordFormatError(f"no embedding: tensors has no entry for "
@@ -323,7 +382,55 @@ def _decode_one(data: bytes, manifest: ExportManifest, path: str) -> Tuple[int, 
     vector = tensor_to_numpy(tensor)
     if vector.ndim != 1:
         raise RecordFormatError(f"embedding has shape {list(vector.shape)}, expected [D]")
-    return int(key), vector
+    return int(key), vector, string, _output_issues(record, manifest)
+
+
+def _string_key(record, manifest: ExportManifest, key_id: int) -> str:
+    """The record's string key, checked: present, non-empty UTF-8, and ``key_id`` its id."""
+    value = (record.stringFeatures or {}).get(manifest.key_feature_id)
+    if value is None:
+        raise RecordFormatError(f"no key: stringFeatures has no entry for "
+                                f"{manifest.key_feature_name or manifest.key_feature_id}")
+    try:
+        text = value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
+    except UnicodeDecodeError:
+        raise RecordFormatError(f"string key {value!r} is not UTF-8") from None
+    if not text:
+        raise RecordFormatError("string key is empty")
+    expected = int(string_key_ids([text])[0])
+    if expected != key_id:
+        raise RecordFormatError(f"key id {key_id} is not feature_id({text!r}) = {expected}")
+    return text
+
+
+def _output_issues(record, manifest: ExportManifest) -> List[Tuple[str, str]]:
+    """[(kind, problem)] for each further output that is missing, of another dtype or shape than
+    the manifest's, or not finite."""
+    issues: List[Tuple[str, str]] = []
+    tensors = record.tensors or {}
+    for output in manifest.other_outputs:
+        tensor = tensors.get(output.id)
+        if tensor is None:
+            issues.append((f"output:{output.feature}", f"output {output.feature} is missing"))
+            continue
+        try:
+            array = tensor_to_numpy(tensor)
+        except RecordFormatError as err:
+            issues.append((f"output:{output.feature}", f"output {output.feature}: {err.reason}"))
+            continue
+        dtype = "string" if array.dtype == object else str(array.dtype)
+        if dtype != output.dtype:
+            issues.append((f"output:{output.feature}", f"output {output.feature} has dtype {dtype}, "
+                           f"the manifest says {output.dtype}"))
+            continue
+        if len(array.shape) != len(output.shape) or any(
+                want is not None and have != want for have, want in zip(array.shape, output.shape)):
+            issues.append((f"output:{output.feature}", f"output {output.feature} has shape {list(array.shape)}, "
+                           f"the manifest says {list(output.shape)}"))
+            continue
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            issues.append((f"finite:{output.feature}", f"output {output.feature} has non-finite values"))
+    return issues
 
 
 def _file_crc32c(path: str) -> int:
@@ -395,7 +502,7 @@ def verify_shard(export_dir: str, manifest: ExportManifest, index: int,
         return outcome
     checker = _ShardChecker(manifest, shard, manifest.partition_by == "hash")
     try:
-        for batch in iter_record_batches(path, manifest.format, batch_size):
+        for batch in iter_record_batches(path, manifest.format, batch_size, manifest.string_keys):
             checker.check(batch, path)
         shard.read_to_end = True
     except ShardReadError as err:
@@ -439,8 +546,12 @@ def _check_manifest(manifest: ExportManifest, report: VerifyReport) -> None:
     if len(manifest.shards) != manifest.num_shards:
         report.add(Problem(f"{MANIFEST_NAME}: num_shards is {manifest.num_shards} but it lists "
                            f"{len(manifest.shards)} shards"))
-    for name, fid, what in ((manifest.key_feature_name, manifest.key_feature_id, "key_feature"),
-                            (manifest.embedding_feature_name, manifest.embedding_feature_id, "embedding_feature")):
+    features = [(manifest.key_feature_name, manifest.key_feature_id, "key_feature"),
+                (manifest.embedding_feature_name, manifest.embedding_feature_id, "embedding_feature")]
+    if manifest.string_keys:
+        features.append((manifest.key_id_feature_name, manifest.key_id_feature_id, "key_id_feature"))
+    features += [(o.feature, o.id, f"outputs feature {o.feature!r}") for o in manifest.outputs]
+    for name, fid, what in features:
         if name is not None and feature_id(name) != fid:
             report.add(Problem(f"{MANIFEST_NAME}: {what} id {fid} is not feature_id({name!r}) = {feature_id(name)}"))
     read, written, rejected = manifest.rows_read, manifest.rows_written, manifest.rows_rejected
@@ -452,21 +563,50 @@ def _check_manifest(manifest: ExportManifest, report: VerifyReport) -> None:
         report.add(Problem(f"{MANIFEST_NAME}: embedding_dim must be > 0, got {manifest.embedding_dim}"))
 
 
+def _files_under(export_dir: str, directory: str) -> List[str]:
+    """Relative names ("a/b") of every file under ``export_dir/directory``, at any depth."""
+    root = join_path(export_dir, directory)
+    if is_remote(export_dir):
+        from apache_beam.io.filesystems import FileSystems
+        prefix = root.rstrip("/") + "/"
+        found = FileSystems.match([prefix + "**"])[0].metadata_list
+        return sorted(f"{directory}/{m.path[len(prefix):]}" for m in found if m.path.startswith(prefix))
+    names = []
+    for dirpath, _, files in os.walk(root):
+        rel = os.path.relpath(dirpath, export_dir).replace(os.sep, "/")
+        names += [f"{rel}/{name}" for name in files]
+    return sorted(names)
+
+
 def _check_rejected(export_dir: str, manifest: ExportManifest, report: VerifyReport) -> None:
-    """The ``rejected_files`` the manifest lists exist, hold the rows it says, and add up to rows_rejected."""
+    """The ``rejected_files`` the manifest lists exist, hold the rows, bytes and crc32c it gives,
+    and add up to rows_rejected; every other file under ``_rejected/`` is a problem (a loader of
+    rejected rows would read it)."""
     entries = manifest.raw.get("rejected_files")
     if not isinstance(entries, list):
         return   # an older manifest without the list: nothing to compare
     total = 0
+    listed = set()
     for entry in entries:
         name = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(name, str):
             report.add(Problem(f"{MANIFEST_NAME}: rejected_files entry {entry!r} has no file"))
             continue
+        listed.add(name)
         path = join_path(export_dir, name)
-        if file_size(path) is None:
+        size = file_size(path)
+        if size is None:
             report.add(Problem("rejected-rows file is missing (the manifest lists it)", name))
             continue
+        expected_bytes = entry.get("bytes")
+        if isinstance(expected_bytes, int) and not isinstance(expected_bytes, bool) and size != expected_bytes:
+            report.add(Problem(f"the manifest says {expected_bytes} bytes, the file has {size}", name))
+        expected_crc = _as_crc(entry.get("crc32c"))
+        if expected_crc is not None:
+            actual_crc = _file_crc32c(path)
+            if actual_crc != expected_crc:
+                report.add(Problem(f"file crc32c is {actual_crc:#010x}, the manifest says {expected_crc:#010x} "
+                                   "(the file changed after the export wrote it)", name))
         try:
             with open_binary(path) as source, pq.ParquetFile(source) as parquet:
                 rows = parquet.metadata.num_rows
@@ -476,6 +616,10 @@ def _check_rejected(export_dir: str, manifest: ExportManifest, report: VerifyRep
         total += rows
         if rows != entry.get("records"):
             report.add(Problem(f"the manifest says {entry.get('records')} rejected rows, the file holds {rows}", name))
+    for name in _files_under(export_dir, REJECTED_DIR):
+        if name not in listed:
+            report.add(Problem("file under _rejected/ that the manifest does not list (left by another run, "
+                               "or added)", name))
     if manifest.rows_rejected is not None and total != manifest.rows_rejected and \
             not any(p.file and p.file.startswith(REJECTED_DIR) for p in report.problems):
         report.add(Problem(f"{MANIFEST_NAME}: rejected_files hold {total} rows, rows_rejected says "
@@ -534,6 +678,9 @@ def verify_export(path: str, batch_size: int = DEFAULT_BATCH_SIZE, max_problems:
         return report
     report.format, report.compression = manifest.format, manifest.compression
     report.num_shards, report.embedding_dim = manifest.num_shards, manifest.embedding_dim
+    report.key_type = manifest.key_type
+    report.outputs_checked = [o.feature for o in manifest.outputs] or [manifest.embedding_feature_name or
+                                                                       str(manifest.embedding_feature_id)]
     report.partition_by, report.rows_written = manifest.partition_by, manifest.rows_written
     report.placement_checked = manifest.partition_by == "hash"
     _check_manifest(manifest, report)
@@ -573,8 +720,14 @@ def _summary_lines(report: VerifyReport) -> List[str]:
              f"format      {report.format}, compression {report.compression}, "
              f"{report.num_shards} shards, embedding dim {report.embedding_dim}",
              f"records     {report.records} read, manifest rows_written {report.rows_written}"]
+    if report.key_type == "string":
+        lines.append("keys        string: the key, its key_id = feature_id(key) and the parquet columns checked")
+    if len(report.outputs_checked) > 1:
+        lines.append(f"outputs     {', '.join(report.outputs_checked)}: present, dtype and shape as the manifest "
+                     "says, finite")
     if report.placement_checked:
-        lines.append(f"placement   checked: every key in shard fmix64(key) % {report.num_shards}")
+        what = "key_id" if report.key_type == "string" else "key"
+        lines.append(f"placement   checked: every key in shard fmix64({what}) % {report.num_shards}")
     elif report.partition_by == "column":
         lines.append("placement   NOT checked: partition.by is 'column' (shards come from an input "
                      "column that the records do not carry)")

@@ -62,8 +62,11 @@ def config(pattern, out, **extra):
      r"b.parquet: column 'sparse_ids' \(model.inputs.sparse_ids.column\) does not exist"),
     (lambda t: t.set_column(1, "dense", pa.array([["x"] * 8] * t.num_rows, pa.list_(pa.string()))),
      r"b.parquet: column 'dense' \(feeds float32 input 'dense'\) has type list<element: string>"),
+    (lambda t: t.set_column(0, "user_id", pa.array([float(k) for k in t.column("user_id").to_pylist()])),
+     r"b.parquet: key column 'user_id' has type double"),
+    # String keys are keys too (docs/FORMAT.md section 5), but every file must have the same key type.
     (lambda t: t.set_column(0, "user_id", pa.array([str(k) for k in t.column("user_id").to_pylist()])),
-     r"b.parquet: key column 'user_id' has type string"),
+     r"b.parquet: column types differ from .*a.parquet: user_id: int64 vs string"),
 ])
 def test_missing_or_mistyped_column_fails_before_launch(tmp_path, capsys, change, message):
     users_file(str(tmp_path / "in" / "a.parquet"), range(100))

@@ -12,6 +12,7 @@ a kill can land between them.
 """
 import json
 import os
+import subprocess
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, write_users
 from rel_support import (FIGURES, assert_accounted, final_looking, read_bytes, sigkill, start_cli, tree,
                          wait_for, write_config)
+from transforms.claim import CLAIM_NAME, HEARTBEAT_NAME
 from transforms.ownership import publish_siblings
 from transforms.pause_points import PAUSE_AT_ENV, PAUSE_DIR_ENV
 
@@ -176,11 +178,13 @@ def test_kill_after_a_delay_then_rerun(reference, tmp_path, delay, capsys):
     out = tmp_path / "out"
     config_path = config_for(root, out)
     proc = start_cli(config_path)
-    assert wait_for(lambda: out.is_dir() and bool(tree(str(out))), proc)
+    # The first file other than the run's claim (written at launch, before the pipeline starts).
+    claim_files = ("/" + CLAIM_NAME, "/" + HEARTBEAT_NAME)
+    assert wait_for(lambda: out.is_dir() and any(not n.endswith(claim_files) for n in tree(str(out))), proc)
     try:
         proc.wait(timeout=delay)
-    except Exception:
-        pass
+    except subprocess.TimeoutExpired:
+        pass  # still running: the kill below lands mid-run (or, checked next, just after _SUCCESS)
     finished = proc.poll() == 0
     sigkill(proc)
     if finished or (out / "_SUCCESS").exists():

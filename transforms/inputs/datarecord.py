@@ -24,6 +24,8 @@ become which column:
   ``HashedDataRecord`` reader gives a model trained on the same records, so a model trained with
   twml sees the ids it was trained on. A missing feature is an empty list.
 - the key is the discrete feature ``key_feature_id``; a record without it has a null key (rejected).
+  With ``input.key_type: string`` it is the string feature (field 4) ``key_feature_id`` instead,
+  as bytes (docs/FORMAT.md section 5); such inputs are decoded one record at a time.
 
 Every row also carries ``record_index``, the record's index in its file, so that any rejected
 row can be found in the input; the emitted tables carry it a second time as the hidden
@@ -114,20 +116,28 @@ class DataRecordSource:
     Args:
       container: "tfrecord" or "block" (gzip is recognised by its magic bytes either way).
       key_column: the name of the key column (the run config's ``input.key``).
-      key_feature_id: id of the discrete feature holding the int64 user key.
+      key_feature_id: id of the feature holding the user key: a discrete feature (int64 key),
+        or with ``string_key`` a string feature (field 4).
       columns: the feature columns, in schema order.
       rows_per_table: records per emitted table (the model batch size: batches never span tables).
+      string_key: the key is the string feature ``key_feature_id``; the key column is then
+        binary (its bytes as stored; validation rejects empty and non-UTF-8 keys).
     """
     container: str
     key_column: str
     key_feature_id: int
     columns: Tuple[FeatureColumn, ...]
     rows_per_table: int = 4096
+    string_key: bool = False
+
+    @property
+    def key_type(self) -> pa.DataType:
+        return pa.binary() if self.string_key else pa.int64()
 
     @property
     def schema(self) -> pa.Schema:
         """The columns of the emitted tables: key, the feature columns, record_index."""
-        return pa.schema([pa.field(self.key_column, pa.int64())]
+        return pa.schema([pa.field(self.key_column, self.key_type)]
                          + [pa.field(c.name, c.arrow_type) for c in self.columns]
                          + [pa.field(RECORD_INDEX_COLUMN, pa.int64())])
 
@@ -270,7 +280,11 @@ def _decode_records(records: Sequence[bytes], indices, path: Optional[str]):
 
 
 def _decoded_table(decoded: Sequence, indices: Sequence[int], source: DataRecordSource) -> pa.Table:
-    arrays = [_dense_values([r.discreteFeatures for r in decoded], (source.key_feature_id,), None, pa.int64())]
+    if source.string_key:
+        keys = [(r.stringFeatures or {}).get(source.key_feature_id) for r in decoded]
+        arrays = [pa.array([k.encode("utf-8") if isinstance(k, str) else k for k in keys], pa.binary())]
+    else:
+        arrays = [_dense_values([r.discreteFeatures for r in decoded], (source.key_feature_id,), None, pa.int64())]
     arrays += [_column_array(c, decoded) for c in source.columns]
     arrays.append(pa.array(np.asarray(indices, dtype=np.int64)))
     return pa.Table.from_arrays(arrays, schema=source.schema)
@@ -317,7 +331,7 @@ def _fast_plan(source: DataRecordSource) -> Optional[_Plan]:
 
 @functools.lru_cache(maxsize=64)
 def _cached_plan(source: DataRecordSource) -> Optional[_Plan]:
-    if not _int64_id(source.key_feature_id):
+    if not _int64_id(source.key_feature_id) or source.string_key:   # the kernel reads no string features
         return None
     layout = {CONTINUOUS: [], DISCRETE: [source.key_feature_id]}
     sparse = sorted({f for c in source.columns if c.kind == SPARSE_BINARY for f in c.feature_ids})

@@ -9,7 +9,8 @@ so the instruction's 3-cycle latency is hidden (one instruction per cycle), and 
 place, so a [B, L] slice of a wider framed [B, L + 16] array needs no copy.
 ``masked_crc32c_into_footer`` is the same hashing for a batch framed in place: it writes each
 row's masked crc (what TFRecord stores) into the 4 bytes after the row's data, so framing a
-fixed-length batch costs one native call and no temporary array.
+fixed-length batch costs one native call and no temporary array; ``frame_records`` frames a batch
+of records of differing lengths (string keys, string tensors) in one native call.
 
 The backend is chosen once, at import: the numba kernel when numba imports and the CPU has
 SSE4.2, else one ``google_crc32c.value`` call per row. The kernel is compiled (or loaded from
@@ -28,7 +29,7 @@ import google_crc32c
 import numpy as np
 
 __all__ = ["crc32c_rows", "crc32c_rows_reference", "masked_crc32c_into_footer", "mask_crc32c",
-           "BACKEND", "MASK_DELTA"]
+           "frame_records", "BACKEND", "MASK_DELTA"]
 
 MASK_DELTA = 0xA282EAD8  # TFRecord's crc mask: rotate right by 15, add this
 
@@ -72,6 +73,7 @@ def _native_supported() -> bool:
 
 _KERNEL: Optional[Callable] = None
 _FOOTER_KERNEL: Optional[Callable] = None
+_FRAME_KERNEL: Optional[Callable] = None
 
 if _native_supported():
     # Module level, not in a function: numba's disk cache misses on every run for closures.
@@ -197,8 +199,26 @@ if _native_supported():
             _store_u32_le(buf, s0 + length, _masked(_crc_of_row(buf, s0, length)))
             row += 1
 
+    @njit(cache=True, nogil=True)
+    def _frame_records_kernel(src, offsets, out):
+        """TFRecord frames of the records src[offsets[i]:offsets[i + 1]], back to back in ``out``:
+        u64 LE length, masked crc32c of those 8 bytes, the record, masked crc32c of the record."""
+        pos = 0
+        for i in range(offsets.shape[0] - 1):
+            start = offsets[i]
+            length = offsets[i + 1] - start
+            value = np.uint64(length)
+            for b in range(8):
+                out[pos + b] = np.uint8((value >> np.uint64(8 * b)) & np.uint64(0xFF))
+            _store_u32_le(out, pos + 8, _masked(_crc_of_row(out, pos, 8)))
+            data = pos + 12
+            out[data:data + length] = src[start:start + length]
+            _store_u32_le(out, data + length, _masked(_crc_of_row(out, data, length)))
+            pos = data + length + 4
+
     _KERNEL = _crc32c_row_kernel
     _FOOTER_KERNEL = _masked_footer_kernel
+    _FRAME_KERNEL = _frame_records_kernel
 
 BACKEND = "numba-sse4.2" if _KERNEL is not None else "google-crc32c"
 """Which implementation the functions use: "numba-sse4.2" or "google-crc32c"."""
@@ -245,14 +265,58 @@ def _first_call_check() -> Optional[str]:
         _reference_footers(reference, 3, 37)
         if not np.array_equal(native, reference):
             return "footer results differ from google_crc32c"
+        offsets = np.array([0, 0, 5, 45, 60], dtype=np.int64)
+        flat = np.ascontiguousarray(sample).reshape(-1)
+        if not np.array_equal(_native_frames(flat, offsets), _reference_frames(flat, offsets)):
+            return "framed records differ from google_crc32c"
     except Exception as exc:   # a numba/LLVM failure must not stop the pipeline
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
+def _native_frames(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    out = np.empty(int(offsets[-1] - offsets[0]) + 16 * (len(offsets) - 1), dtype=np.uint8)
+    if len(out):
+        _FRAME_KERNEL(data, offsets, out)
+    return out
+
+
+def _reference_frames(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    parts = []
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        length = (end - start).to_bytes(8, "little")
+        body = data[start:end].tobytes()
+        parts += (length, _masked_crc(length), body, _masked_crc(body))
+    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) + MASK_DELTA) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def frame_records(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """TFRecord frames (u64 LE length, its masked crc32c, the record, the record's masked crc32c)
+    of the records ``data[offsets[i]:offsets[i + 1]]``, back to back, records of any lengths.
+
+    Args:
+      data: 1-D uint8 array holding the records.
+      offsets: int64 [B + 1], non-decreasing, within ``data``.
+    Returns:
+      a 1-D uint8 array of the B frames.
+    """
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if len(offsets) < 1 or (np.diff(offsets) < 0).any() or offsets[0] < 0 or offsets[-1] > len(data):
+        raise ValueError("frame_records expects non-decreasing offsets within the data")
+    if _FRAME_KERNEL is not None and _native_ready():
+        return _native_frames(data, offsets)
+    return _reference_frames(data, offsets)
+
+
 def _native_ready() -> bool:
     """Compile (or load) the kernels once and compare them with google_crc32c; else fall back."""
-    global _KERNEL, _FOOTER_KERNEL, BACKEND, _checked
+    global _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND, _checked
     if _checked:
         return _KERNEL is not None
     with _ready:
@@ -261,7 +325,7 @@ def _native_ready() -> bool:
             if error is not None:
                 warnings.warn(f"crc32c_batch: native kernel unusable ({error}); "
                               "using google_crc32c", RuntimeWarning, stacklevel=3)
-                _KERNEL, _FOOTER_KERNEL, BACKEND = None, None, "google-crc32c"
+                _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND = None, None, None, "google-crc32c"
             _checked = True
     return _KERNEL is not None
 

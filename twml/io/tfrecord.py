@@ -22,10 +22,10 @@ from typing import BinaryIO, Iterator, Mapping, Optional, Sequence, Union
 import google_crc32c
 import numpy as np
 
-from twml.encode import EncodedRecords, TensorColumn, encode_data_records, encode_fixed_rows
+from twml.encode import EncodedRecords, StringColumn, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
-from twml.io.crc32c_batch import MASK_DELTA, masked_crc32c_into_footer
+from twml.io.crc32c_batch import MASK_DELTA, frame_records, masked_crc32c_into_footer
 
 __all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
            "read_tfrecords"]
@@ -59,15 +59,18 @@ def frame_tfrecords(records: EncodedRecords) -> np.ndarray:
 
 
 def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
-                     tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> np.ndarray:
+                     tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
+                     strings: Sequence[StringColumn] = ()) -> np.ndarray:
     """B DataRecords encoded and framed as TFRecords in one go: a 1-D uint8 array ready to write.
 
-    Byte for byte ``frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))``
-    (arguments as there), but for fixed-length records (no string tensor) the encoder writes
-    each record straight into its frame and one native call fills the crc footers.
+    Byte for byte ``frame_tfrecords(encode_data_records(keys, key_feature_id, tensors, strings))``
+    (arguments as there), but for fixed-length records (no string tensor or string feature) the
+    encoder writes each record straight into its frame and one native call fills the crc footers.
     """
     if not isinstance(tensors, Mapping):
         tensors = list(tensors)   # read twice when the records turn out to be variable-length
+    if strings:
+        return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors, strings))
     rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size)
     if rows is None:
         return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))
@@ -85,17 +88,7 @@ def _frame_fixed(rows: np.ndarray) -> np.ndarray:
 
 
 def _frame_variable(records: EncodedRecords) -> np.ndarray:
-    data = records.buffer.tobytes()
-    bounds = records.offsets.tolist()
-    headers = {}
-    parts = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        body = data[start:end]
-        header = headers.get(end - start)
-        if header is None:
-            header = headers[end - start] = _header(end - start)
-        parts += (header, body, _FOOTER.pack(masked_crc32c(body)))
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return frame_records(records.buffer, records.offsets)
 
 
 class TFRecordWriter(RecordFileWriter):

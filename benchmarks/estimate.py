@@ -1,0 +1,107 @@
+"""Estimators for rates measured on a shared machine, and the checks that decide whether to trust them.
+
+A rate here is always the median of several independent estimates, reported with its spread
+(max - min) / median, so a reader sees how far one run disagrees with another:
+
+- a loop that starts nothing inside its timing (the model limit, the floor): one estimate per
+  timed run, rows / seconds;
+- a job (the export, the naive job): one estimate per *pair* of runs, N rows then 2N rows back
+  to back, N / (t(2N) - t(N)), the marginal rate (start-up cancels within the pair, and both
+  runs of a pair see nearly the same machine).
+
+``invalid_reasons`` lists why a result must not be published: a spread over ``MAX_SPREAD`` (or a
+single estimate, which has none), a pair whose 2N run was not slower than its N run, other processes using more than
+``MAX_FOREIGN_SHARE`` of the CPUs during the runs, or an ordering that cannot be true (the job
+faster than its floor or than the model alone, the floor faster than the model alone).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["MAX_SPREAD", "MAX_FOREIGN_SHARE", "PLAUSIBLE_SLACK", "summarize", "loop_rates", "pair_rates",
+           "loop_cpu_us_per_row", "pair_cpu_us_per_row",
+           "foreign_share", "check_spread", "check_order", "check_foreign"]
+
+MAX_SPREAD = 0.15
+"""Largest (max - min) / median of a rate's estimates that is still published."""
+MAX_FOREIGN_SHARE = 0.10
+"""Largest median share of the machine's CPUs that other processes may use during a measurement."""
+PLAUSIBLE_SLACK = 0.05
+"""A rate may exceed the one bounding it by this much (the two medians' own noise) before it is
+called impossible."""
+
+
+def summarize(estimates: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """{"rows_per_s": median, "spread", "min", "max", "n", "estimates"} of the valid (> 0) estimates;
+    rows_per_s and spread None when there are none."""
+    good = [e for e in estimates if e is not None and e > 0]
+    if not good:
+        return {"rows_per_s": None, "spread": None, "min": None, "max": None, "n": 0,
+                "estimates": [None if e is None else round(e, 1) for e in estimates]}
+    mid = statistics.median(good)
+    return {"rows_per_s": round(mid, 1), "spread": round((max(good) - min(good)) / mid, 4),
+            "min": round(min(good), 1), "max": round(max(good), 1), "n": len(good),
+            "estimates": [None if e is None else round(e, 1) for e in estimates]}
+
+
+def loop_rates(runs: Dict[int, List[Dict[str, Any]]]) -> List[float]:
+    """rows / wall_s of every timed run of a loop ({rows: [window, ...]})."""
+    return [rows / w["wall_s"] for rows, windows in sorted(runs.items()) for w in windows]
+
+
+def loop_cpu_us_per_row(runs: Dict[int, List[Dict[str, Any]]]) -> Optional[float]:
+    """Median CPU microseconds per row of a loop's runs (all its threads)."""
+    values = [1e6 * w["cpu_s"] / rows for rows, windows in runs.items() for w in windows]
+    return round(statistics.median(values), 3) if values else None
+
+
+def pair_rates(rows: int, small: Sequence[Dict[str, Any]], big: Sequence[Dict[str, Any]]) -> List[Optional[float]]:
+    """Marginal rate of each (N run, 2N run) pair, in run order; None where 2N was not slower."""
+    out: List[Optional[float]] = []
+    for a, b in zip(small, big):
+        extra = b["wall_s"] - a["wall_s"]
+        out.append(rows / extra if extra > 0 else None)
+    return out
+
+
+def pair_cpu_us_per_row(rows: int, small: Sequence[Dict[str, Any]], big: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """Median marginal CPU microseconds per row over the pairs: (cpu(2N) - cpu(N)) / N."""
+    values = [1e6 * (b["cpu_s"] - a["cpu_s"]) / rows for a, b in zip(small, big)]
+    return round(statistics.median(values), 3) if values else None
+
+
+def foreign_share(windows: Sequence[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+    """Median and max share of the CPUs other processes used over the windows (None if unknown)."""
+    shares = [w["foreign_cpu_share"] for w in windows if w.get("foreign_cpu_share") is not None]
+    if not shares:
+        return {"median": None, "max": None}
+    return {"median": round(statistics.median(shares), 4), "max": round(max(shares), 4)}
+
+
+def check_spread(name: str, summary: Dict[str, Any], reasons: List[str]) -> None:
+    if summary["n"] == 0:
+        reasons.append(f"{name}: no valid estimate")
+    elif len(summary["estimates"]) < 2:
+        reasons.append(f"{name}: a single estimate has no spread to judge it by (use --repeats 2 or more)")
+    elif summary["n"] < len(summary["estimates"]):
+        reasons.append(f"{name}: {len(summary['estimates']) - summary['n']} of {len(summary['estimates'])} "
+                       "pairs had a 2N run no slower than the N run")
+    if summary["spread"] is not None and summary["spread"] > MAX_SPREAD:
+        reasons.append(f"{name}: spread {summary['spread']:.0%} over {summary['n']} estimates "
+                       f"(more than {MAX_SPREAD:.0%})")
+
+
+def check_order(fast_name: str, fast: Optional[float], bound_name: str, bound: Optional[float],
+                reasons: List[str]) -> None:
+    """``fast`` must not exceed ``bound`` (by more than PLAUSIBLE_SLACK)."""
+    if fast and bound and fast > bound * (1 + PLAUSIBLE_SLACK):
+        reasons.append(f"{fast_name} ({fast:,.0f} rows/s) is faster than {bound_name} ({bound:,.0f} rows/s), "
+                       "which bounds it")
+
+
+def check_foreign(name: str, share: Dict[str, Optional[float]], reasons: List[str]) -> None:
+    median = share.get("median")
+    if median is not None and median > MAX_FOREIGN_SHARE:
+        reasons.append(f"{name}: other processes used {median:.0%} of the CPUs during its runs "
+                       f"(median; max {share['max']:.0%}; more than {MAX_FOREIGN_SHARE:.0%})")
