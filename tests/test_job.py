@@ -153,7 +153,7 @@ def test_build_pipeline_on_a_test_pipeline(inputs, tmp_path):
     from apache_beam.testing.util import assert_that, equal_to
     from pipeline.job import build_pipeline
     cfg = tiny_config(inputs[0], tiny_model(), str(tmp_path / "out"), num_shards=2)
-    with BeamTestPipeline(argv=["--runner=FnApiRunner"]) as p:
+    with BeamTestPipeline(runner="FnApiRunner") as p:
         manifest = build_pipeline(p, preflight(cfg))
         counts = manifest | beam.Map(lambda m: (m["rows_read"], m["rows_written"], m["rows_rejected"],
                                                 [s["file"] for s in m["shards"]]))

@@ -21,7 +21,7 @@ from twml.decode import decode_embeddings
 from twml.feature_ids import feature_id
 from twml.io.tfrecord import read_tfrecords
 
-FN_API = ["--runner=FnApiRunner"]
+FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
 KEY_ID = feature_id("meta.user_id")
 
 
@@ -84,7 +84,7 @@ def test_saved_model_handler_is_a_model_handler_for_run_inference_on_arrow_table
         keys = result.example.column("user_id").to_pylist()
         return [(k, np.round(e, 5).tolist()) for k, e in zip(keys, result.inference["embedding"])]
 
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         got = (p | beam.Create(tables) | RunInference(handler(max_batch_size=2)) | beam.FlatMap(rows))
         assert_that(got, equal_to([(k, np.round(e, 5).tolist()) for k, e in want.items()]))
 
@@ -95,7 +95,7 @@ def test_saved_model_handler_on_keyed_numpy_examples():
     ids = padded_ids(table.column("sparse_ids").to_pylist())
     want = model_outputs(tiny_model(), dense, ids)
     examples = [(100 + i, {"dense": dense[i], "sparse_ids": ids[i]}) for i in range(len(dense))]
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         got = (p | beam.Create(examples)
                | RunInference(KeyedModelHandler(handler(min_batch_size=4, max_batch_size=8)))
                | beam.Map(lambda kv: (kv[0], np.round(kv[1].inference["score"], 4).item())))
@@ -110,7 +110,7 @@ def test_embed_tables_embeds_good_rows_and_rejects_bad_ones_with_reasons():
     schema = pa.schema([("user_id", pa.int64()), ("dense", pa.list_(pa.float32())),
                         ("sparse_ids", pa.list_(pa.int64()))])
     want = expected(good)["embedding"]
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         result = (p | beam.Create([good, bad.select(schema.names)])
                   | EmbedTables(handler(), "user_id", schema, batch_size=16))
         embedded = result.embedded | "Users" >> beam.FlatMap(
@@ -129,7 +129,7 @@ def test_embed_tables_takes_dict_rows():
     schema = pa.schema([("user_id", pa.int64()), ("dense", pa.list_(pa.float32())),
                         ("sparse_ids", pa.list_(pa.int64()))])
     want = expected(pa.Table.from_pylist(rows, schema=schema))["embedding"]
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         result = p | beam.Create(rows) | EmbedTables(handler(), "user_id", schema)
         got = result.embedded | beam.FlatMap(lambda b: [(int(k), np.round(e, 5).tolist())
                                                         for k, e in zip(b.keys, b.embedding)])
@@ -154,7 +154,7 @@ def read_back(out, manifest):
 def test_write_datarecord_shards_writes_the_output_directory_from_keyed_vectors(tmp_path):
     out = str(tmp_path / "out")
     pairs = vectors(300)
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         manifest = p | beam.Create(pairs) | WriteDataRecordShards(out, 3, embedding_dim=4, batch_size=64)
         assert_that(manifest | beam.Map(lambda m: (m["rows_written"], m["num_shards"], m["embedding_dim"])),
                     equal_to([(300, 3, 4)]))
@@ -172,11 +172,11 @@ def test_write_datarecord_shards_writes_the_output_directory_from_keyed_vectors(
 def test_write_datarecord_shards_refuses_an_earlier_export_without_overwrite(tmp_path):
     out = str(tmp_path / "out")
     for overwrite in (False, True):
-        with BeamTestPipeline(argv=FN_API) as p:
+        with BeamTestPipeline(runner=FN_API) as p:
             _ = p | beam.Create(vectors(20)) | WriteDataRecordShards(out, 2, "parquet", embedding_dim=4,
                                                                      overwrite=overwrite)
     with pytest.raises(PreflightError, match="already holds"):
-        with BeamTestPipeline(argv=FN_API) as p:
+        with BeamTestPipeline(runner=FN_API) as p:
             _ = p | beam.Create(vectors(5)) | WriteDataRecordShards(out, 2, embedding_dim=4)
     assert verify_export(out).ok and read_manifest(out).format == "parquet"
 
@@ -189,7 +189,7 @@ def test_run_inference_into_write_datarecord_shards(tmp_path):
     want = model_outputs(tiny_model(), dense, ids)
     out = str(tmp_path / "out")
     h = handler(max_batch_size=16)
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         _ = (p | beam.Create([(500 + i, {"dense": dense[i], "sparse_ids": ids[i]}) for i in range(40)])
              | RunInference(KeyedModelHandler(h))
              | WriteDataRecordShards(out, 2, outputs=h.outputs))
@@ -208,7 +208,7 @@ def test_export_embeddings_is_the_whole_export_as_one_transform(tmp_path):
     write_users(str(tmp_path / "in"), 200, files=2, bad=True)
     plan = preflight(tiny_config(str(tmp_path / "in" / "*.parquet"), tiny_model(), str(tmp_path / "out"),
                                  num_shards=2, max_reject_fraction=0.1))
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         manifest = p | ExportEmbeddings(plan)
         assert_that(manifest | beam.Map(lambda m: (m["rows_read"], m["rows_written"], m["rows_rejected"])),
                     equal_to([(208, 200, 8)]))

@@ -13,7 +13,7 @@ from transforms.rejected import REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
 from transforms.validate import METRICS_NAMESPACE
 from twml.feature_ids import feature_id
 
-FN_API = ["--runner=FnApiRunner"]
+FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
 INPUTS = (InputSpec("dense", "dense", "float32", KIND_FIXED, DENSE_DIM),
           InputSpec("sparse_ids", "sparse_ids", "int64", KIND_PADDED, IDS_LEN, 0))
 OUTPUTS = (OutputSpec("embedding", "output", feature_id("output"), "float32", (6,)),
@@ -55,7 +55,7 @@ def test_embed_batches_in_a_pipeline_with_metrics():
     t1 = tag_source(pa.concat_tables([user_table(np.arange(0, 30), 1).slice(0, 12), zero_row(999),
                                       user_table(np.arange(12, 30), 1).slice(0, 18)]), "a.parquet", 50)
     t2 = tag_source(user_table(np.arange(100, 110), 2), "b.parquet", 0)
-    p = BeamTestPipeline(argv=FN_API, blocking=False)
+    p = BeamTestPipeline(runner=FN_API, blocking=False)
     out = (p | beam.Create([t1, t2]) | EmbedBatches(handler(), "user_id"))
     rows = out.embedded | "Rows" >> beam.FlatMap(
         lambda b: [(int(k), e.tolist(), float(s)) for k, e, s in zip(b.keys, b.outputs[0], b.outputs[1])])

@@ -9,7 +9,7 @@ from transforms.elements import EmbeddedBatch
 from transforms.partition import PartitionBatches, fmix64, shard_of_keys, split_by_shard
 from transforms.specs import PartitionSpec
 
-FN_API = ["--runner=FnApiRunner"]
+FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
 
 
 def test_fmix64_matches_python_reference_including_edge_values():
@@ -60,7 +60,7 @@ def _batch(keys, pids=None):
 
 def test_partition_batches_by_hash_in_a_pipeline():
     keys = list(range(-50, 50))
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         out = (p | beam.Create([_batch(keys[:60]), _batch(keys[60:])])
                | PartitionBatches(PartitionSpec(4))
                | beam.FlatMap(lambda kv: [(kv[0], int(k), float(e)) for k, e in zip(kv[1].keys, kv[1].embedding[:, 0])]))
@@ -70,7 +70,7 @@ def test_partition_batches_by_hash_in_a_pipeline():
 def test_partition_batches_by_column_in_a_pipeline():
     keys = list(range(20))
     pids = [k % 3 for k in keys]
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         out = (p | beam.Create([_batch(keys, pids)])
                | PartitionBatches(PartitionSpec(3, column="pid"))
                | beam.Map(lambda kv: (type(kv[0]).__name__, kv[0], kv[1].keys.tolist())))

@@ -13,7 +13,7 @@ from transforms.rejected import (REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN
                                  tag_rows)
 from transforms.validate import ValidateAndBatch, ValidationRules, row_problems
 
-FN_API = ["--runner=FnApiRunner"]
+FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
 INPUTS = (InputSpec("dense", "dense", "float32", KIND_FIXED, DENSE_DIM),
           InputSpec("sparse_ids", "sparse_ids", "int64", KIND_PADDED, IDS_LEN, 0))
 SCHEMA = pa.schema([("user_id", pa.int64()), ("dense", pa.list_(pa.float32())),
@@ -96,7 +96,7 @@ def test_validate_and_batch_in_a_pipeline():
     # a.parquet's table is a row group starting at row 400 of its file; b.parquet's at row 0
     t1 = tag_rows(pa.concat_tables([user_table(np.arange(0, 25), 0), bad_rows(1000)]), 400)
     t2 = tag_rows(user_table(np.arange(25, 32), 1), 0)
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         out = (p | beam.Create([("a.parquet", t1), ("b.parquet", t2)])
                | ValidateAndBatch(rules(), batch_size=10))
         sizes = out.batches | "Sizes" >> beam.Map(lambda t: (t.num_rows, t.column(SOURCE_TAG).cast(pa.string())[0].as_py()))
@@ -124,7 +124,7 @@ def test_validate_and_batch_in_a_pipeline():
 
 def test_validation_refuses_a_table_without_row_indices():
     with pytest.raises(ValueError, match=r"a.parquet: the table read has no __source_row__ column"):
-        with BeamTestPipeline(argv=FN_API) as p:
+        with BeamTestPipeline(runner=FN_API) as p:
             _ = p | beam.Create([("a.parquet", user_table(np.arange(3), 0))]) | ValidateAndBatch(rules(), 10)
 
 

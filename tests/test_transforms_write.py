@@ -24,7 +24,7 @@ from twml.feature_ids import feature_id
 from twml.io.block import iter_block_records
 from twml.io.tfrecord import iter_tfrecords
 
-FN_API = ["--runner=FnApiRunner"]
+FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
 KEY_ID = feature_id("meta.user_id")
 OUTPUTS = (OutputSpec("embedding", "output", feature_id("output"), "float32", (3,)),
            OutputSpec("score", "user.score", feature_id("user.score"), "float64", ()))
@@ -64,7 +64,7 @@ def load(path):
 def run_write_shards(lay, slices, buffer_bytes, **kwargs):
     fmt = make_format(lay, OUTPUTS)
     dump = os.path.join(os.path.dirname(lay.path), "results.pkl")
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         collect(p | beam.Create(slices) | WriteShards(fmt, buffer_bytes, **kwargs), dump)
     return sorted(load(dump), key=lambda r: r.shard)
 
@@ -171,7 +171,7 @@ def test_write_rejected_parts(tmp_path):
     schema = pa.schema([("user_id", pa.int64()), ("reason", pa.string()), ("source_file", pa.string())])
     t1 = pa.table({"user_id": [1, 2], "reason": ["a", "b"], "source_file": ["f", "f"]})
     t2 = pa.table({"user_id": [3], "reason": ["a"], "source_file": ["g"]})
-    with BeamTestPipeline(argv=FN_API) as p:
+    with BeamTestPipeline(runner=FN_API) as p:
         collect(p | beam.Create([t1, t2]) | WriteRejected(lay, schema), tmp_path / "parts.pkl")
     (part,) = load(tmp_path / "parts.pkl")
     assert part.records == 3 and part.reasons == {"a": 2, "b": 1}
