@@ -103,7 +103,7 @@ def measure_floor(config_path: str, inputs: Dict[int, str], repeats: int = 3) ->
         return table_to_feeds(table, handler.inputs)[0]
 
     def call(feeds):
-        return handler.run_inference(feeds, model)
+        return handler.run_batch(feeds, model)
 
     batch = config.model.batch_size
     columns = list(plan.read_schema.names)

@@ -86,7 +86,7 @@ def test_a_row_lost_between_validation_and_writing_fails_the_run(users, tmp_path
     """A real run that loses one row after validation (a fault injected in front of the partition
     step) is refused by finalize's accounting check, and nothing is published."""
     import apache_beam as beam
-    import pipeline.job
+    import transforms.export
     from transforms.partition import PartitionBatches
 
     lost_key = 1001
@@ -98,7 +98,7 @@ def test_a_row_lost_between_validation_and_writing_fails_the_run(users, tmp_path
     def faulty_partition(spec):
         return beam.Map(lose_one_row) | PartitionBatches(spec)
 
-    monkeypatch.setattr(pipeline.job, "PartitionBatches", faulty_partition)
+    monkeypatch.setattr(transforms.export, "PartitionBatches", faulty_partition)
     out = tmp_path / "out"
     with pytest.raises(ExportError, match=r"accounting mismatch: rows_read 800 != rows_written 791 \+ rows_rejected 8"):
         run_export(preflight(tiny_config(users, tiny_model(), str(out), num_shards=2)))
