@@ -212,6 +212,32 @@ def tiny_model(extra_output: bool = True) -> str:
     return path
 
 
+def build_exact_model(path: str) -> str:
+    """A SavedModel whose outputs are exact (``embedding = 2 * dense``, ``score = float(sum(sparse_ids))``):
+    they depend neither on the machine's BLAS nor on a row's batch, so exports of it can be
+    compared byte for byte across machines, runners and batchings."""
+    import tensorflow as tf
+
+    class Exact(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, DENSE_DIM], tf.float32),
+                                      tf.TensorSpec([None, IDS_LEN], tf.int64)])
+        def serve(self, dense, sparse_ids):
+            return {"embedding": dense * 2.0,
+                    "score": tf.cast(tf.reduce_sum(sparse_ids, axis=1), tf.float32)}
+
+    module = Exact()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return path
+
+
+def exact_model() -> str:
+    """The exact SavedModel (``build_exact_model``), built once per test process."""
+    path = os.path.join(cache_dir(), "model-exact")
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        build_exact_model(path)
+    return path
+
+
 def read_inputs(paths: Sequence[str]) -> pa.Table:
     """All rows of the input files (good and bad), in file order."""
     return pa.concat_tables([pq.read_table(p, columns=["user_id", "dense", "sparse_ids"]) for p in paths])

@@ -17,7 +17,7 @@ import pytest
 from pipeline.config import parse_config
 from pipeline.job import run_export
 from pipeline.plan import preflight
-from pipeline_fixtures import DENSE_DIM, IDS_LEN, tiny_config, write_users
+from pipeline_fixtures import DENSE_DIM, IDS_LEN, exact_model, tiny_config, write_users
 
 # (format, compression, shards) -> [(file, records, sha256 of its (decompressed) bytes)], recorded at f4b20b0
 PARQUET_INPUT = {
@@ -45,19 +45,6 @@ DR_DENSE = [f"user.f{i}" for i in range(DENSE_DIM)]
 DR_WORDS = ["sports", "news", "musik", "cats", "beam", "rust", "x", "日本語"]
 
 
-def build_exact_model(path):
-    import tensorflow as tf
-
-    class Exact(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, DENSE_DIM], tf.float32),
-                                      tf.TensorSpec([None, IDS_LEN], tf.int64)])
-        def serve(self, dense, sparse_ids):
-            return {"embedding": dense * 2.0,
-                    "score": tf.cast(tf.reduce_sum(sparse_ids, axis=1), tf.float32)}
-
-    module = Exact()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    return path
 
 
 def write_datarecords(path, users=300, seed=3):
@@ -92,8 +79,8 @@ def shard_hashes(out, manifest):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return build_exact_model(str(tmp_path_factory.mktemp("exact") / "model"))
+def model():
+    return exact_model()
 
 
 @pytest.mark.parametrize("fmt, compression, shards", list(PARQUET_INPUT))

@@ -3,10 +3,9 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from pipeline.demo.models import (PARAMS_FILE, build_embedding_model, demo_model_kwargs,  # noqa: E402
+from pipeline.demo.models import (PARAMS_FILE, build_embedding_model, demo_model_kwargs,
                                   ensure_embedding_model, reference_model_kwargs, saved_model_params)
 
 SMALL = dict(dense_dim=6, sparse_length=5, vocab=50, embed_dim=4, hidden=(12, 8), output_dim=7)

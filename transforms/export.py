@@ -64,7 +64,8 @@ class ExportEmbeddings(beam.PTransform):
 
     def expand(self, pbegin):
         plan = self._plan
-        files = pbegin | "InputFiles" >> beam.Create([f.path for f in plan.files])
+        # One bundle lists the parts in plan order; the read step spreads them (SpreadOverWorkers).
+        files = pbegin | "InputFiles" >> beam.Create([f.path for f in plan.files], reshuffle=False)
         read = files | plan.reader.step_name >> plan.reader.read(plan.files)
         validated = read.tables | "Validate" >> ValidateAndBatch(plan.rules, plan.model.batch_size)
         handler = SavedModelHandler(plan.model.path, plan.model.signature, plan.inputs, plan.outputs,

@@ -2,7 +2,8 @@
 bounded time and memory. Over 100,000 inputs in all:
 
 - DataRecord decode (``decode_data_record``, ``decode_batch_prediction_response``,
-  ``decode_embeddings``): RecordFormatError only;
+  ``decode_embeddings``, the last alone and after a valid record): RecordFormatError only, with
+  the path and an offset inside the mutated record;
 - TFRecord and block readers (``iter_tfrecords``, ``iter_block_records``), plain and gzip:
   RecordFormatError only, with the path and an offset inside the stream;
 - verify (``verify_export``) on real exports whose shard file or manifest was mutated: never
@@ -127,10 +128,15 @@ def read_datarecord(data: bytes) -> None:
             decoder(data, path="mem", offset=0)
         except RecordFormatError as err:
             assert err.path == "mem" and err.offset is not None and 0 <= err.offset <= len(data)
-    try:
-        decode_embeddings([data], KEY_ID, EMB_ID)
-    except RecordFormatError:
-        pass
+    # Alone and second in a batch: the error names the path, and an offset inside this record.
+    lead = DATARECORDS[0]
+    for batch, start in (([data], 0), ([lead, data], len(lead))):
+        try:
+            decode_embeddings(batch, KEY_ID, EMB_ID, path="mem")
+        except RecordFormatError as err:
+            assert err.path == "mem" and err.offset is not None and start <= err.offset <= start + len(data), \
+                (err.path, err.offset, start)
+            assert err.reason.startswith(f"record {len(batch) - 1}:"), err.reason
 
 
 def _stream_reader(iterate):

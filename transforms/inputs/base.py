@@ -2,13 +2,14 @@
 
 ``match_input_files`` lists the files of an input pattern; each input's scan turns them into an
 ``InputScan``; the scan's ``reader`` is the read step the pipeline applies to the file paths,
-and every read step returns a ``ReadResult``.
+and every read step returns a ``ReadResult``. ``SpreadOverWorkers`` hands the parts of the
+input to the workers.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -16,8 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import PreflightError
 
-__all__ = ["InputFile", "InputReader", "InputScan", "ReadResult", "match_input_files", "SCAN_THREADS",
-           "READ_ATTEMPTS"]
+__all__ = ["InputFile", "InputReader", "InputScan", "ReadResult", "SpreadOverWorkers", "match_input_files",
+           "SCAN_THREADS", "READ_ATTEMPTS"]
 
 SCAN_THREADS = 16   # files a scan opens at once (footers, first records): the launcher waits on I/O
 READ_ATTEMPTS = 2   # tries to read a part of an input file: a transient read error is not corruption
@@ -39,6 +40,35 @@ class InputFile:
     row_groups: int
     bytes: int
     row_group_rows: Tuple[int, ...] = ()
+
+
+class SpreadOverWorkers(beam.PTransform):
+    """Spread the parts of the input (files, row groups) over the workers, as ``beam.Reshuffle``
+    does, but keyed by the part itself instead of a random key.
+
+    Each part is its own key, so the spread is as even as Reshuffle's. The difference shows on
+    runners that deal groups out to their workers in the order they were made, such as Beam's
+    in-process FnApiRunner with several workers: given the parts in the same order (the pipeline
+    creates them in one bundle, from the plan), every run gives each worker the same parts in
+    the same order, so the bundles, the part files and the shards' bytes are the same run after
+    run (guarantee 7 in docs/GUARANTEES.md). With random keys a worker's share changed from run
+    to run.
+
+    Args:
+      key: the part's key: distinct for distinct parts, and encoded deterministically by Beam (a
+        string or a tuple of strings and ints).
+    """
+
+    def __init__(self, key: Callable[[Any], Hashable]):
+        super().__init__()
+        self._key = key
+
+    def expand(self, parts):
+        key = self._key
+        return (parts
+                | "KeyByPart" >> beam.Map(lambda part: (key(part), part))
+                | "Group" >> beam.GroupByKey()
+                | "Parts" >> beam.FlatMap(lambda keyed: keyed[1]).with_output_types(parts.element_type))
 
 
 class ReadResult(NamedTuple):

@@ -59,7 +59,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.errors import ExportError, PreflightError
-from transforms.inputs.base import SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult, match_input_files
+from transforms.inputs.base import (SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult, SpreadOverWorkers,
+                                    match_input_files)
 from transforms.rejected import (ERROR_COLUMN, REASON_COLUMN, REJECTED, SOURCE_COLUMN, SOURCE_ROW_COLUMN,
                                  tag_rows)
 from transforms.validate import METRICS_NAMESPACE, ROWS_READ
@@ -502,10 +503,10 @@ class ReadDataRecords(beam.PTransform):
         self._source = source
 
     def expand(self, paths) -> ReadResult:
-        # Files are read whole (TFRecord and block files have no index to split on); the reshuffle
-        # spreads them over the workers instead of leaving them in the bundle that listed them.
+        # Files are read whole (TFRecord and block files have no index to split on); spread over
+        # the workers instead of left in the bundle that listed them.
         read = (paths
-                | "SpreadFiles" >> beam.Reshuffle()
+                | "SpreadFiles" >> SpreadOverWorkers(key=str)
                 | "ReadRecords" >> beam.ParDo(_ReadDataRecordFileFn(self._source)).with_outputs(
                     REJECTED, ROWS_READ, main="tables"))
         # A broken frame fails the run (the rest of the file cannot be counted): nothing is unreadable.

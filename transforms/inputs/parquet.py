@@ -9,7 +9,7 @@ The read step (``ReadParquetRowGroups``, a ``ReadResult``) names the file when o
 
 Beam's ``ReadAllFromParquetBatched`` fails on a damaged page with pyarrow's bare message
 ("Couldn't deserialize thrift ...") and no file name. Here each element is one row group
-``(file, index, rows by the footer read at launch)``, spread over workers by a Reshuffle, read
+``(file, index, rows by the footer read at launch)``, spread over workers (``SpreadOverWorkers``), read
 with ``ParquetFile.read_row_group`` as Beam does (so a table is still exactly one row group,
 whatever the runner), each row tagged with its index in the file (``rejected.tag_rows``: the
 row group's first row is the sum of the rows of the groups before it). A row group that cannot
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -34,7 +35,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.errors import ExportError, PreflightError
 from transforms.inputs.base import (READ_ATTEMPTS, SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult,
-                                    match_input_files)
+                                    SpreadOverWorkers, match_input_files)
 from transforms.pause_points import pause_point
 from transforms.rejected import union_schema, unread_columns, tag_rows
 from transforms.validate import METRICS_NAMESPACE
@@ -167,7 +168,7 @@ class ReadParquetRowGroups(beam.PTransform):
         read = (paths
                 | "RowGroups" >> beam.FlatMap(
                     lambda path: _row_groups(path, row_groups[path])).with_output_types(RowGroup)
-                | "Spread" >> beam.Reshuffle()
+                | "Spread" >> SpreadOverWorkers(key=attrgetter("path", "index"))
                 | "ReadRowGroup" >> beam.ParDo(_ReadRowGroupFn(self._columns, self._on_bad_file)).with_outputs(
                     UNREADABLE, main="tables"))
         # Parquet rows are rejected by validation, not while reading: no rejected rows, no counts.
