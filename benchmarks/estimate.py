@@ -1,13 +1,18 @@
 """Estimators for rates measured on a shared machine, and the checks that decide whether to trust them.
 
-A rate here is always the median of several independent estimates, reported with its spread
+A rate here is always the median of several independent estimates, reported with its spread,
+the interquartile range over the median (how far apart the middle half of the estimates lie:
+the median's own uncertainty, which one stray run among five does not move), and its range,
 (max - min) / median, so a reader sees how far one run disagrees with another:
 
 - a loop that starts nothing inside its timing (the model limit, the floor): one estimate per
   timed run, rows / seconds;
 - a job (the export, the naive job): one estimate per *pair* of runs, N rows then 2N rows back
   to back, N / (t(2N) - t(N)), the marginal rate (start-up cancels within the pair, and both
-  runs of a pair see nearly the same machine).
+  runs of a pair see nearly the same machine);
+- a ratio of a job to its floor: one estimate per *round*, the job's pair rate over the rate of
+  the floor runs taken just before it, so that a slow minute of the machine (a shared VM's
+  speed drifts by 10-20% from minute to minute, idle or not) slows both sides of an estimate.
 
 ``invalid_reasons`` lists why a result must not be published: a spread over ``MAX_SPREAD`` (or a
 single estimate, which has none), a pair whose 2N run was not slower than its N run, other processes using more than
@@ -19,12 +24,13 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["MAX_SPREAD", "MAX_FOREIGN_SHARE", "PLAUSIBLE_SLACK", "summarize", "loop_rates", "pair_rates",
+__all__ = ["MAX_SPREAD", "MAX_FOREIGN_SHARE", "PLAUSIBLE_SLACK", "summarize", "summarize_ratio", "spread_of",
+           "loop_rates", "pair_rates",
            "loop_cpu_us_per_row", "pair_cpu_us_per_row",
            "foreign_share", "check_spread", "check_order", "check_foreign"]
 
 MAX_SPREAD = 0.15
-"""Largest (max - min) / median of a rate's estimates that is still published."""
+"""Largest spread (interquartile range / median) of a rate's estimates that is still published."""
 MAX_FOREIGN_SHARE = 0.10
 """Largest median share of the machine's CPUs that other processes may use during a measurement."""
 PLAUSIBLE_SLACK = 0.05
@@ -32,17 +38,35 @@ PLAUSIBLE_SLACK = 0.05
 called impossible."""
 
 
-def summarize(estimates: Sequence[Optional[float]]) -> Dict[str, Any]:
-    """{"rows_per_s": median, "spread", "min", "max", "n", "estimates"} of the valid (> 0) estimates;
-    rows_per_s and spread None when there are none."""
+def spread_of(values: Sequence[float]) -> float:
+    """Interquartile range / median of ``values`` (quartiles by the inclusive method: for three
+    values, half their range); 0 for a single value."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(values)
+
+
+def _summary(estimates: Sequence[Optional[float]], name: str, digits: int) -> Dict[str, Any]:
     good = [e for e in estimates if e is not None and e > 0]
+    listed = [None if e is None else round(e, digits) for e in estimates]
     if not good:
-        return {"rows_per_s": None, "spread": None, "min": None, "max": None, "n": 0,
-                "estimates": [None if e is None else round(e, 1) for e in estimates]}
+        return {name: None, "spread": None, "range": None, "min": None, "max": None, "n": 0, "estimates": listed}
     mid = statistics.median(good)
-    return {"rows_per_s": round(mid, 1), "spread": round((max(good) - min(good)) / mid, 4),
-            "min": round(min(good), 1), "max": round(max(good), 1), "n": len(good),
-            "estimates": [None if e is None else round(e, 1) for e in estimates]}
+    return {name: round(mid, digits), "spread": round(spread_of(good), 4),
+            "range": round((max(good) - min(good)) / mid, 4), "min": round(min(good), digits),
+            "max": round(max(good), digits), "n": len(good), "estimates": listed}
+
+
+def summarize(estimates: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """{"rows_per_s": median, "spread", "range", "min", "max", "n", "estimates"} of the valid (> 0)
+    estimates; rows_per_s, spread and range None when there are none."""
+    return _summary(estimates, "rows_per_s", 1)
+
+
+def summarize_ratio(estimates: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """``summarize`` for ratio estimates: {"ratio": median, "spread", "range", ...}."""
+    return _summary(estimates, "ratio", 4)
 
 
 def loop_rates(runs: Dict[int, List[Dict[str, Any]]]) -> List[float]:

@@ -20,8 +20,9 @@ threading: the model on ``concurrent_model_calls(intra_op_threads)`` threads wit
 does beyond this loop is its overhead, so ``pipeline_vs_floor`` is the share of the reachable
 speed the job keeps.
 
-The model is loaded and warmed up before timing; every input is timed ``--repeats`` times, the
-sizes alternating, each run in a ``TimedWindow`` (wall, CPU, other processes' share).
+The model is loaded and the smallest input run once untimed before timing; every input is timed
+``--repeats`` times, the sizes alternating, each run in a ``TimedWindow`` (wall, CPU, other
+processes' share).
 """
 from __future__ import annotations
 
@@ -108,8 +109,9 @@ def measure_floor(config_path: str, inputs: Dict[int, str], repeats: int = 3) ->
     batch = config.model.batch_size
     columns = list(plan.read_schema.names)
     smallest = min(inputs)
-    warm = [t for _, t in zip(range(2 * workers), floor_tables(config, inputs[smallest], columns))]
-    run_floor(iter(warm), batch, feeds_of, call, workers, MODEL_CALLS_QUEUED)
+    # One untimed pass over the smallest input: the first pass of a fresh process ran 10-30% slower
+    # than the next ones (allocator, page cache, the model's table), whichever size came first.
+    run_floor(floor_tables(config, inputs[smallest], columns), batch, feeds_of, call, workers, MODEL_CALLS_QUEUED)
     runs: Dict[int, List[Dict]] = {rows: [] for rows in inputs}
     for _ in range(repeats):
         for rows, pattern in sorted(inputs.items()):

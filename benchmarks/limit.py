@@ -72,8 +72,8 @@ def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batc
     dense, sparse = load_arrays(pattern, dense_dim, sparse_length)
     if max(row_counts) > len(dense):
         raise ValueError(f"{pattern} holds {len(dense)} rows, fewer than {max(row_counts)}")
-    warm_up = batches(dense, sparse, min(len(dense), 2 * loops * batch_size), batch_size)
-    time_model_loop(call, warm_up, loops)
+    # One untimed pass at the smallest size (as the floor): a fresh process's first pass is slower.
+    time_model_loop(call, batches(dense, sparse, min(row_counts), batch_size), loops)
     runs: Dict[int, List[Dict]] = {rows: [] for rows in row_counts}
     for _ in range(repeats):
         for rows in row_counts:

@@ -12,7 +12,9 @@ Beam, the job's threading: ``benchmarks/floor.py``), the real job (``pipeline.jo
 the DataRecord-input job and its floor, and the naive job (``benchmarks/naive.py``), each at N and
 2N rows, plus the batch encoder against thriftpy2 (``benchmarks/encode_bench.py``). Every rate
 is the median of R or more estimates with its spread (``benchmarks.estimate``): rows / seconds of
-each loop run, N / (t(2N) - t(N)) of each back-to-back pair of job runs. Prints one JSON object
+each loop run, N / (t(2N) - t(N)) of each back-to-back pair of job runs; a job's ratio to its
+floor is the median over R rounds of (the round's pair rate / the floor rate measured just before
+it). Prints one JSON object
 (and writes it to FILE); exits with EXIT_INVALID when the result is not to be trusted
 (``invalid_reasons``). See benchmarks/README.md for the fields.
 """
@@ -22,10 +24,11 @@ import argparse
 import glob
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
@@ -37,7 +40,7 @@ from benchmarks.scaling import ChildRun  # noqa: E402
 __all__ = ["run_benchmarks", "main"]
 
 DEFAULT_ROWS = 200_000
-DEFAULT_REPEATS = 3
+DEFAULT_REPEATS = 5
 EXIT_INVALID = 3
 """Exit status of a run whose result is invalid (``invalid_reasons``); the JSON is still written."""
 MODELS = ("reference", "demo", "small")  # benchmarks.data.MODELS, without importing Beam for --help
@@ -119,6 +122,30 @@ def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir
     return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.loop_rates(runs))}
 
 
+def _against_floor(rows: int, repeats: int, floor_round: Callable[[int], Dict[str, Any]],
+                   job_once: Callable[[int], ChildRun]) -> Tuple[Dict[str, Any], Dict[int, List[ChildRun]], List]:
+    """``repeats`` rounds of: one floor child timing N and 2N rows (``floor_round(i)``), then the
+    job at N and at 2N rows. Returns the floor (its runs of every round, its rate), the job's runs
+    by size, and one estimate of job / floor per round: the round's pair rate over the round's
+    floor rate (None where the 2N run was not slower)."""
+    floor_runs: Dict[int, List[Dict[str, Any]]] = {rows: [], 2 * rows: []}
+    job_runs: Dict[int, List[ChildRun]] = {rows: [], 2 * rows: []}
+    ratios: List[Optional[float]] = []
+    found: Dict[str, Any] = {}
+    for i in range(repeats):
+        found = floor_round(i)
+        for size, windows in found["runs"].items():
+            floor_runs[size].extend(windows)
+        floor_rate = statistics.median(estimate.loop_rates(found["runs"]))
+        small, big = job_once(rows), job_once(2 * rows)
+        job_runs[rows].append(small)
+        job_runs[2 * rows].append(big)
+        pair = estimate.pair_rates(rows, [small.result["window"]], [big.result["window"]])[0]
+        ratios.append(pair / floor_rate if pair else None)
+    floor = {**found, "runs": floor_runs, "rate": estimate.summarize(estimate.loop_rates(floor_runs))}
+    return floor, job_runs, ratios
+
+
 def _windows(runs: Dict[int, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return [w for windows in runs.values() for w in windows]
 
@@ -134,11 +161,6 @@ def _job_summary(rows: int, runs: Dict[int, List[ChildRun]]) -> Dict[str, Any]:
                         for size, found in runs.items()},
             "process_seconds": {str(size): [round(r.wall_s, 3) for r in found] for size, found in runs.items()},
             "peak_rss_mb": {str(size): _round(max(r.peak_rss_mb for r in found)) for size, found in runs.items()}}
-
-
-def _ratio_spread(*spreads: Optional[float]) -> Optional[float]:
-    """Spread of a ratio of medians: at most the sum of its terms' spreads (to first order)."""
-    return round(sum(spreads), 4) if all(s is not None for s in spreads) else None
 
 
 def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "reference",
@@ -192,9 +214,6 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
     limit_mode = max(limits, key=lambda name: limits[name]["rate"]["rows_per_s"] or 0)
     limit = limits[limit_mode]
 
-    log(f"floor: read + feeds + model, no Beam, {rows:,} and {2 * rows:,} rows")
-    floor = _floor(config(2 * rows), {rows: patterns[rows], 2 * rows: patterns[2 * rows]}, repeats, workdir, "floor")
-    log(f"  {floor['rate']['rows_per_s'] or 0:,.0f} rows/s (spread {floor['rate']['spread']})")
 
     def export_once(size: int, label: str = "pipeline") -> ChildRun:
         log(f"{label}: run_export on {size:,} rows")
@@ -223,22 +242,35 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         log(f"  {run.result['seconds']:.2f} s, peak RSS {run.peak_rss_mb:,.0f} MiB")
         return run
 
-    pipeline_runs = _repeat(export_once, (rows, 2 * rows), repeats)
+    def floor_round(label: str, size_rows: int, inputs: Dict[int, str]) -> Callable[[int], Dict[str, Any]]:
+        def run(i: int) -> Dict[str, Any]:
+            log(f"{label}: read + feeds + model, no Beam, {size_rows:,} and {2 * size_rows:,} rows (round {i + 1})")
+            found = _floor(config(2 * size_rows, "datarecord" if label.startswith("datarecord") else "pipeline"),
+                           inputs, 1, workdir, f"{label}-{i}")
+            log(f"  {found['rate']['rows_per_s'] or 0:,.0f} rows/s")
+            return found
+        return run
+
+    # Each round times the floor, then the job, so that both sides of a ratio see the same minute.
+    floor, pipeline_runs, floor_ratios = _against_floor(
+        rows, repeats, floor_round("floor", rows, {rows: patterns[rows], 2 * rows: patterns[2 * rows]}),
+        export_once)
     pipeline = _job_summary(rows, pipeline_runs)
+    ratios = {"pipeline_vs_floor": estimate.summarize_ratio(floor_ratios)}
     datarecord = None
     if dr_rows:
-        log(f"datarecord floor: decode + feeds + model, no Beam, {dr_rows:,} and {2 * dr_rows:,} rows")
-        dr_floor = _floor(config(2 * dr_rows, "datarecord"), {dr_rows: dr_patterns[dr_rows],
-                                                               2 * dr_rows: dr_patterns[2 * dr_rows]},
-                          repeats, workdir, "datarecord-floor")
-        dr_runs = _repeat(lambda size: export_once(size, "datarecord"), (dr_rows, 2 * dr_rows), repeats)
+        dr_floor, dr_runs, dr_ratios = _against_floor(
+            dr_rows, repeats, floor_round("datarecord-floor", dr_rows, {dr_rows: dr_patterns[dr_rows],
+                                                                        2 * dr_rows: dr_patterns[2 * dr_rows]}),
+            lambda size: export_once(size, "datarecord"))
         dr_job = _job_summary(dr_rows, dr_runs)
+        ratios["datarecord_pipeline_vs_floor"] = estimate.summarize_ratio(dr_ratios)
         datarecord = {
             "rows": dr_rows,
             "floor_rows_per_s": dr_floor["rate"]["rows_per_s"],
             "pipeline_rows_per_s": dr_job["rate"]["rows_per_s"],
-            "pipeline_vs_floor": _ratio(dr_job["rate"]["rows_per_s"], dr_floor["rate"]["rows_per_s"]),
-            "pipeline_vs_floor_spread": _ratio_spread(dr_job["rate"]["spread"], dr_floor["rate"]["spread"]),
+            "pipeline_vs_floor": ratios["datarecord_pipeline_vs_floor"]["ratio"],
+            "pipeline_vs_floor_spread": ratios["datarecord_pipeline_vs_floor"]["spread"],
             "pipeline_vs_parquet_pipeline": _ratio(dr_job["rate"]["rows_per_s"], pipeline["rate"]["rows_per_s"]),
             "floor": dr_floor["rate"], "pipeline": dr_job["rate"],
             "cpu_us_per_row": {"floor": estimate.loop_cpu_us_per_row(dr_floor["runs"]),
@@ -277,7 +309,7 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
                 "naive": naive["cpu_us_per_row"]})
 
     reasons: List[str] = []
-    for name, summary in rates.items():
+    for name, summary in {**rates, **ratios}.items():
         estimate.check_spread(name, summary, reasons)
     for name, share in foreign.items():
         estimate.check_foreign(name, share, reasons)
@@ -298,8 +330,8 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         "naive_rows": naive_rows,
         "floor_rows_per_s": floor_rate,
         "pipeline_rows_per_s": pipeline_rate,
-        "pipeline_vs_floor": _ratio(pipeline_rate, floor_rate),
-        "pipeline_vs_floor_spread": _ratio_spread(pipeline["rate"]["spread"], floor["rate"]["spread"]),
+        "pipeline_vs_floor": ratios["pipeline_vs_floor"]["ratio"],
+        "pipeline_vs_floor_spread": ratios["pipeline_vs_floor"]["spread"],
         "pipeline_vs_floor_cpu": _ratio(cpu["floor"], cpu["pipeline"]),
         "limit_rows_per_s": limit_rate,
         "pipeline_vs_limit": _ratio(pipeline_rate, limit_rate),
@@ -310,8 +342,9 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         "peak_rss_mb": max(pipeline_rss.values()),
         "peak_rss_mb_by_rows": pipeline_rss,
         "naive_peak_rss_mb": max(naive["peak_rss_mb"].values()),
-        "spreads": {name: summary["spread"] for name, summary in rates.items()},
+        "spreads": {name: summary["spread"] for name, summary in {**rates, **ratios}.items()},
         "rates": rates,
+        "ratios": ratios,
         "cpu_us_per_row": cpu,
         "foreign_cpu_share": foreign,
         "load_average": {"before": load_before, "after": load_average()},

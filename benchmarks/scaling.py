@@ -1,7 +1,7 @@
 """The real export job in a child process: its time and peak RSS, and how both scale with rows.
 
     python benchmarks/scaling.py --rows N [--steps 1,2,4] [--verify] [--model reference|demo|small] [--json FILE]
-                                 [--set section.key=value ...]
+                                 [--workdir DIR [--reuse-data]] [--set section.key=value ...]
 
 runs ``pipeline.job.run_export`` on N x each step generated rows (default N, 2N and 4N; one
 fresh process each, so the peak RSS of each run is its own) and prints rows/s, marginal rows/s
@@ -169,20 +169,21 @@ def machine_info() -> Dict[str, Any]:
 
 
 def scaling_study(rows: int, model: str, workdir: str, overrides: Sequence[str] = (),
-                  steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print, verify: bool = False
-                  ) -> Dict[str, Any]:
+                  steps: Sequence[int] = (1, 2, 4), repeats: int = 1, log=print, verify: bool = False,
+                  reuse_data: bool = False) -> Dict[str, Any]:
     """Run the real job at rows x each step; rows/s, marginal rows/s and peak RSS at each size.
 
     With ``repeats`` > 1 each size runs that many times: the fastest time and the largest peak
     count. With ``verify`` the last (largest) export is checked by ``pipeline.tools.verify.verify_export``
-    (every shard, record and count) and ``verified`` says whether it held.
+    (every shard, record and count) and ``verified`` says whether it held. With ``reuse_data`` the
+    inputs already in ``workdir`` are used when they hold every size (``data.prepare_inputs``).
     """
     from benchmarks import data
     from pipeline.config import apply_overrides, parse_config
 
     sizes = [rows * s for s in steps]
     log(f"generating {max(sizes):,} rows and the {model} model in {workdir}")
-    patterns = data.prepare_inputs(workdir, sizes, model)
+    patterns = data.prepare_inputs(workdir, sizes, model, reuse=reuse_data)
     model_path = data.prepare_model(workdir, model)
     points: List[Dict[str, Any]] = []
     for size in sizes:
@@ -234,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verify", action="store_true", help="check the largest export with verify_export")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--workdir", help="keep data, model and outputs here (default: a temp dir, removed)")
+    parser.add_argument("--reuse-data", action="store_true",
+                        help="use the --workdir's generated inputs when they hold every size (10^7 rows take minutes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the export config, e.g. model.batch_size=8192")
     parser.add_argument("--export-config", help=argparse.SUPPRESS)  # child mode: one export
@@ -253,7 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from benchmarks.data import print_result, work_directory
     with work_directory(args.workdir, "embedding-export-scaling-") as workdir:
         result = scaling_study(args.rows, args.model, workdir, args.overrides, steps=steps, repeats=args.repeats,
-                               log=lambda msg: print(msg, file=sys.stderr), verify=args.verify)
+                               log=lambda msg: print(msg, file=sys.stderr), verify=args.verify,
+                               reuse_data=args.reuse_data)
     print_result(result, args.json)
     return 0
 
