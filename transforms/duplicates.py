@@ -1,12 +1,19 @@
 """Count user keys that the export writes more than once (they are exported as they come).
 
 A duplicate key is not an error the job can resolve (which row is right?), but the manifest must
-say how many there are. Every batch's keys are split into buckets by ``fmix64(key) % buckets``
-(the shard hash, so all copies of a key meet in one bucket whatever the shard placement); one
-step per bucket counts them in one sort. Only the keys cross the shuffle, 8 bytes a row, and a
-bucket holds about ``KEYS_PER_BUCKET`` keys in memory. (A runner that keeps its shuffle in memory,
-as Beam's local FnApiRunner does, holds every key until the count: 8 bytes a row, twice that
-while it hands the buckets on.) String keys are bucketed by their
+say how many there are. Two ways, both exact:
+
+- **Per shard** (hash placement, the default): every copy of a key goes to the same shard, so a
+  shard's duplicates are all the duplicates of its keys. The writer logs the keys of each part
+  file it writes to a key log beside it (``KeyLog``: Arrow IPC, 8 bytes a row, written in pieces
+  of ``KEY_LOG_ROWS`` keys), and the step that assembles the shard counts them
+  (``count_logged_keys``). No key
+  crosses a shuffle, and memory holds one shard's keys at a time: a runner that keeps its
+  shuffle in memory (Beam's local FnApiRunner) would otherwise hold every key of the run.
+- **By bucket** (``CountDuplicateKeys``, for a partition-id column, which may send copies of a
+  key to different shards): every batch's keys are split into buckets by
+  ``fmix64(key) % buckets``; one step per bucket counts them. Only the keys cross the shuffle,
+  8 bytes a row, and a bucket holds about ``KEYS_PER_BUCKET`` keys in memory. String keys are bucketed by their
 int64 ids and their strings travel along: a key is its string, and an id shared by different
 strings (a hash collision) is reported for the manifest.
 """
@@ -14,18 +21,24 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
-from transforms.elements import EmbeddedBatch
+from transforms.elements import EmbeddedBatch, ShardResult
+from transforms.formats import open_read, open_write
 from transforms.partition import split_by_shard
 from twml.sharding import shard_of_keys
 
-__all__ = ["CountDuplicateKeys", "duplicate_counts", "bucket_count", "KEYS_PER_BUCKET", "Collision",
-           "DuplicateCounts"]
+__all__ = ["CountDuplicateKeys", "KeyLog", "KEY_LOG_SUFFIX", "count_logged_keys", "duplicate_counts", "sum_duplicate_counts",
+           "shard_duplicates", "bucket_count", "KEYS_PER_BUCKET", "Collision", "DuplicateCounts", "NO_DUPLICATES"]
 
+KEY_LOG_ROWS = 1 << 17
+"""Keys a part's ``KeyLog`` holds before it writes them (1 MiB of int64 keys)."""
+KEY_LOG_SUFFIX = ".keys"
+"""A part file's key log is the part's path with this suffix (``KeyLog``)."""
 KEYS_PER_BUCKET = 1 << 20
 """About 8 MiB of keys a bucket (with 4M-key buckets a 10^7-row export's peak RSS grew by 32%)."""
 
@@ -41,6 +54,92 @@ Collision = Tuple[int, Tuple[str, ...]]
 """A string-key id shared by different keys: (key id, the keys, sorted)."""
 DuplicateCounts = Tuple[int, int, Tuple[Collision, ...]]
 """(keys that occur more than once, rows beyond the first of each key, key-id collisions)."""
+NO_DUPLICATES: DuplicateCounts = (0, 0, ())
+
+
+def sum_duplicate_counts(counts: Iterable[DuplicateCounts]) -> DuplicateCounts:
+    """The counts of disjoint sets of keys (shards, buckets) added up; collisions sorted by id."""
+    keys = rows = 0
+    collisions: List[Collision] = []
+    for k, r, c in counts:
+        keys += k
+        rows += r
+        collisions.extend(c)
+    return keys, rows, tuple(sorted(collisions))
+
+
+class KeyLog:
+    """The keys of one part file: an Arrow IPC stream at ``path`` with ``key`` (int64; string
+    keys: their ids) and, for string keys, ``key_string`` (binary).
+
+    Keys are held in memory and written when ``KEY_LOG_ROWS`` of them are held, and at ``close``:
+    a small part opens its log once, at the end (an object store's writer holds an upload buffer
+    for each open file), and a bundle holds at most ``KEY_LOG_ROWS`` keys of each open part,
+    however many rows it writes.
+
+    Args:
+      path: where the log goes (beside the part file, in the run's scratch directory).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._keys: List[np.ndarray] = []
+        self._strings: List[np.ndarray] = []
+        self._held = 0
+        self._file = None
+        self._writer: Optional[pa.ipc.RecordBatchStreamWriter] = None
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        self._keys.append(np.asarray(batch.keys, dtype=np.int64))
+        if batch.key_strings is not None:
+            self._strings.append(batch.key_strings)
+        self._held += len(batch)
+        if self._held >= KEY_LOG_ROWS:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._keys:
+            return
+        columns = {"key": pa.array(np.concatenate(self._keys))}
+        if self._strings:
+            columns["key_string"] = pa.array(np.concatenate(self._strings), type=pa.binary())
+        table = pa.table(columns)
+        self._keys, self._strings, self._held = [], [], 0
+        if self._writer is None:
+            self._file = open_write(self.path)
+            self._writer = pa.ipc.new_stream(self._file, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> Optional[str]:
+        """Write what is held and close; the log's path, or None when no key was logged."""
+        self._write()
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._file.close()
+        return self.path
+
+
+def shard_duplicates(result: ShardResult) -> DuplicateCounts:
+    """The duplicate counts of a shard assembled with ``count_duplicates`` (``transforms.write``)."""
+    if result.duplicates is None:
+        raise ValueError(f"shard {result.shard} was assembled without counting its duplicate keys")
+    return result.duplicates
+
+
+def count_logged_keys(paths: Sequence[str]) -> DuplicateCounts:
+    """``duplicate_counts`` over the keys of the key logs at ``paths`` (one shard's parts)."""
+    keys: List[np.ndarray] = []
+    strings: List[np.ndarray] = []
+    for path in paths:
+        with open_read(path) as handle:
+            table = pa.ipc.open_stream(handle.read()).read_all()
+        keys.append(table.column("key").to_numpy())
+        if "key_string" in table.column_names:
+            strings.append(np.array(table.column("key_string").to_pylist(), dtype=object))
+    if not keys:
+        return NO_DUPLICATES
+    return duplicate_counts(np.concatenate(keys), np.concatenate(strings) if strings else None)
 
 
 def duplicate_counts(keys: np.ndarray, strings: Optional[np.ndarray] = None) -> DuplicateCounts:
@@ -97,7 +196,7 @@ def _count_bucket(item: Tuple[int, Iterable[Tuple[np.ndarray, Optional[np.ndarra
     _, pairs = item
     pairs = list(pairs)
     if not pairs:
-        return 0, 0, ()
+        return NO_DUPLICATES
     keys = np.concatenate([k for k, _ in pairs])
     strings = None if any(s is None for _, s in pairs) else np.concatenate([s for _, s in pairs])
     return duplicate_counts(keys, strings)

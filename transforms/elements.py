@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -88,11 +88,14 @@ class PartInfo:
       bytes: its size in bytes.
       crc32c: crc32c of its bytes; parts are concatenated in (crc32c, records, bytes) order so
         the shard's bytes do not depend on the order the runner delivers the parts in.
+      keys_path: the log of its keys (``transforms.duplicates.KeyLog``), or None when the
+        writer does not count duplicates per shard.
     """
     path: str
     records: int
     bytes: int
     crc32c: int
+    keys_path: Optional[str] = None
 
     @property
     def order_key(self):
@@ -109,6 +112,8 @@ class ShardResult:
       final_name: its name in the output directory (``part-SSSSS-of-NNNNN.<ext>``).
       records / bytes / crc32c: what it holds (bytes and crc32c of the file as stored).
       parts: how many part files it was assembled from.
+      duplicates: (keys written more than once, rows beyond each key's first, key-id collisions)
+        among its records, when duplicates are counted per shard; else None.
     """
     shard: int
     temp_path: str
@@ -117,6 +122,7 @@ class ShardResult:
     bytes: int
     crc32c: int
     parts: int = 0
+    duplicates: Optional[Tuple[int, int, Tuple]] = None
 
 
 @dataclass(frozen=True)

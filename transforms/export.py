@@ -22,7 +22,7 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.duplicates import CountDuplicateKeys, bucket_count
+from transforms.duplicates import CountDuplicateKeys, DuplicateCounts, bucket_count, shard_duplicates
 from transforms.elements import EmbeddedBatch, RejectedPart
 from transforms.embed import EmbedBatches, SavedModelHandler
 from transforms.finalize import FinalizeExport
@@ -73,7 +73,11 @@ class ExportEmbeddings(beam.PTransform):
         embedded = validated.batches | "Embed" >> EmbedBatches(handler, plan.key_column, plan.partition.column,
                                                                max_failed_rows=plan.failure_budget)
         slices = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
-        shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), self._buffer_bytes)
+        # Hash placement puts every copy of a key in one shard: duplicates are counted per shard,
+        # from the writer's key logs, and no key crosses a shuffle (transforms.duplicates).
+        per_shard = plan.partition.column is None
+        shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), self._buffer_bytes,
+                                                       count_duplicates=per_shard)
         rows_read = (validated.rows_read, read.rows_read) | "AllRowsRead" >> beam.Flatten()
         if self._rows_read_to is not None:
             _ = rows_read | "Progress" >> self._rows_read_to
@@ -84,7 +88,10 @@ class ExportEmbeddings(beam.PTransform):
             rejected = rejected | "RestoreInputColumns" >> RestoreInputColumns(
                 plan.unread_columns, plan.key_column, {f.path: f.row_group_rows for f in plan.files})
         rejected = rejected | "WriteRejected" >> WriteRejected(plan.layout, plan.rejected_schema)
-        duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
+        if per_shard:
+            duplicates = shards | "DuplicatesPerShard" >> beam.Map(shard_duplicates).with_output_types(DuplicateCounts)
+        else:
+            duplicates = embedded.embedded | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(plan.total_rows))
         return ({"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates,
                  "unreadable": read.unreadable}
                 | "Finalize" >> FinalizeExport(plan.layout, plan.manifest_base, expected_rows=plan.total_rows,
@@ -298,10 +305,11 @@ class WriteDataRecordShards(beam.PTransform):
                                outputs=self._outputs, embedding_dim=int(self._outputs[0].shape[0]))
         batches = elements | "ToBatches" >> beam.ParDo(_ToBatchesFn(self._outputs, self._batch_size))
         slices = batches | "Partition" >> PartitionBatches(PartitionSpec(self._num_shards))
-        shards = slices | "WriteShards" >> WriteShards(make_format(layout, self._outputs), self._buffer_bytes)
+        shards = slices | "WriteShards" >> WriteShards(make_format(layout, self._outputs), self._buffer_bytes,
+                                                       count_duplicates=True)
         rows_read = batches | "CountRows" >> beam.Map(len).with_output_types(int)
         rejected = elements.pipeline | "NoRejected" >> beam.Create([]).with_output_types(RejectedPart)
-        duplicates = batches | "CountDuplicateKeys" >> CountDuplicateKeys(bucket_count(None))
+        duplicates = shards | "DuplicatesPerShard" >> beam.Map(shard_duplicates).with_output_types(DuplicateCounts)
         return ({"shards": shards, "rows_read": rows_read, "rejected": rejected, "duplicates": duplicates}
                 | "Finalize" >> FinalizeExport(layout, base,
                                                stale=[join_path(self._path, name) for name in inventory.ours]))

@@ -58,6 +58,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.claim import claim_problem
+from transforms.duplicates import NO_DUPLICATES, sum_duplicate_counts
 from transforms.elements import RejectedPart, ShardResult
 from transforms.errors import ExportError
 from transforms.file_listing import list_files
@@ -542,7 +543,7 @@ class FinalizeExport(beam.PTransform):
       require_claim: check that the run still holds the output directory's claim before publishing.
 
     Inputs "unreadable" (row groups skipped by ``on_bad_file: skip``) and "duplicates" (one
-    (keys, rows, key-id collisions) per key bucket, ``transforms.duplicates``) are optional.
+    (keys, rows, key-id collisions) per shard or key bucket, ``transforms.duplicates``) are optional.
     """
 
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int] = None,
@@ -562,8 +563,8 @@ class FinalizeExport(beam.PTransform):
         unreadable = unreadable | "CollectUnreadable" >> beam.combiners.ToList()
         duplicates = inputs.get("duplicates")
         if duplicates is None:
-            duplicates = p | "NoDuplicates" >> beam.Create([(0, 0, ())])
-        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(_sum_duplicates)
+            duplicates = p | "NoDuplicates" >> beam.Create([NO_DUPLICATES])
+        duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(sum_duplicate_counts)
         return (p
                 | "Once" >> beam.Create([layout.run_id])
                 | "Publish" >> beam.ParDo(_FinalizeFn(*self._args),  # side inputs in process()'s order
@@ -572,14 +573,3 @@ class FinalizeExport(beam.PTransform):
                                           beam.pvalue.AsList(inputs["rejected"]),
                                           beam.pvalue.AsSingleton(unreadable),
                                           beam.pvalue.AsSingleton(duplicates)))
-
-
-def _sum_duplicates(counts: Iterable[Tuple[int, int, Tuple]]) -> Tuple[int, int, Tuple]:
-    """(keys, rows, collisions) of every key bucket -> their sums (collisions concatenated)."""
-    keys = rows = 0
-    collisions: List = []
-    for a, b, shared in counts:
-        keys += int(a)
-        rows += int(b)
-        collisions.extend(shared)
-    return keys, rows, tuple(collisions)

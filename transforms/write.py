@@ -8,7 +8,9 @@ part file, opened on first use and kept open until the bundle ends, so writes ar
 each and a bundle makes one part per shard, not one per spill. At most
 ``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
 each): past that, the least recently written one is closed as a complete part, and that shard
-starts a new part if more of its records come. Each completed part emits small
+starts a new part if more of its records come. With ``count_duplicates`` each part's keys go to a
+key log beside it (``transforms.duplicates.KeyLog``), and the step that
+assembles a shard counts its duplicate keys from its parts' logs. Each completed part emits small
 ``(shard, PartInfo)`` metadata. Only that metadata goes through a GroupByKey on the shard id (a
 Python int), together with one marker per shard so that every shard appears, even an empty one.
 One step per shard then assembles its parts, in crc32c order, into a complete shard file under
@@ -34,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.duplicates import KEY_LOG_SUFFIX, KeyLog, count_logged_keys
 from transforms.elements import EmbeddedBatch, PartInfo, RejectedPart, ShardResult
 from transforms.formats import ChecksummedWriter, PartSink, ShardFormat, open_write
 from transforms.outputdir import TEMP_DIR
@@ -61,11 +64,17 @@ class _OpenPart:
       path: where the part file goes.
     """
 
-    def __init__(self, fmt: ShardFormat, path: str):
+    def __init__(self, fmt: ShardFormat, path: str, log_keys: bool = False):
         self.path = path
         self._sink = PartSink()  # also counts the part's bytes and crc32c
         self.writer = fmt.open_part(self._sink)
         self._file: Optional[BinaryIO] = None
+        self._keys = KeyLog(path + KEY_LOG_SUFFIX) if log_keys else None
+
+    def write(self, batch: EmbeddedBatch) -> None:
+        self.writer.write(batch)
+        if self._keys is not None:
+            self._keys.add(batch)
 
     @property
     def held(self) -> int:
@@ -84,7 +93,8 @@ class _OpenPart:
             self._sink.drain_to(self._file)
 
     def close(self) -> PartInfo:
-        """Finish the framing, write what is left and close the file: the part is complete."""
+        """Finish the framing, write what is left and close the file (and the key log): the part
+        is complete."""
         self.writer.close()
         if self._file is None:
             self._file = open_write(self.path)
@@ -92,14 +102,16 @@ class _OpenPart:
             self._sink.drain_to(self._file)
         finally:
             self._file.close()
-        return PartInfo(self.path, int(self.writer.records), self._sink.tell(), self._sink.crc32c)
+        keys_path = self._keys.close() if self._keys is not None else None
+        return PartInfo(self.path, int(self.writer.records), self._sink.tell(), self._sink.crc32c, keys_path)
 
 
 @beam.typehints.with_input_types(Tuple[int, EmbeddedBatch])
 @beam.typehints.with_output_types(Tuple[int, PartInfo])
 class _WritePartsFn(beam.DoFn):
-    def __init__(self, fmt: ShardFormat, buffer_bytes: int, max_open_parts: int):
+    def __init__(self, fmt: ShardFormat, buffer_bytes: int, max_open_parts: int, log_keys: bool = False):
         self._fmt = fmt
+        self._log_keys = log_keys
         self._budget = buffer_bytes
         self._max_open = max_open_parts
         self._parts_dir = temp_dir(fmt.layout, "parts")
@@ -134,11 +146,11 @@ class _WritePartsFn(beam.DoFn):
         part = self._parts.get(shard)
         if part is None:
             path = FileSystems.join(self._parts_dir, f"s{shard:05d}-{uuid.uuid4().hex}.part")
-            part = self._parts[shard] = _OpenPart(self._fmt, path)
+            part = self._parts[shard] = _OpenPart(self._fmt, path, self._log_keys)
         else:
             self._parts.move_to_end(shard)
         before = part.held
-        part.writer.write(batch)
+        part.write(batch)
         self._held += part.held - before
         self._rows.inc(len(batch))
         # Bounded memory whatever the shard count: past the budget, the shard holding the most
@@ -158,8 +170,9 @@ class _WritePartsFn(beam.DoFn):
 @beam.typehints.with_input_types(Tuple[int, Iterable[Optional[PartInfo]]])
 @beam.typehints.with_output_types(ShardResult)
 class _AssembleShardFn(beam.DoFn):
-    def __init__(self, fmt: ShardFormat):
+    def __init__(self, fmt: ShardFormat, count_duplicates: bool = False):
         self._fmt = fmt
+        self._count_duplicates = count_duplicates
         self._shards_dir = temp_dir(fmt.layout, "shards")
 
     def process(self, element: Tuple[int, Iterable[Optional[PartInfo]]]) -> Iterable[ShardResult]:
@@ -168,10 +181,13 @@ class _AssembleShardFn(beam.DoFn):
         parts = sorted((info for info in infos if info is not None), key=lambda info: info.order_key)
         final_name = self._fmt.final_name(shard)
         records = sum(info.records for info in parts)
+        duplicates = None
+        if self._count_duplicates:  # every copy of this shard's keys is in its parts
+            duplicates = count_logged_keys([info.keys_path for info in parts if info.keys_path])
         if len(parts) == 1 and self._fmt.parts_concatenate():
             # The part already is the shard file: finalize renames it, no copy.
             only = parts[0]
-            yield ShardResult(shard, only.path, final_name, records, only.bytes, only.crc32c, 1)
+            yield ShardResult(shard, only.path, final_name, records, only.bytes, only.crc32c, 1, duplicates)
             return
         # A unique name per attempt: a retried or speculative attempt never writes over another.
         path = FileSystems.join(self._shards_dir, f"{final_name}.{uuid.uuid4().hex}")
@@ -180,7 +196,7 @@ class _AssembleShardFn(beam.DoFn):
             self._fmt.assemble([info.path for info in parts], out)
         finally:
             out.close()
-        yield ShardResult(shard, path, final_name, records, out.bytes, out.crc32c, len(parts))
+        yield ShardResult(shard, path, final_name, records, out.bytes, out.crc32c, len(parts), duplicates)
 
 
 class WriteShards(beam.PTransform):
@@ -192,28 +208,32 @@ class WriteShards(beam.PTransform):
         the largest shard's bytes to that shard's part file.
       max_open_parts: part files a bundle keeps open at once; past that the least recently
         written is completed (1 makes every switch between shards start a new part).
+      count_duplicates: count the keys written more than once, per shard, into each
+        ``ShardResult.duplicates`` (exact only when every copy of a key goes to one shard: hash
+        placement; ``transforms.duplicates``).
     """
 
     def __init__(self, fmt: ShardFormat, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-                 max_open_parts: int = DEFAULT_MAX_OPEN_PARTS):
+                 max_open_parts: int = DEFAULT_MAX_OPEN_PARTS, count_duplicates: bool = False):
         super().__init__()
         if max_open_parts < 1:
             raise ValueError(f"max_open_parts must be >= 1, got {max_open_parts}")
         self._fmt = fmt
         self._buffer_bytes = buffer_bytes
         self._max_open_parts = max_open_parts
+        self._count_duplicates = count_duplicates
 
     def expand(self, slices):
         num_shards = self._fmt.layout.num_shards
         parts = slices | "WriteParts" >> beam.ParDo(
-            _WritePartsFn(self._fmt, self._buffer_bytes, self._max_open_parts))
+            _WritePartsFn(self._fmt, self._buffer_bytes, self._max_open_parts, self._count_duplicates))
         every_shard = (slices.pipeline
                        | "EveryShard" >> beam.Create([(s, None) for s in range(num_shards)])
                        .with_output_types(Tuple[int, Optional[PartInfo]]))
         return ((parts, every_shard)
                 | "PartsAndMarkers" >> beam.Flatten().with_output_types(Tuple[int, Optional[PartInfo]])
                 | "GroupPartsByShard" >> beam.GroupByKey()
-                | "AssembleShards" >> beam.ParDo(_AssembleShardFn(self._fmt)))
+                | "AssembleShards" >> beam.ParDo(_AssembleShardFn(self._fmt, self._count_duplicates)))
 
 
 @beam.typehints.with_input_types(pa.Table)
