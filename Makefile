@@ -32,7 +32,7 @@ engines: $(STAMP)
 	PYTHON=$(PY) .ci/engines/fetch.sh
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py --rows 200000 --naive-rows 50000 --json bench_out/bench.json
+	$(PY) benchmarks/run.py --rows 200000 --naive-rows 100000 --json bench_out/bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo bench_out

@@ -1,6 +1,6 @@
 """Speed of the batch encoder and of TFRecord framing against thriftpy2, same bytes.
 
-    python benchmarks/encode_bench.py [--rows 1000000] [--batch 4096] [--dim 128] [--sample 50000] [--rounds 5]
+    python benchmarks/encode_bench.py [--rows 1000000] [--batch 4096] [--dim 128] [--sample 100000] [--rounds 5]
 
 prints one JSON object. ``run_encode_benchmark(rows)`` is what ``benchmarks/run.py`` imports.
 
@@ -14,7 +14,8 @@ prints one JSON object. ``run_encode_benchmark(rows)`` is what ``benchmarks/run.
 - ``encode_rows_per_s`` and ``thriftpy2_rows_per_s`` are the medians of ``--rounds`` rounds
   (each round's rate in ``encode_rounds`` / ``thriftpy2_rounds``, for their spread); the framing
   and crc figures are the fastest round (see ``run_encode_benchmark``).
-- ``encode_vs_thriftpy2`` (target >= 30).
+- ``encode_vs_thriftpy2`` (target >= 50): the median over the rounds of each round's encoder
+  rate / thriftpy2 rate (``ratio_rounds``): the two sides of an estimate run back to back.
 - ``frame_overhead`` (target < 0.5): what TFRecord framing adds to encoding, as the writer does
   it: (time of ``encode_tfrecords`` - time of ``encode_data_records``) / time of
   ``encode_data_records``, on the same batches. ``frame_separate_overhead``: time of
@@ -87,7 +88,7 @@ def _time_block(fn, work) -> float:
     return time.perf_counter() - start
 
 
-def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: int = 50_000,
+def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: int = 100_000,
                          rounds: int = 5) -> Dict:
     """Encode ``rows`` records in batches; time thriftpy2 on ``min(rows, sample)``; see module doc.
 
@@ -106,6 +107,7 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
     sample = min(rows, sample)
     rounds = max(1, min(rounds, sample))
     sample_keys, sample_emb = _sample(inputs, sample)
+    list(_thriftpy2_records(sample_keys[:2000], sample_emb[:2000]))  # warm thriftpy2's objects too
     work = []
     done = 0
     for index in range(-(-rows // batch)):
@@ -153,6 +155,8 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
 
     encode_rate = statistics.median(per_round["encode"])
     thrift_rate = statistics.median(per_round["thriftpy2"])
+    # The ratio round by round: both sides of an estimate ran within the same second or so.
+    ratio_rounds = [e / t for e, t in zip(per_round["encode"], per_round["thriftpy2"])]
     return {
         "rows": rows,
         "batch_size": batch,
@@ -164,9 +168,10 @@ def run_encode_benchmark(rows: int, batch: int = 4096, dim: int = 128, sample: i
         "thriftpy2_rows_per_s": thrift_rate,
         "thriftpy2_us_per_row": 1e6 / thrift_rate,
         "thriftpy2_sample_rows": sample,
-        "encode_vs_thriftpy2": encode_rate / thrift_rate,
+        "encode_vs_thriftpy2": statistics.median(ratio_rounds),
         "encode_rounds": per_round["encode"],
         "thriftpy2_rounds": per_round["thriftpy2"],
+        "ratio_rounds": ratio_rounds,
         "window": window.result(),
         "same_bytes": same_bytes,
         "framed_same_bytes": framed_same_bytes,
@@ -187,7 +192,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--sample", type=int, default=50_000)
+    parser.add_argument("--sample", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     result = run_encode_benchmark(args.rows, args.batch, args.dim, args.sample, args.rounds)

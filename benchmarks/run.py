@@ -297,6 +297,8 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
     for side in ("encode", "thriftpy2"):
         if encode.get(f"{side}_rounds"):
             rates[side] = estimate.summarize(encode[f"{side}_rounds"])
+    if encode.get("ratio_rounds"):
+        ratios["encode_vs_thriftpy2"] = estimate.summarize_ratio(encode["ratio_rounds"])
     foreign = {f"limit_{name}": estimate.foreign_share(_windows(found["runs"])) for name, found in limits.items()}
     foreign.update({"floor": estimate.foreign_share(_windows(floor["runs"])), "pipeline": pipeline["foreign"],
                     "naive": naive["foreign"]})

@@ -333,6 +333,7 @@ def test_harness_end_to_end_small(tmp_path):
     dr = result["datarecord"]
     assert dr["rows"] == 1000 and dr["record_bytes"] > 100
     assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
+    assert result["encode_vs_thriftpy2"] == pytest.approx(result["ratios"]["encode_vs_thriftpy2"]["ratio"], abs=0.01)
 
     # The naive job and the real job wrote the same users with the same embeddings.
     pipeline_out = _decode_tfrecord_dir(str(work / "out" / "pipeline-4000" / "part-*.tfrecord"))
