@@ -7,15 +7,16 @@ say how many there are. Two ways, both exact:
   shard's duplicates are all the duplicates of its keys. The writer logs the keys of each part
   file it writes to a key log beside it (``KeyLog``: Arrow IPC, 8 bytes a row, written in pieces
   of ``KEY_LOG_ROWS`` keys), and the step that assembles the shard counts them
-  (``count_logged_keys``). No key
-  crosses a shuffle, and memory holds one shard's keys at a time: a runner that keeps its
-  shuffle in memory (Beam's local FnApiRunner) would otherwise hold every key of the run.
+  (``count_logged_keys``). No key crosses a shuffle, and memory holds one shard's keys at a
+  time: a runner that keeps its shuffle in memory (Beam's local FnApiRunner) would otherwise
+  hold every key of the run.
 - **By bucket** (``CountDuplicateKeys``, for a partition-id column, which may send copies of a
   key to different shards): every batch's keys are split into buckets by
   ``fmix64(key) % buckets``; one step per bucket counts them. Only the keys cross the shuffle,
-  8 bytes a row, and a bucket holds about ``KEYS_PER_BUCKET`` keys in memory. String keys are bucketed by their
-int64 ids and their strings travel along: a key is its string, and an id shared by different
-strings (a hash collision) is reported for the manifest.
+  8 bytes a row, and a bucket holds about ``KEYS_PER_BUCKET`` keys in memory.
+
+Either way string keys are counted by their strings, their int64 ids alongside: a key is its
+string, and an id shared by different strings (a hash collision) is reported for the manifest.
 """
 from __future__ import annotations
 
@@ -32,15 +33,16 @@ from transforms.formats import open_read, open_write
 from transforms.partition import split_by_shard
 from twml.sharding import shard_of_keys
 
-__all__ = ["CountDuplicateKeys", "KeyLog", "KEY_LOG_SUFFIX", "count_logged_keys", "duplicate_counts", "sum_duplicate_counts",
-           "shard_duplicates", "bucket_count", "KEYS_PER_BUCKET", "Collision", "DuplicateCounts", "NO_DUPLICATES"]
+__all__ = ["CountDuplicateKeys", "KeyLog", "KEY_LOG_ROWS", "KEY_LOG_SUFFIX", "count_logged_keys", "duplicate_counts",
+           "sum_duplicate_counts", "shard_duplicates", "bucket_count", "KEYS_PER_BUCKET", "Collision",
+           "DuplicateCounts", "NO_DUPLICATES"]
 
 KEY_LOG_ROWS = 1 << 17
 """Keys a part's ``KeyLog`` holds before it writes them (1 MiB of int64 keys)."""
 KEY_LOG_SUFFIX = ".keys"
 """A part file's key log is the part's path with this suffix (``KeyLog``)."""
 KEYS_PER_BUCKET = 1 << 20
-"""About 8 MiB of keys a bucket (with 4M-key buckets a 10^7-row export's peak RSS grew by 32%)."""
+"""About 8 MiB of keys a bucket."""
 
 
 def bucket_count(total_rows: Optional[int]) -> int:
