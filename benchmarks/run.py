@@ -214,7 +214,6 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
     limit_mode = max(limits, key=lambda name: limits[name]["rate"]["rows_per_s"] or 0)
     limit = limits[limit_mode]
 
-
     def export_once(size: int, label: str = "pipeline") -> ChildRun:
         log(f"{label}: run_export on {size:,} rows")
         # Not timed: a run over an earlier run's output would spend its time deleting it.
@@ -242,26 +241,28 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         log(f"  {run.result['seconds']:.2f} s, peak RSS {run.peak_rss_mb:,.0f} MiB")
         return run
 
-    def floor_round(label: str, size_rows: int, inputs: Dict[int, str]) -> Callable[[int], Dict[str, Any]]:
+    def floor_round(input_kind: str, size_rows: int, inputs: Dict[int, str]) -> Callable[[int], Dict[str, Any]]:
+        """One round's floor child for the ``input_kind`` ("pipeline": Parquet, or "datarecord") export."""
+        label = "floor" if input_kind == "pipeline" else f"{input_kind}-floor"
+
         def run(i: int) -> Dict[str, Any]:
             log(f"{label}: read + feeds + model, no Beam, {size_rows:,} and {2 * size_rows:,} rows (round {i + 1})")
-            found = _floor(config(2 * size_rows, "datarecord" if label.startswith("datarecord") else "pipeline"),
-                           inputs, 1, workdir, f"{label}-{i}")
+            found = _floor(config(2 * size_rows, input_kind), inputs, 1, workdir, f"{label}-{i}")
             log(f"  {found['rate']['rows_per_s'] or 0:,.0f} rows/s")
             return found
         return run
 
     # Each round times the floor, then the job, so that both sides of a ratio see the same minute.
     floor, pipeline_runs, floor_ratios = _against_floor(
-        rows, repeats, floor_round("floor", rows, {rows: patterns[rows], 2 * rows: patterns[2 * rows]}),
+        rows, repeats, floor_round("pipeline", rows, {rows: patterns[rows], 2 * rows: patterns[2 * rows]}),
         export_once)
     pipeline = _job_summary(rows, pipeline_runs)
     ratios = {"pipeline_vs_floor": estimate.summarize_ratio(floor_ratios)}
     datarecord = None
     if dr_rows:
         dr_floor, dr_runs, dr_ratios = _against_floor(
-            dr_rows, repeats, floor_round("datarecord-floor", dr_rows, {dr_rows: dr_patterns[dr_rows],
-                                                                        2 * dr_rows: dr_patterns[2 * dr_rows]}),
+            dr_rows, repeats, floor_round("datarecord", dr_rows, {dr_rows: dr_patterns[dr_rows],
+                                                                  2 * dr_rows: dr_patterns[2 * dr_rows]}),
             lambda size: export_once(size, "datarecord"))
         dr_job = _job_summary(dr_rows, dr_runs)
         ratios["datarecord_pipeline_vs_floor"] = estimate.summarize_ratio(dr_ratios)
