@@ -2,6 +2,7 @@
 disk, the real command line in a subprocess, and the checks every export must pass."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+import pipeline.job
+import transforms.export
 from pipeline.tools.verify import verify_export
 from pipeline_fixtures import build_tiny_model, cache_dir, shard_records, user_table
 from transforms.ownership import looks_like_output
@@ -53,6 +56,20 @@ def poisoned_users(keys: np.ndarray, poisoned: Sequence[int], seed: int = 0) -> 
     for row in poisoned:
         ids[row] = [POISON_ID] + list(ids[row])[:2]
     return table.set_column(table.column_names.index("sparse_ids"), "sparse_ids", pa.array(ids, pa.list_(pa.int64())))
+
+
+SMALL_PART_BUFFER = 4096   # bytes a bundle holds before it appends to a part file
+SMALL_OPEN_PARTS = 2       # part files a bundle keeps open
+
+
+def write_small_parts(monkeypatch) -> None:
+    """Make ``run_export`` write every shard as many small parts: a 4 KiB part buffer and at most
+    two open parts per bundle (both are set when the pipeline is built, so the settings reach
+    workers in other processes too)."""
+    monkeypatch.setattr(pipeline.job, "build_pipeline",
+                        functools.partial(pipeline.job.build_pipeline, buffer_bytes=SMALL_PART_BUFFER))
+    monkeypatch.setattr(transforms.export, "WriteShards",
+                        functools.partial(transforms.export.WriteShards, max_open_parts=SMALL_OPEN_PARTS))
 
 
 def write_config(cfg, path: str) -> str:

@@ -16,7 +16,7 @@ from pipeline.plan import preflight
 from transforms.errors import PreflightError
 from pipeline.tools.verify import verify_export
 from pipeline_fixtures import tiny_config, tiny_model, user_table
-from rel_support import FIGURES, assert_accounted, tree, write_config
+from rel_support import FIGURES, assert_accounted, tree, write_config, write_small_parts
 from transforms.errors import ExportError
 from transforms.finalize import publish
 from twml.decode import decode_embeddings
@@ -209,14 +209,7 @@ def test_duplicate_keys_are_exported_as_they_come_and_counted(tmp_path, monkeypa
             pq.write_table(table.append_column("shard", shard), str(tmp_path / "in" / name), row_group_size=200)
         overrides = {"partition__by": "column", "partition__column": "shard"}
     if counted == "per_shard_many_parts":
-        import functools
-
-        import pipeline.job
-        import transforms.export
-        monkeypatch.setattr(pipeline.job, "build_pipeline",
-                            functools.partial(pipeline.job.build_pipeline, buffer_bytes=4096))
-        monkeypatch.setattr(transforms.export, "WriteShards",
-                            functools.partial(transforms.export.WriteShards, max_open_parts=2))
+        write_small_parts(monkeypatch)
     out = tmp_path / "out"
     manifest = run_export(preflight(config(str(tmp_path / "in" / "*.parquet"), out, **overrides)))
     assert manifest["rows_written"] == 605

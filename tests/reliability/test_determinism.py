@@ -4,18 +4,15 @@ record order within a shard may too). tests/test_job_runners.py adds the multi-p
 portable runner; here the in-process runner with one and with two worker threads, and Beam's
 bundle-based direct runner, and two multi-process runs whose shards are each assembled from many
 parts arriving in whatever order the workers finish them."""
-import functools
 import os
 
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-import pipeline.job
-import transforms.export
 from pipeline.job import run_export
 from pipeline.plan import preflight
 from pipeline_fixtures import exact_model, tiny_config, tiny_model, write_users
-from rel_support import FIGURES, assert_accounted
+from rel_support import FIGURES, assert_accounted, write_small_parts
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,10 +70,7 @@ def _small_buffer_runs(users, tmp_path, monkeypatch, runner_options):
     """Two exports of ``users`` with a 4 KiB part buffer and at most two open parts per bundle, so
     that every shard is joined from many parts: [(manifest, shard bytes, part files written,
     {shard: records})]."""
-    build = pipeline.job.build_pipeline
-    monkeypatch.setattr(pipeline.job, "build_pipeline", functools.partial(build, buffer_bytes=4096))
-    monkeypatch.setattr(transforms.export, "WriteShards",
-                        functools.partial(transforms.export.WriteShards, max_open_parts=2))
+    write_small_parts(monkeypatch)
     runs = []
     for i in range(2):
         out = str(tmp_path / f"run{i}")
