@@ -68,8 +68,7 @@ def test_runners_give_the_same_records_per_shard(users, tmp_path):
 
 def _small_buffer_runs(users, tmp_path, monkeypatch, runner_options):
     """Two exports of ``users`` with a 4 KiB part buffer and at most two open parts per bundle, so
-    that every shard is joined from many parts: [(manifest, shard bytes, part files written,
-    {shard: records})]."""
+    that every shard is joined from many parts: [(manifest, shard bytes, part files written)]."""
     write_small_parts(monkeypatch)
     runs = []
     for i in range(2):
@@ -78,17 +77,17 @@ def _small_buffer_runs(users, tmp_path, monkeypatch, runner_options):
         manifest = run_export(preflight(tiny_config(users, exact_model(), out, num_shards=SHARDS, runner="FnApiRunner",
                                                     runner_options=runner_options)),
                               on_launch=lambda result, options: results.append(result))
-        records = assert_accounted(out, manifest, verify=(i == 0))
+        assert_accounted(out, manifest, verify=(i == 0))
         counters = results[0].metrics().query(MetricsFilter().with_name("part_files"))["counters"]
         part_files = sum(c.committed for c in counters)
         assert part_files >= 4 * SHARDS, part_files  # the case under test: shards joined from many parts
-        runs.append((manifest, shard_bytes(out, manifest), part_files, records))
+        runs.append((manifest, shard_bytes(out, manifest), part_files))
     return runs
 
 
 def test_in_process_runs_with_small_buffers_give_byte_identical_shards(users, tmp_path, monkeypatch):
     """Many parts per shard, on the in-process runner: the same bytes twice."""
-    (first, first_bytes, parts, _), (_, second_bytes, _, _) = _small_buffer_runs(
+    (first, first_bytes, parts), (_, second_bytes, _) = _small_buffer_runs(
         users, tmp_path, monkeypatch, ["--direct_running_mode=in_memory"])
     assert first_bytes == second_bytes
     ROWS_CHECKED.append(f"in-process, 4 KiB buffers: 2 runs x {first['rows_written']} records from {parts} part "
@@ -102,7 +101,7 @@ def test_multi_process_runs_with_small_buffers_give_byte_identical_shards(users,
     assembler joins a shard's parts in checksum order, not arrival order."""
     runs = _small_buffer_runs(users, tmp_path, monkeypatch,
                               ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    (first, first_bytes, first_parts, _), (_, second_bytes, second_parts, _) = runs
+    (first, first_bytes, first_parts), (_, second_bytes, second_parts) = runs
     assert first_bytes == second_bytes
     ROWS_CHECKED.append(f"multi-process, 4 KiB buffers: 2 runs x {first['rows_written']} records from "
                         f"{first_parts} and {second_parts} part files, byte-identical")
