@@ -57,12 +57,12 @@ def measure_limit(model_path: str, pattern: str, row_counts: Sequence[int], batc
     Returns {"runs": {r: [TimedWindow result of each repeat]}, "batch_size", "tf_intra_op_threads",
     "loops"}.
     """
-    import tensorflow as tf
-
-    from benchmarks.window import TimedWindow
-
     from benchmarks.data import batches, load_arrays
+    from benchmarks.window import TimedWindow
     from transforms.embed import concurrent_model_calls
+    from transforms.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()  # with the job's allocator: the limit is the model as the job runs it
 
     loops = concurrent_model_calls(intra_op_threads)
     if intra_op_threads > 0:

@@ -41,6 +41,7 @@ from transforms.plan import ExportPlan
 from transforms.rejected import RESERVED_COLUMNS
 from transforms.signature import finish_specs, resolve_model
 from transforms.specs import KIND_SCALAR, InputSpec, OutputLayout, OutputSpec, PartitionSpec
+from transforms.tf_runtime import import_tensorflow
 from twml.feature_ids import feature_id
 
 __all__ = ["preflight", "recheck_output", "find_placeholders", "datarecord_source", "schema_problems",
@@ -259,7 +260,7 @@ def _check_variables(model_path: str) -> None:
     if "://" in model_path:
         return  # the sizes below need TensorFlow to read the index: checked for local models only
     import numpy as np
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         listed = tf.train.list_variables(prefix)

@@ -1,4 +1,8 @@
 """The embed step: one signature call per batch on a real SavedModel, non-finite rows rejected, metrics."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import apache_beam as beam
@@ -10,6 +14,7 @@ from pipeline_fixtures import DENSE_DIM, IDS_LEN, model_outputs, padded_ids, tin
 from transforms.embed import NON_FINITE_EMBEDDING, EmbedBatches, SavedModelHandler, finite_rows
 from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
 from transforms.rejected import REASON_COLUMN, SOURCE_COLUMN, SOURCE_ROW_COLUMN, tag_source
+from transforms.tf_runtime import CPU_ALLOCATOR_ENV
 from transforms.validate import METRICS_NAMESPACE
 from twml.feature_ids import feature_id
 
@@ -86,3 +91,39 @@ def test_embed_batches_in_a_pipeline_with_metrics():
     assert dists["inference_batch_latency_micro_secs"].count == 2
     assert dists["load_model_latency_milli_secs"].count >= 1
     assert dists["model_byte_size"].max == (DENSE_DIM * 6 + 50 * 6) * 4
+
+
+
+def _allocator_of_a_fresh_worker(model_path, env_value):
+    """'bfc' or 'default': the CPU allocator TF runs the model on in a fresh process that loads it
+    through the handler, as a worker does (only TF's BFC allocator reports memory stats)."""
+    code = f"""
+import sys
+sys.path[:0] = {sys.path!r}
+import numpy as np
+from transforms.embed import SavedModelHandler
+from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
+inputs = (InputSpec("dense", "dense", "float32", KIND_FIXED, {DENSE_DIM}),
+          InputSpec("sparse_ids", "sparse_ids", "int64", KIND_PADDED, {IDS_LEN}, 0))
+h = SavedModelHandler({model_path!r}, "serving_default", inputs, (OutputSpec("embedding", "output", 1, "float32", (6,)),))
+h.run_batch({{"dense": np.zeros((8, {DENSE_DIM}), np.float32), "sparse_ids": np.zeros((8, {IDS_LEN}), np.int64)}},
+            h.load_model())
+import tensorflow as tf
+try:
+    tf.config.experimental.get_memory_info("CPU:0")
+    print("bfc")
+except ValueError:
+    print("default")
+"""
+    env = {k: v for k, v in os.environ.items() if k != CPU_ALLOCATOR_ENV}
+    if env_value is not None:
+        env[CPU_ALLOCATOR_ENV] = env_value
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()[-1]
+
+
+def test_a_worker_runs_the_model_on_tfs_bfc_allocator_unless_its_environment_says_otherwise():
+    # The default allocator cost two page faults a row on the reference model (transforms.tf_runtime).
+    assert _allocator_of_a_fresh_worker(tiny_model(), None) == "bfc"
+    assert _allocator_of_a_fresh_worker(tiny_model(), "false") == "default"

@@ -41,6 +41,7 @@ from transforms.isolate import ModelFailureIsolation
 from transforms.keys import key_arrays
 from transforms.model_files import local_model_dir
 from transforms.specs import InputSpec, OutputSpec
+from transforms.tf_runtime import import_tensorflow, set_thread_pools
 from transforms.rejected import REJECTED, rejected_from_tagged
 from transforms.validate import METRICS_NAMESPACE
 
@@ -128,8 +129,8 @@ class SavedModelHandler(ModelHandler[Example, PredictionResult, LoadedModel]):
         return self._namespace
 
     def load_model(self) -> LoadedModel:
-        import tensorflow as tf  # only workers that run the model pay for importing TF
-        _set_threads(tf, self.intra_op_threads, self.inter_op_threads)
+        tf = import_tensorflow()  # only workers that run the model pay for importing TF
+        set_thread_pools(tf, self.intra_op_threads, self.inter_op_threads)
         start = time.perf_counter()
         try:
             module = tf.saved_model.load(local_model_dir(self.model_path))
@@ -145,7 +146,7 @@ class SavedModelHandler(ModelHandler[Example, PredictionResult, LoadedModel]):
 
     def run_batch(self, feeds: Mapping[str, np.ndarray], model: LoadedModel) -> Dict[str, np.ndarray]:
         """One signature call, keyword feeds {input name: [B, ...] array} -> {output name: array}."""
-        import tensorflow as tf
+        tf = import_tensorflow()
         result = model.function(**{name: tf.convert_to_tensor(array) for name, array in feeds.items()})
         return {spec.name: result[spec.name].numpy() for spec in self.outputs}
 
@@ -192,17 +193,6 @@ def concurrent_model_calls(intra_op_threads: int) -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, cores // intra_op_threads)
-
-
-def _set_threads(tf, intra: int, inter: int) -> None:
-    try:
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:
-        # TF already initialised in this process (e.g. the launcher ran it): keep its pools.
-        _LOG.info("TF thread pools already initialised; keeping them")
 
 
 class InferenceMetrics:

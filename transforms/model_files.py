@@ -19,6 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.file_listing import list_files
+from transforms.tf_runtime import import_tensorflow
 
 __all__ = ["local_model_dir", "model_files", "tensorflow_opens"]
 
@@ -36,7 +37,7 @@ def tensorflow_opens(path: str) -> bool:
     scheme = _scheme(path)
     if scheme in ("", "file"):
         return True
-    import tensorflow as tf
+    tf = import_tensorflow()
     return scheme in tf.io.gfile.get_registered_schemes()
 
 

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.errors import PreflightError, PreflightProblems
 from transforms.model_files import local_model_dir, model_files, tensorflow_opens
 from transforms.specs import KIND_FIXED, KIND_PADDED, KIND_SCALAR, InputSpec, ModelSpec, OutputSpec
+from transforms.tf_runtime import import_tensorflow
 from twml.encode import DTYPE_TO_DATA_TYPE
 from twml.feature_ids import feature_id
 
@@ -37,8 +38,8 @@ class SignatureTensor:
 
 def read_signature(model_path: str, signature: str) -> Tuple[Dict[str, SignatureTensor], Dict[str, SignatureTensor]]:
     """(inputs, outputs) of ``signature`` in the SavedModel at ``model_path``."""
+    tf = import_tensorflow()
     from tensorflow.core.protobuf import saved_model_pb2
-    import tensorflow as tf
 
     pb_path = FileSystems.join(model_path, "saved_model.pb")
     if not FileSystems.exists(pb_path):
@@ -170,7 +171,7 @@ def _resolve_output(model: Any, name: str, tensor: SignatureTensor) -> OutputSpe
 
 def probe_embedding_dim(model, inputs: Sequence[InputSpec]) -> int:
     """Run the model on one neutral row to learn D when the signature leaves it open."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     fn = tf.saved_model.load(local_model_dir(model.path)).signatures[model.signature]
     feeds = {}

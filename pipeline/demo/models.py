@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from pipeline.demo.staging import staged_directory
+from transforms.tf_runtime import import_tensorflow
 
 __all__ = ["PARAMS_FILE", "SIGNATURE", "build_embedding_model", "ensure_embedding_model",
            "saved_model_params", "demo_model_kwargs", "reference_model_kwargs"]
@@ -75,7 +76,7 @@ def _dense_weights(rng: np.random.Generator, sizes: Sequence[int]) -> list:
 
 def _make_module(params: Dict[str, Any]):
     """The tf.Module with seeded weights and a ``serve`` tf.function (the serving signature)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     rng = np.random.default_rng(params["seed"])
     vocab, embed_dim = params["vocab"], params["embed_dim"]
@@ -132,7 +133,7 @@ def build_embedding_model(path: str, *, dense_dim: int = 32, sparse_length: int 
     Returns:
       ``path``.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     params = _normalise_params(dense_dim, sparse_length, vocab, embed_dim, hidden, output_dim, seed)
     target = Path(path)
