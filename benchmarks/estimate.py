@@ -5,11 +5,12 @@ the interquartile range over the median (how far apart the middle half of the es
 the median's own uncertainty, which one stray run among five does not move), and its range,
 (max - min) / median, so a reader sees how far one run disagrees with another:
 
-- a loop that starts nothing inside its timing (the model limit, the floor): one estimate per
-  timed run, rows / seconds;
-- a job (the export, the naive job): one estimate per *pair* of runs, N rows then 2N rows back
-  to back, N / (t(2N) - t(N)), the marginal rate (start-up cancels within the pair, and both
-  runs of a pair see nearly the same machine);
+- every rate is a marginal rate: one estimate per *pair* of runs, N rows then 2N rows back to
+  back, N / (t(2N) - t(N)). For a job (the export, the naive job) the pair cancels start-up
+  (interpreter, imports, model load, finalisation); for a loop (the model limit, the floor),
+  its filling and draining (the first batch read while the model waits, the last calls while
+  a core idles), which cost the floor a few percent of a whole-run rate that the job's pairs
+  did not pay; and both runs of a pair see nearly the same machine;
 - a ratio of a job to its floor: one estimate per *round*, the job's pair rate over the rate of
   the floor runs taken just before it, so that a slow minute of the machine (a shared VM's
   speed drifts by 10-20% from minute to minute, idle or not) slows both sides of an estimate.
@@ -22,11 +23,10 @@ faster than its floor or than the model alone, the floor faster than the model a
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["MAX_SPREAD", "MAX_FOREIGN_SHARE", "PLAUSIBLE_SLACK", "summarize", "summarize_ratio", "spread_of",
-           "loop_rates", "pair_rates",
-           "loop_cpu_us_per_row", "pair_cpu_us_per_row",
+           "loop_pairs", "pair_rates", "pair_cpu_us_per_row",
            "foreign_share", "check_spread", "check_order", "check_foreign"]
 
 MAX_SPREAD = 0.15
@@ -69,15 +69,13 @@ def summarize_ratio(estimates: Sequence[Optional[float]]) -> Dict[str, Any]:
     return _summary(estimates, "ratio", 4)
 
 
-def loop_rates(runs: Dict[int, List[Dict[str, Any]]]) -> List[float]:
-    """rows / wall_s of every timed run of a loop ({rows: [window, ...]})."""
-    return [rows / w["wall_s"] for rows, windows in sorted(runs.items()) for w in windows]
-
-
-def loop_cpu_us_per_row(runs: Dict[int, List[Dict[str, Any]]]) -> Optional[float]:
-    """Median CPU microseconds per row of a loop's runs (all its threads)."""
-    values = [1e6 * w["cpu_s"] / rows for rows, windows in runs.items() for w in windows]
-    return round(statistics.median(values), 3) if values else None
+def loop_pairs(runs: Dict[int, List[Dict[str, Any]]]) -> Tuple[int, List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(N, the N runs, the 2N runs) of a loop's timed runs ({N: [window, ...], 2N: [...]}, each
+    repeat running N then 2N), for ``pair_rates`` and ``pair_cpu_us_per_row``."""
+    rows = min(runs)
+    if sorted(runs) != [rows, 2 * rows]:
+        raise ValueError(f"a loop's runs must be at N and 2N rows, got {sorted(runs)}")
+    return rows, runs[rows], runs[2 * rows]
 
 
 def pair_rates(rows: int, small: Sequence[Dict[str, Any]], big: Sequence[Dict[str, Any]]) -> List[Optional[float]]:

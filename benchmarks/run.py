@@ -24,7 +24,6 @@ import argparse
 import glob
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,9 +91,7 @@ def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dic
            intra_op_threads: int, repeats: int, log_path: str) -> Dict[str, Any]:
     """One limit child (``benchmarks/limit.py``): its result, its runs by size, and their rates.
 
-    The loop has nothing to start (model loaded, batches in memory, a warm-up call before
-    timing), so every timed run is an estimate, rows / seconds, of the per-row cost the
-    marginal rates of the jobs estimate.
+    Each repeat times N then 2N rows: one marginal-rate estimate per repeat, as for the jobs.
     """
     from benchmarks.scaling import run_child
 
@@ -103,7 +100,7 @@ def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dic
                               "--dense-dim", str(shape["dense_dim"]), "--sparse-length", str(shape["sparse_length"]),
                               "--repeats", str(repeats), "--intra-op-threads", str(intra_op_threads)], log_path)
     runs = {int(k): v for k, v in run.result["runs"].items()}
-    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.loop_rates(runs))}
+    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
 
 
 def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir: str, label: str
@@ -119,7 +116,7 @@ def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir
                                                           sorted(inputs.items())], "--repeats", str(repeats)],
                     os.path.join(workdir, f"{label}.log"))
     runs = {int(k): v for k, v in run.result["runs"].items()}
-    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.loop_rates(runs))}
+    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
 
 
 def _against_floor(rows: int, repeats: int, floor_round: Callable[[int], Dict[str, Any]],
@@ -136,13 +133,13 @@ def _against_floor(rows: int, repeats: int, floor_round: Callable[[int], Dict[st
         found = floor_round(i)
         for size, windows in found["runs"].items():
             floor_runs[size].extend(windows)
-        floor_rate = statistics.median(estimate.loop_rates(found["runs"]))
+        floor_rate = estimate.pair_rates(*estimate.loop_pairs(found["runs"]))[0]  # one (N, 2N) pair a round
         small, big = job_once(rows), job_once(2 * rows)
         job_runs[rows].append(small)
         job_runs[2 * rows].append(big)
         pair = estimate.pair_rates(rows, [small.result["window"]], [big.result["window"]])[0]
-        ratios.append(pair / floor_rate if pair else None)
-    floor = {**found, "runs": floor_runs, "rate": estimate.summarize(estimate.loop_rates(floor_runs))}
+        ratios.append(pair / floor_rate if pair and floor_rate else None)
+    floor = {**found, "runs": floor_runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(floor_runs)))}
     return floor, job_runs, ratios
 
 
@@ -274,7 +271,7 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
             "pipeline_vs_floor_spread": ratios["datarecord_pipeline_vs_floor"]["spread"],
             "pipeline_vs_parquet_pipeline": _ratio(dr_job["rate"]["rows_per_s"], pipeline["rate"]["rows_per_s"]),
             "floor": dr_floor["rate"], "pipeline": dr_job["rate"],
-            "cpu_us_per_row": {"floor": estimate.loop_cpu_us_per_row(dr_floor["runs"]),
+            "cpu_us_per_row": {"floor": estimate.pair_cpu_us_per_row(*estimate.loop_pairs(dr_floor["runs"])),
                                "pipeline": dr_job["cpu_us_per_row"]},
             "foreign_cpu_share": {"floor": estimate.foreign_share(_windows(dr_floor["runs"])),
                                   "pipeline": dr_job["foreign"]},
@@ -307,8 +304,10 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         foreign.update({"datarecord_" + k: v for k, v in datarecord["foreign_cpu_share"].items()})
     if encode.get("window"):
         foreign["encode"] = estimate.foreign_share([encode["window"]])
-    cpu = {f"limit_{name}": estimate.loop_cpu_us_per_row(found["runs"]) for name, found in limits.items()}
-    cpu.update({"floor": estimate.loop_cpu_us_per_row(floor["runs"]), "pipeline": pipeline["cpu_us_per_row"],
+    cpu = {f"limit_{name}": estimate.pair_cpu_us_per_row(*estimate.loop_pairs(found["runs"]))
+           for name, found in limits.items()}
+    cpu.update({"floor": estimate.pair_cpu_us_per_row(*estimate.loop_pairs(floor["runs"])),
+                "pipeline": pipeline["cpu_us_per_row"],
                 "naive": naive["cpu_us_per_row"]})
 
     reasons: List[str] = []
