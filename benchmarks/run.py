@@ -11,10 +11,10 @@ of 2D of them too), then measures, each in a fresh child process: the bare model
 Beam, the job's threading: ``benchmarks/floor.py``), the real job (``pipeline.job.run_export``),
 the DataRecord-input job and its floor, and the naive job (``benchmarks/naive.py``), each at N and
 2N rows, plus the batch encoder against thriftpy2 (``benchmarks/encode_bench.py``). Every rate
-is the median of R or more estimates with its spread (``benchmarks.estimate``): rows / seconds of
-each loop run, N / (t(2N) - t(N)) of each back-to-back pair of job runs; a job's ratio to its
-floor is the median over R rounds of (the round's pair rate / the floor rate measured just before
-it). Prints one JSON object
+is the median of R estimates with its spread (``benchmarks.estimate``): N / (t(2N) - t(N)) of
+each back-to-back pair of runs, loops and jobs alike; a job's ratio to its floor is the median
+over R rounds of (the round's pair rate / the floor's pair rate measured just before it). Prints
+one JSON object
 (and writes it to FILE); exits with EXIT_INVALID when the result is not to be trusted
 (``invalid_reasons``). See benchmarks/README.md for the fields.
 """
