@@ -93,7 +93,6 @@ def test_embed_batches_in_a_pipeline_with_metrics():
     assert dists["model_byte_size"].max == (DENSE_DIM * 6 + 50 * 6) * 4
 
 
-
 def _allocator_of_a_fresh_worker(model_path, env_value):
     """'bfc' or 'default': the CPU allocator TF runs the model on in a fresh process that loads it
     through the handler, as a worker does (only TF's BFC allocator reports memory stats)."""

@@ -20,7 +20,6 @@ RunInference read this job too. Rows whose outputs are not finite are rejected, 
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +46,6 @@ from transforms.validate import METRICS_NAMESPACE
 
 __all__ = ["LoadedModel", "SavedModelHandler", "InferenceMetrics", "EmbedBatches", "NON_FINITE_EMBEDDING",
            "concurrent_model_calls"]
-
-_LOG = logging.getLogger(__name__)
 
 NON_FINITE_EMBEDDING = "non_finite_embedding"
 # Batches queued for the model beyond those it is working on, while the bundle's thread
