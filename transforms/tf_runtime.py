@@ -10,7 +10,7 @@ fresh pages that the kernel must fault in and zero. For the reference model (its
 id-embedding gather alone is 8 KB a row) that was two page faults and 5 to 8 core-us of kernel
 time a row, a quarter of the export's CPU on a 2-core VM (2026-11-30). TensorFlow's BFC
 allocator (``TF_CPU_ALLOCATOR_USE_BFC``) keeps freed memory and reuses it: page faults fell
-tenfold and the export ran 1.5-1.65x faster, with the same peak RSS (benchmarks/README.md). So
+tenfold and the export ran 1.4-1.65x faster, with the same peak RSS (benchmarks/README.md). So
 the job turns it on.
 
 Caveats, plainly:
