@@ -87,6 +87,13 @@ def _repeat(run_once: Callable[[int], ChildRun], sizes: Sequence[int], repeats: 
     return runs
 
 
+def _loop_result(run: ChildRun) -> Dict[str, Any]:
+    """A loop child's result, with its runs by size ({N: [window, ...], 2N: [...]}) and the rate
+    of its (N, 2N) pairs."""
+    runs = {int(k): v for k, v in run.result["runs"].items()}
+    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
+
+
 def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dict[str, Any],
            intra_op_threads: int, repeats: int, log_path: str) -> Dict[str, Any]:
     """One limit child (``benchmarks/limit.py``): its result, its runs by size, and their rates.
@@ -99,8 +106,7 @@ def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dic
                               "--rows", str(2 * rows), "--batch-size", str(batch_size),
                               "--dense-dim", str(shape["dense_dim"]), "--sparse-length", str(shape["sparse_length"]),
                               "--repeats", str(repeats), "--intra-op-threads", str(intra_op_threads)], log_path)
-    runs = {int(k): v for k, v in run.result["runs"].items()}
-    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
+    return _loop_result(run)
 
 
 def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir: str, label: str
@@ -115,8 +121,7 @@ def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir
     run = run_child("floor", ["--config", config_path, *[f"--input={rows}={pattern}" for rows, pattern in
                                                           sorted(inputs.items())], "--repeats", str(repeats)],
                     os.path.join(workdir, f"{label}.log"))
-    runs = {int(k): v for k, v in run.result["runs"].items()}
-    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
+    return _loop_result(run)
 
 
 def _against_floor(rows: int, repeats: int, floor_round: Callable[[int], Dict[str, Any]],

@@ -100,11 +100,9 @@ def _allocator_of_a_fresh_worker(model_path, env_value):
 import sys
 sys.path[:0] = {sys.path!r}
 import numpy as np
+from test_transforms_embed import INPUTS, OUTPUTS
 from transforms.embed import SavedModelHandler
-from transforms.specs import KIND_FIXED, KIND_PADDED, InputSpec, OutputSpec
-inputs = (InputSpec("dense", "dense", "float32", KIND_FIXED, {DENSE_DIM}),
-          InputSpec("sparse_ids", "sparse_ids", "int64", KIND_PADDED, {IDS_LEN}, 0))
-h = SavedModelHandler({model_path!r}, "serving_default", inputs, (OutputSpec("embedding", "output", 1, "float32", (6,)),))
+h = SavedModelHandler({model_path!r}, "serving_default", INPUTS, OUTPUTS)
 h.run_batch({{"dense": np.zeros((8, {DENSE_DIM}), np.float32), "sparse_ids": np.zeros((8, {IDS_LEN}), np.int64)}},
             h.load_model())
 import tensorflow as tf
