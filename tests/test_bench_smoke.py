@@ -156,13 +156,23 @@ def test_estimates_are_medians_with_spreads_and_pairs_are_marginal():
     summary = estimate.summarize([100.0, 110.0, None, 90.0])
     assert summary["rows_per_s"] == 100.0 and summary["n"] == 3
     assert summary["range"] == pytest.approx(0.2) and (summary["min"], summary["max"]) == (90.0, 110.0)
-    assert summary["spread"] == pytest.approx(0.1)  # interquartile range: half the range of three
-    # One stray estimate among five does not make the median untrustworthy; two disagreeing halves do.
+    assert summary["iqr"] == pytest.approx(0.1)  # interquartile range: half the range of three
+    # Three estimates bracket the median only 75% of the time: the interval is their range.
+    assert summary["interval"] == {"low": 90.0, "high": 110.0, "coverage": 0.75}
+    assert summary["spread"] == pytest.approx(0.2)
+    # The spread is the median's interval, which narrows as estimates accumulate; the iqr, one
+    # estimate's scatter, does not.
+    noisy = [100.0 + 20.0 * ((7 * i) % 11 - 5) / 5 for i in range(44)]  # 80..120, evenly
+    few, many = estimate.summarize(noisy[:6]), estimate.summarize(noisy)
+    assert few["spread"] == pytest.approx(few["range"]) and few["interval"]["coverage"] == pytest.approx(0.96875, abs=1e-4)
+    assert many["spread"] <= few["spread"] / 2 and many["interval"]["coverage"] >= 0.95
+    assert many["iqr"] == pytest.approx(few["iqr"], abs=0.1)
+    # One stray estimate among five widens the interval to the whole range: five cannot rule it out.
     stray = estimate.summarize([100.0, 101.0, 99.0, 100.5, 70.0])
-    assert stray["rows_per_s"] == 100.0 and stray["range"] > 0.3 and stray["spread"] == pytest.approx(0.015)
-    assert estimate.summarize([100.0, 101.0, 80.0, 81.0, 90.0])["spread"] == pytest.approx(0.2111, abs=1e-3)
+    assert stray["rows_per_s"] == 100.0 and stray["iqr"] == pytest.approx(0.015)
+    assert stray["spread"] == stray["range"] == pytest.approx(0.31)
     ratio = estimate.summarize_ratio([0.91, 0.93, None, 0.92])
-    assert ratio["ratio"] == 0.92 and ratio["n"] == 3 and ratio["spread"] == pytest.approx(0.0109, abs=1e-3)
+    assert ratio["ratio"] == 0.92 and ratio["n"] == 3 and ratio["spread"] == pytest.approx(0.0217, abs=1e-3)
     assert estimate.summarize([None])["rows_per_s"] is None
     small = [{"wall_s": 3.0, "cpu_s": 5.0}, {"wall_s": 3.0, "cpu_s": 5.0}]
     big = [{"wall_s": 5.0, "cpu_s": 9.0}, {"wall_s": 2.5, "cpu_s": 9.0}]
@@ -184,16 +194,22 @@ def test_validity_checks_name_what_is_wrong():
     estimate.check_spread("datarecord_pipeline", estimate.summarize([100.0]), reasons)
     estimate.check_order("the job", 1_840_260, "the model alone (limit)", 335_000, reasons)
     estimate.check_order("the job", 240_000, "its floor", 250_000, reasons)
+    # A ratio over 1 is impossible only when its whole interval says so, not its median.
+    estimate.check_ratio_order("the job", "its floor", estimate.summarize_ratio([0.9, 1.2, 1.1, 1.0, 1.15]), reasons)
+    estimate.check_ratio_order("the job", "its floor", estimate.summarize_ratio([1.2, 1.3, 1.25]), reasons)
     estimate.check_foreign("limit", estimate.foreign_share([{"foreign_cpu_share": 0.4}, {"foreign_cpu_share": 0.3}]),
                            reasons)
     estimate.check_foreign("floor", estimate.foreign_share([{"foreign_cpu_share": 0.01}]), reasons)
     estimate.check_foreign("encode", estimate.foreign_share([{"foreign_cpu_share": None}]), reasons)
-    assert len(reasons) == 5, reasons
-    assert reasons[0].startswith("pipeline: spread 30%")
+    assert len(reasons) == 6, reasons
+    assert reasons[0].startswith("pipeline: spread 60% over 3 estimates")
+    assert "[100.0, 160.0] with 75% confidence" in reasons[0]
     assert reasons[1].startswith("naive: 1 of 2 pairs had a 2N run no slower")
     assert reasons[2].startswith("datarecord_pipeline: a single estimate has no spread")
     assert "faster than the model alone (limit)" in reasons[3] and "1,840,260" in reasons[3]
-    assert reasons[4].startswith("limit: other processes used 35% of the CPUs")
+    assert reasons[4] == ("the job is faster than its floor, which bounds it: their ratio lies in [1.2, 1.3] "
+                          "with 75% confidence")
+    assert reasons[5].startswith("limit: other processes used 35% of the CPUs")
 
 
 def test_timed_window_sees_own_cpu_and_others_share():
