@@ -12,8 +12,8 @@ Beam, the job's threading: ``benchmarks/floor.py``), the real job (``pipeline.jo
 the DataRecord-input job and its floor, and the naive job (``benchmarks/naive.py``), each at N and
 2N rows, plus the batch encoder against thriftpy2 (``benchmarks/encode_bench.py``). Every rate
 is the median of R estimates with its spread (``benchmarks.estimate``): N / (t(2N) - t(N)) of
-each back-to-back pair of runs, loops and jobs alike; a job's ratio to its floor is the median
-over R rounds of (the round's pair rate / the floor's pair rate measured just before it). Prints
+each pair of runs, loops and jobs alike; a job's ratio to its floor is the median over R rounds
+of (the round's pair rate / the floor's pair rate), each size's floor run next to the job's. Prints
 one JSON object
 (and writes it to FILE); exits with EXIT_INVALID when the result is not to be trusted
 (``invalid_reasons``). See benchmarks/README.md for the fields.
@@ -91,11 +91,9 @@ def _repeat(run_once: Callable[[int], ChildRun], sizes: Sequence[int], repeats: 
     return runs
 
 
-def _loop_result(run: ChildRun) -> Dict[str, Any]:
-    """A loop child's result, with its runs by size ({N: [window, ...], 2N: [...]}) and the rate
-    of its (N, 2N) pairs."""
-    runs = {int(k): v for k, v in run.result["runs"].items()}
-    return {**run.result, "runs": runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(runs)))}
+def _loop_runs(run: ChildRun) -> Dict[str, Any]:
+    """A loop child's result, with its runs by size ({rows: [window, ...]})."""
+    return {**run.result, "runs": {int(k): v for k, v in run.result["runs"].items()}}
 
 
 def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dict[str, Any],
@@ -110,12 +108,13 @@ def _limit(model_path: str, pattern: str, rows: int, batch_size: int, shape: Dic
                               "--rows", str(2 * rows), "--batch-size", str(batch_size),
                               "--dense-dim", str(shape["dense_dim"]), "--sparse-length", str(shape["sparse_length"]),
                               "--repeats", str(repeats), "--intra-op-threads", str(intra_op_threads)], log_path)
-    return _loop_result(run)
+    found = _loop_runs(run)
+    return {**found, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(found["runs"])))}
 
 
 def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir: str, label: str
            ) -> Dict[str, Any]:
-    """One floor child (``benchmarks/floor.py``) over ``inputs`` ({rows: pattern})."""
+    """One floor child (``benchmarks/floor.py``) over ``inputs`` ({rows: pattern}): its result and runs."""
     import yaml
 
     from benchmarks.scaling import run_child
@@ -125,29 +124,34 @@ def _floor(config: Dict[str, Any], inputs: Dict[int, str], repeats: int, workdir
     run = run_child("floor", ["--config", config_path, *[f"--input={rows}={pattern}" for rows, pattern in
                                                           sorted(inputs.items())], "--repeats", str(repeats)],
                     os.path.join(workdir, f"{label}.log"))
-    return _loop_result(run)
+    return _loop_runs(run)
 
 
-def _against_floor(rows: int, repeats: int, floor_round: Callable[[int], Dict[str, Any]],
+def _against_floor(rows: int, repeats: int, floor_once: Callable[[int, int], Dict[str, Any]],
                    job_once: Callable[[int], ChildRun]) -> Tuple[Dict[str, Any], Dict[int, List[ChildRun]], List]:
-    """``repeats`` rounds of: one floor child timing N and 2N rows (``floor_round(i)``), then the
-    job at N and at 2N rows. Returns the floor (its runs of every round, its rate), the job's runs
-    by size, and one estimate of job / floor per round: the round's pair rate over the round's
-    floor rate (None where the 2N run was not slower)."""
+    """``repeats`` rounds of: the floor at N rows, the job at N rows, the floor at 2N rows, the job
+    at 2N rows (``floor_once(size, i)``: one floor child's result). Returns the floor (its runs of
+    every round, its rate), the job's runs by size, and one estimate of job / floor per round: the
+    round's job pair rate over its floor pair rate (None where a 2N run was not slower).
+
+    Each size's floor run sits next to the job's run of that size, so a change of the machine's
+    speed between the N and the 2N runs stretches both sides of the estimate alike: with the
+    speed s1 at N and s2 at 2N, both pair times are (2 s2 - s1) times the work of N rows, and their
+    ratio keeps only the rates. Timing the floor's pair before the job's left that drift in.
+    """
     floor_runs: Dict[int, List[Dict[str, Any]]] = {rows: [], 2 * rows: []}
     job_runs: Dict[int, List[ChildRun]] = {rows: [], 2 * rows: []}
     ratios: List[Optional[float]] = []
     found: Dict[str, Any] = {}
     for i in range(repeats):
-        found = floor_round(i)
-        for size, windows in found["runs"].items():
-            floor_runs[size].extend(windows)
-        floor_rate = estimate.pair_rates(*estimate.loop_pairs(found["runs"]))[0]  # one (N, 2N) pair a round
-        small, big = job_once(rows), job_once(2 * rows)
-        job_runs[rows].append(small)
-        job_runs[2 * rows].append(big)
-        pair = estimate.pair_rates(rows, [small.result["window"]], [big.result["window"]])[0]
-        ratios.append(pair / floor_rate if pair and floor_rate else None)
+        for size in (rows, 2 * rows):
+            found = floor_once(size, i)
+            floor_runs[size].extend(found["runs"][size])
+            job_runs[size].append(job_once(size))
+        floor_rate = estimate.pair_rates(rows, [floor_runs[rows][-1]], [floor_runs[2 * rows][-1]])[0]
+        job_rate = estimate.pair_rates(rows, [job_runs[rows][-1].result["window"]],
+                                       [job_runs[2 * rows][-1].result["window"]])[0]
+        ratios.append(job_rate / floor_rate if job_rate and floor_rate else None)
     floor = {**found, "runs": floor_runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(floor_runs)))}
     return floor, job_runs, ratios
 
@@ -247,28 +251,28 @@ def run_benchmarks(rows: int, naive_rows: int, workdir: str, model: str = "refer
         log(f"  {run.result['seconds']:.2f} s, peak RSS {run.peak_rss_mb:,.0f} MiB")
         return run
 
-    def floor_round(input_kind: str, size_rows: int, inputs: Dict[int, str]) -> Callable[[int], Dict[str, Any]]:
-        """One round's floor child for the ``input_kind`` ("pipeline": Parquet, or "datarecord") export."""
+    def floor_once(input_kind: str, inputs: Dict[int, str]) -> Callable[[int, int], Dict[str, Any]]:
+        """One floor child over ``inputs[size]`` for the ``input_kind`` ("pipeline": Parquet, or
+        "datarecord") export, in round ``i``."""
         label = "floor" if input_kind == "pipeline" else f"{input_kind}-floor"
 
-        def run(i: int) -> Dict[str, Any]:
-            log(f"{label}: read + feeds + model, no Beam, {size_rows:,} and {2 * size_rows:,} rows (round {i + 1})")
-            found = _floor(config(2 * size_rows, input_kind), inputs, 1, workdir, f"{label}-{i}")
-            log(f"  {found['rate']['rows_per_s'] or 0:,.0f} rows/s")
+        def run(size: int, i: int) -> Dict[str, Any]:
+            log(f"{label}: read + feeds + model, no Beam, {size:,} rows (round {i + 1})")
+            found = _floor(config(size, input_kind), {size: inputs[size]}, 1, workdir, f"{label}-{size}-{i}")
+            log(f"  {found['runs'][size][0]['wall_s']:.2f} s")
             return found
         return run
 
-    # Each round times the floor, then the job, so that both sides of a ratio see the same minute.
+    # Each round times the floor and the job side by side at each size (``_against_floor``).
     floor, pipeline_runs, floor_ratios = _against_floor(
-        rows, repeats, floor_round("pipeline", rows, {rows: patterns[rows], 2 * rows: patterns[2 * rows]}),
-        export_once)
+        rows, repeats, floor_once("pipeline", {rows: patterns[rows], 2 * rows: patterns[2 * rows]}), export_once)
     pipeline = _job_summary(rows, pipeline_runs)
     ratios = {"pipeline_vs_floor": estimate.summarize_ratio(floor_ratios)}
     datarecord = None
     if dr_rows:
         dr_floor, dr_runs, dr_ratios = _against_floor(
-            dr_rows, repeats, floor_round("datarecord", dr_rows, {dr_rows: dr_patterns[dr_rows],
-                                                                  2 * dr_rows: dr_patterns[2 * dr_rows]}),
+            dr_rows, repeats, floor_once("datarecord", {dr_rows: dr_patterns[dr_rows],
+                                                        2 * dr_rows: dr_patterns[2 * dr_rows]}),
             lambda size: export_once(size, "datarecord"))
         dr_job = _job_summary(dr_rows, dr_runs)
         ratios["datarecord_pipeline_vs_floor"] = estimate.summarize_ratio(dr_ratios)
