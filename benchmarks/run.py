@@ -137,7 +137,9 @@ def _against_floor(rows: int, repeats: int, floor_once: Callable[[int, int], Dic
     Each size's floor run sits next to the job's run of that size, so a change of the machine's
     speed between the N and the 2N runs stretches both sides of the estimate alike: with the
     speed s1 at N and s2 at 2N, both pair times are (2 s2 - s1) times the work of N rows, and their
-    ratio keeps only the rates. Timing the floor's pair before the job's left that drift in.
+    ratio keeps only the rates. Timing the floor's pair before the job's left that drift in. What
+    it cannot cancel is the jitter of the job's own fixed work (about 2 s of a 4 s run at 200,000
+    rows: pipeline construction, the model's load, the stages after the last bundle).
     """
     floor_runs: Dict[int, List[Dict[str, Any]]] = {rows: [], 2 * rows: []}
     job_runs: Dict[int, List[ChildRun]] = {rows: [], 2 * rows: []}
