@@ -143,19 +143,17 @@ def _against_floor(rows: int, repeats: int, floor_once: Callable[[int, int], Dic
     """
     floor_runs: Dict[int, List[Dict[str, Any]]] = {rows: [], 2 * rows: []}
     job_runs: Dict[int, List[ChildRun]] = {rows: [], 2 * rows: []}
-    ratios: List[Optional[float]] = []
     found: Dict[str, Any] = {}
     for i in range(repeats):
         for size in (rows, 2 * rows):
             found = floor_once(size, i)
             floor_runs[size].extend(found["runs"][size])
             job_runs[size].append(job_once(size))
-        floor_rate = estimate.pair_rates(rows, [floor_runs[rows][-1]], [floor_runs[2 * rows][-1]])[0]
-        job_rate = estimate.pair_rates(rows, [job_runs[rows][-1].result["window"]],
-                                       [job_runs[2 * rows][-1].result["window"]])[0]
-        ratios.append(job_rate / floor_rate if job_rate and floor_rate else None)
-    floor = {**found, "runs": floor_runs, "rate": estimate.summarize(estimate.pair_rates(*estimate.loop_pairs(floor_runs)))}
-    return floor, job_runs, ratios
+    floor_rates = estimate.pair_rates(*estimate.loop_pairs(floor_runs))
+    job_windows = {size: [run.result["window"] for run in runs] for size, runs in job_runs.items()}
+    job_rates = estimate.pair_rates(rows, job_windows[rows], job_windows[2 * rows])
+    ratios = [job / floor if job and floor else None for job, floor in zip(job_rates, floor_rates)]
+    return {**found, "runs": floor_runs, "rate": estimate.summarize(floor_rates)}, job_runs, ratios
 
 
 def _windows(runs: Dict[int, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
