@@ -331,3 +331,30 @@ def sorted_records(records):
     return {s: sorted(r) for s, r in records.items()}
 
 
+
+
+def untyped_pcollections(p, allowed: Sequence[str] = ()) -> List[str]:
+    """'label[tag]: type' of every PCollection of ``p`` whose element type is, or holds, Any
+    (Beam then falls back to its pickling coder), except those made by a step in ``allowed``."""
+    import apache_beam as beam
+    from apache_beam.typehints import typehints
+
+    def holds_any(t) -> bool:
+        if t is typehints.Any:
+            return True
+        inner = [getattr(t, name, None) for name in ("inner_type", "key_type", "value_type")]
+        inner += list(getattr(t, "tuple_types", ())) + list(getattr(t, "union_types", ()))
+        return any(holds_any(i) for i in inner if i is not None)
+
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            if node.full_label.endswith(tuple(allowed)):
+                return
+            for tag, pcoll in node.outputs.items():
+                if holds_any(pcoll.element_type):
+                    found.append(f"{node.full_label}[{tag}]: {pcoll.element_type}")
+
+    p.visit(Visitor())
+    return found

@@ -8,19 +8,21 @@ libtwml's mixStringIdAndValue, independent of the job's vectorised code.
 """
 import os
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import thriftpy2.protocol
+from apache_beam.options.pipeline_options import PipelineOptions
 from thriftpy2.transport import TMemoryBuffer
 
 from pipeline.config import ConfigError, parse_config
-from pipeline.job import run_export
+from pipeline.job import build_pipeline, run_export
 from pipeline.plan import preflight
 from transforms.errors import PreflightError
 from pipeline_fixtures import (DENSE_DIM, IDS_LEN, fmix64_reference, model_outputs, padded_ids, shard_records,
-                               tiny_model)
+                               tiny_model, untyped_pcollections)
 from transforms.errors import ExportError
 from transforms.inputs.datarecord import (CONTINUOUS, DISCRETE, SPARSE_BINARY, DataRecordSource,
                                           FeatureColumn, records_to_table, sparse_binary_ids,
@@ -274,6 +276,14 @@ def test_preflight_names_what_does_not_fit(inputs, tmp_path):
     plan = preflight(datarecord_config(inputs["files"]["tfrecord"], out))
     assert plan.total_rows is None
     assert plan.read_schema.names == [KEY, "dense", "ids", "record_index"]
+
+
+def test_every_pcollection_of_the_datarecord_export_has_a_declared_type(inputs, tmp_path):
+    """Typed PCollections get their type's coder on every runner, not Beam's pickling fallback
+    (the Parquet export's graph: tests/test_element_types.py)."""
+    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    build_pipeline(p, preflight(datarecord_config(inputs["files"]["block"], str(tmp_path / "o"), container="block")))
+    assert untyped_pcollections(p, allowed=("Finalize/Publish",)) == []
 
 
 def test_config_errors_name_the_key():

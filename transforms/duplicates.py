@@ -59,6 +59,8 @@ DuplicateCounts = Tuple[int, int, Tuple[Collision, ...]]
 NO_DUPLICATES: DuplicateCounts = (0, 0, ())
 
 
+@beam.typehints.with_input_types(Iterable[DuplicateCounts])  # a combiner's types: Beam reads no string annotations
+@beam.typehints.with_output_types(DuplicateCounts)
 def sum_duplicate_counts(counts: Iterable[DuplicateCounts]) -> DuplicateCounts:
     """The counts of disjoint sets of keys (shards, buckets) added up; collisions sorted by id."""
     keys = rows = 0
@@ -219,4 +221,4 @@ class CountDuplicateKeys(beam.PTransform):
         return (batches
                 | "KeysByBucket" >> beam.ParDo(_KeysByBucketFn(self._buckets))
                 | "GroupKeys" >> beam.GroupByKey()
-                | "CountBucket" >> beam.Map(_count_bucket).with_output_types(Tuple[int, int, Tuple]))
+                | "CountBucket" >> beam.Map(_count_bucket).with_output_types(DuplicateCounts))

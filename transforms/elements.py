@@ -9,6 +9,12 @@ steps (always the first 10, then about 10 ln 2 per doubling), and with few, mega
 elements the fallback pickled a large share of all batches just to measure them (1.5 s of a
 17 s run). The coders here estimate sizes from buffer lengths, and where a runner does move a
 batch between processes they write Arrow IPC (tables) or pickle protocol 5 (numpy arrays).
+
+Every step declares the types of all its outputs, tagged ones (rejected rows, row counts,
+unreadable row groups) included: a PCollection typed Any would get the pickling fallback on
+every runner. ``tests/test_element_types.py`` walks the export's graph for Any. The
+``process`` annotations do not count: with ``from __future__ import annotations`` Beam reads
+them as strings and takes them for Any, so the types are given with Beam's decorators.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["EmbeddedBatch", "PartInfo", "ShardResult", "RejectedPart", "ArrowTableCoder",
+__all__ = ["EmbeddedBatch", "PartInfo", "ShardResult", "RejectedPart", "UnreadableRowGroup", "ArrowTableCoder",
            "EmbeddedBatchCoder"]
 
 
@@ -141,6 +147,15 @@ class RejectedPart:
     bytes: int
     crc32c: int
     reasons: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnreadableRowGroup:
+    """A row group skipped by ``on_bad_file: skip``: where, how many rows, and the error."""
+    path: str
+    row_group: int
+    rows: int
+    error: str
 
 
 class ArrowTableCoder(beam.coders.Coder):

@@ -265,7 +265,7 @@ def check_output_shape(spec: OutputSpec, array: np.ndarray, rows: int, first_key
 
 
 @beam.typehints.with_input_types(pa.Table)
-@beam.typehints.with_output_types(EmbeddedBatch)
+@beam.typehints.with_output_types(EmbeddedBatch, **{REJECTED: pa.Table})
 class _EmbedFn(beam.DoFn):
     def __init__(self, handler: SavedModelHandler, key_column: str, partition_column: Optional[str],
                  max_failed_rows: Optional[int] = None):

@@ -83,7 +83,7 @@ class ExportEmbeddings(beam.PTransform):
             _ = rows_read | "Progress" >> self._rows_read_to
         rejected = ((validated.rejected, embedded.rejected, read.rejected)
                     | "AllRejected" >> beam.Flatten()
-                    | "WithErrorColumn" >> beam.Map(with_error_column))
+                    | "WithErrorColumn" >> beam.Map(with_error_column).with_output_types(pa.Table))
         if len(plan.unread_columns):  # input columns the job does not read
             rejected = rejected | "RestoreInputColumns" >> RestoreInputColumns(
                 plan.unread_columns, plan.key_column, {f.path: f.row_group_rows for f in plan.files})
@@ -184,7 +184,7 @@ class EmbedTables(beam.PTransform):
                                                                self._partition.column, self._max_failed_rows)
         rejected = ((validated.rejected, embedded.rejected)
                     | "AllRejected" >> beam.Flatten()
-                    | "WithErrorColumn" >> beam.Map(with_error_column))
+                    | "WithErrorColumn" >> beam.Map(with_error_column).with_output_types(pa.Table))
         return EmbedResult(embedded.embedded, rejected, validated.rows_read)
 
 

@@ -51,15 +51,15 @@ import logging
 import os
 import stat
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.claim import claim_problem
-from transforms.duplicates import NO_DUPLICATES, sum_duplicate_counts
-from transforms.elements import RejectedPart, ShardResult
+from transforms.duplicates import NO_DUPLICATES, DuplicateCounts, sum_duplicate_counts
+from transforms.elements import RejectedPart, ShardResult, UnreadableRowGroup
 from transforms.errors import ExportError
 from transforms.file_listing import list_files
 from transforms.outputdir import (MANIFEST_NAME, REJECTED_DIR, SUCCESS_NAME, TEMP_DIR, finished_manifest,
@@ -513,6 +513,16 @@ def _publish_directory(out: str, staging: str, run_id: str, journal: bytes, move
     return True
 
 
+@beam.typehints.with_input_types(Iterable[int])  # a combiner's types: Beam reads no string annotations
+@beam.typehints.with_output_types(int)
+def _total_rows(counts: Iterable[int]) -> int:
+    """The rows read, from the read steps' counts."""
+    return sum(counts)
+
+
+@beam.typehints.with_input_types(str, List[ShardResult], int, List[RejectedPart], List[UnreadableRowGroup],
+                                 DuplicateCounts)
+@beam.typehints.with_output_types(Dict[str, Any])
 class _FinalizeFn(beam.DoFn):
     def __init__(self, layout: OutputLayout, manifest_base: Dict, expected_rows: Optional[int],
                  max_reject_fraction: float, stale: Tuple[str, ...], require_claim: bool = False):
@@ -554,16 +564,17 @@ class FinalizeExport(beam.PTransform):
     def expand(self, inputs):
         layout = self._args[0]
         p = inputs["shards"].pipeline
-        rows_read = inputs["rows_read"] | "SumRowsRead" >> beam.CombineGlobally(sum)
+        rows_read = inputs["rows_read"] | "SumRowsRead" >> beam.CombineGlobally(_total_rows)
         unreadable = inputs.get("unreadable")
         if unreadable is None:
-            unreadable = p | "NoUnreadable" >> beam.Create([])
+            unreadable = p | "NoUnreadable" >> beam.Create([]).with_output_types(UnreadableRowGroup)
         # Through a combiner, not straight into AsList: Beam's bundle-based direct runner hands a
         # side input made from a tagged output the main output's elements instead.
-        unreadable = unreadable | "CollectUnreadable" >> beam.combiners.ToList()
+        unreadable = (unreadable | "CollectUnreadable" >> beam.combiners.ToList()
+                      .with_output_types(List[UnreadableRowGroup]))
         duplicates = inputs.get("duplicates")
         if duplicates is None:
-            duplicates = p | "NoDuplicates" >> beam.Create([NO_DUPLICATES])
+            duplicates = p | "NoDuplicates" >> beam.Create([NO_DUPLICATES]).with_output_types(DuplicateCounts)
         duplicates = duplicates | "SumDuplicates" >> beam.CombineGlobally(sum_duplicate_counts)
         return (p
                 | "Once" >> beam.Create([layout.run_id])

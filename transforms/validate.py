@@ -222,7 +222,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 # ------------------------------------------------------------------------------------------------
 
 @beam.typehints.with_input_types(Tuple[str, pa.Table])
-@beam.typehints.with_output_types(pa.Table)
+@beam.typehints.with_output_types(pa.Table, **{REJECTED: pa.Table, ROWS_READ: int})
 class _ValidateAndBatchFn(beam.DoFn):
     def __init__(self, rules: ValidationRules, batch_size: int):
         self._rules = rules

@@ -57,16 +57,20 @@ class SpreadOverWorkers(beam.PTransform):
     Args:
       key: the part's key: distinct for distinct parts, and encoded deterministically by Beam (a
         string or a tuple of strings and ints).
+      key_type: the key's type, e.g. ``str`` or ``Tuple[str, int]``: Beam encodes the key with
+        that type's coder.
     """
 
-    def __init__(self, key: Callable[[Any], Hashable]):
+    def __init__(self, key: Callable[[Any], Hashable], key_type: Any):
         super().__init__()
         self._key = key
+        self._key_type = key_type
 
     def expand(self, parts):
         key = self._key
         return (parts
-                | "KeyByPart" >> beam.Map(lambda part: (key(part), part))
+                | "KeyByPart" >> beam.Map(lambda part: (key(part), part)).with_output_types(
+                    Tuple[self._key_type, parts.element_type])
                 | "Group" >> beam.GroupByKey()
                 | "Parts" >> beam.FlatMap(lambda keyed: keyed[1]).with_output_types(parts.element_type))
 

@@ -58,6 +58,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.elements import UnreadableRowGroup
 from transforms.errors import ExportError, PreflightError
 from transforms.inputs.base import (SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult, SpreadOverWorkers,
                                     match_input_files)
@@ -449,7 +450,7 @@ def _chunks(records: Iterator[bytes], size: int) -> Iterator[List[bytes]]:
 # ------------------------------------------------------------------------------------------------
 
 @beam.typehints.with_input_types(str)
-@beam.typehints.with_output_types(Tuple[str, pa.Table])
+@beam.typehints.with_output_types(Tuple[str, pa.Table], **{REJECTED: pa.Table, ROWS_READ: int})
 class _ReadDataRecordFileFn(beam.DoFn):
     def __init__(self, source: DataRecordSource):
         self._source = source
@@ -506,11 +507,11 @@ class ReadDataRecords(beam.PTransform):
         # Files are read whole (TFRecord and block files have no index to split on); spread over
         # the workers instead of left in the bundle that listed them.
         read = (paths
-                | "SpreadFiles" >> SpreadOverWorkers(key=str)
+                | "SpreadFiles" >> SpreadOverWorkers(key=str, key_type=str)
                 | "ReadRecords" >> beam.ParDo(_ReadDataRecordFileFn(self._source)).with_outputs(
                     REJECTED, ROWS_READ, main="tables"))
         # A broken frame fails the run (the rest of the file cannot be counted): nothing is unreadable.
-        unreadable = paths.pipeline | "NoUnreadable" >> beam.Create([])
+        unreadable = paths.pipeline | "NoUnreadable" >> beam.Create([]).with_output_types(UnreadableRowGroup)
         return ReadResult(read.tables, read[REJECTED], read[ROWS_READ], unreadable)
 
 

@@ -33,6 +33,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.elements import UnreadableRowGroup
 from transforms.errors import ExportError, PreflightError
 from transforms.inputs.base import (READ_ATTEMPTS, SCAN_THREADS, InputFile, InputReader, InputScan, ReadResult,
                                     SpreadOverWorkers, match_input_files)
@@ -40,7 +41,7 @@ from transforms.pause_points import pause_point
 from transforms.rejected import union_schema, unread_columns, tag_rows
 from transforms.validate import METRICS_NAMESPACE
 
-__all__ = ["RowGroup", "UnreadableRowGroup", "ReadParquetRowGroups", "ParquetReader", "UNREADABLE",
+__all__ = ["RowGroup", "ReadParquetRowGroups", "ParquetReader", "UNREADABLE",
            "read_row_group", "scan_parquet"]
 
 _LOG = logging.getLogger(__name__)
@@ -55,15 +56,6 @@ class RowGroup:
     index: int
     rows: int
     first_row: int = 0
-
-
-@dataclass(frozen=True)
-class UnreadableRowGroup:
-    """A row group skipped by ``on_bad_file: skip``: where, how many rows, and the error."""
-    path: str
-    row_group: int
-    rows: int
-    error: str
 
 
 def read_row_group(parquet: pq.ParquetFile, group: RowGroup, columns: Sequence[str]) -> pa.Table:
@@ -91,7 +83,7 @@ def _one_line(text: str) -> str:
 
 
 @beam.typehints.with_input_types(RowGroup)
-@beam.typehints.with_output_types(Tuple[str, pa.Table])
+@beam.typehints.with_output_types(Tuple[str, pa.Table], **{UNREADABLE: UnreadableRowGroup})
 class _ReadRowGroupFn(beam.DoFn):
     def __init__(self, columns: Sequence[str], on_bad_file: str):
         self._columns = tuple(columns)
@@ -168,7 +160,7 @@ class ReadParquetRowGroups(beam.PTransform):
         read = (paths
                 | "RowGroups" >> beam.FlatMap(
                     lambda path: _row_groups(path, row_groups[path])).with_output_types(RowGroup)
-                | "Spread" >> SpreadOverWorkers(key=attrgetter("path", "index"))
+                | "Spread" >> SpreadOverWorkers(key=attrgetter("path", "index"), key_type=Tuple[str, int])
                 | "ReadRowGroup" >> beam.ParDo(_ReadRowGroupFn(self._columns, self._on_bad_file)).with_outputs(
                     UNREADABLE, main="tables"))
         # Parquet rows are rejected by validation, not while reading: no rejected rows, no counts.
