@@ -128,7 +128,7 @@ def _export_once(config_path: str) -> Dict[str, Any]:
     """Child side of run_export_child: one export, timed around run_export alone."""
     from benchmarks.window import TimedWindow, own_peak_rss_mb
     from pipeline.config import load_config
-    from pipeline.job import run_export
+    from pipeline.job import freeze_heap, run_export
     from pipeline.plan import preflight
 
     config = load_config(config_path)
@@ -138,7 +138,9 @@ def _export_once(config_path: str) -> Dict[str, Any]:
     from transforms.tf_runtime import import_tensorflow
     import_tensorflow()
     with TimedWindow() as window:
-        manifest = run_export(preflight(config, overwrite=True))
+        plan = preflight(config, overwrite=True)
+        freeze_heap()  # as `embedding-export run` does in its own process
+        manifest = run_export(plan)
     seconds = window.wall_s
     shards = manifest.get("shards") or []
     return {

@@ -275,7 +275,7 @@ def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) 
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.config import ConfigError, load_config
-    from pipeline.job import pipeline_options, run_export
+    from pipeline.job import freeze_heap, pipeline_options, run_export
     from pipeline.plan import find_placeholders, preflight
     from pipeline.progress import RunProgress, is_local_run, print_summary, progress_wanted
     from pipeline.runner_options import fill_placeholder_options, unreachable_paths
@@ -298,6 +298,8 @@ def _run(args, out: TextIO, err: TextIO, published: Optional[List[str]] = None) 
         return EXIT_USAGE
     if published is not None:  # where and as which run, for the line a signal prints
         published[:] = [plan.layout.path, plan.run_id]
+    if args.own_process:
+        freeze_heap()
     live = progress_wanted(err) and is_local_run(config.runner.name, [*config.runner.options, *beam_args])
     console = None
     if live:
@@ -375,6 +377,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = None, err: TextIO =
               "file-system options there (--hdfs_host, --hdfs_port, --hdfs_user, --s3_*, ...)", file=err)
         return EXIT_USAGE
     args.beam_args = beam_args
+    args.own_process = argv is None  # the command's own process (a caller passes argv)
     return args.handler(args, out, err)
 
 

@@ -14,6 +14,7 @@ before launch) on the configured runner and returns the manifest it wrote.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -38,7 +39,7 @@ from transforms.pause_points import pause_point
 from transforms.plan import ExportPlan
 from transforms.write import DEFAULT_BUFFER_BYTES
 
-__all__ = ["build_pipeline", "pipeline_options", "run_export"]
+__all__ = ["build_pipeline", "pipeline_options", "run_export", "freeze_heap"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ def build_pipeline(p: beam.Pipeline, plan: ExportPlan, buffer_bytes: int = DEFAU
     """
     progress = ReportRowsRead(progress_dir) if progress_dir else None
     return p | "ExportEmbeddings" >> ExportEmbeddings(plan, buffer_bytes, rows_read_to=progress)
+
+
+def freeze_heap() -> None:
+    """Exempt every object alive now from Python's full garbage collections (``gc.freeze``).
+
+    For a process that exists to launch one export, once its imports and plan are made. Such a
+    process holds about 480,000 objects (TensorFlow, Beam, pyarrow, the plan), alive to its end,
+    and a full collection walks every one of them: on the development VM one came in each
+    200,000-row export, at a random moment, and took 0.22-0.26 s (about 6% of the run); with
+    those objects frozen it took 0.01-0.02 s. Frozen objects are still freed when their last
+    reference goes; only reference cycles among them are never collected. So library code does
+    not call this: a process that goes on with other work keeps its collector as it was. The
+    command line calls it when it owns the process (``embedding-export run``).
+    """
+    gc.freeze()
 
 
 def _export_error(err: BaseException) -> Optional[str]:

@@ -40,6 +40,28 @@ def test_dry_run_prints_the_plan_and_writes_nothing(config_file, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_the_command_freezes_the_heap_only_in_its_own_process(config_file, tmp_path):
+    """``embedding-export run`` exempts its long-lived objects from full collections
+    (``pipeline.job.freeze_heap``); called from other code (argv given) it leaves the caller's
+    collector alone."""
+    import gc
+    import subprocess
+    import sys
+
+    path, _ = config_file
+    before = gc.get_freeze_count()
+    code, _, err = run_cli("run", "--config", path, "--set", f"output.path={tmp_path / 'in-process'}")
+    assert code == 0, err
+    assert gc.get_freeze_count() == before
+    own = ("import gc, sys\nfrom pipeline.cli import main\n"
+           f"sys.argv = ['embedding-export', 'run', '--config', {path!r}, '--set', 'output.path={tmp_path / 'own'}']\n"
+           "code = main()\nprint('frozen', gc.get_freeze_count(), 'exit', code)")
+    done = subprocess.run([sys.executable, "-c", own], capture_output=True, text=True, timeout=300)
+    frozen, exit_code = done.stdout.split()[-3], done.stdout.split()[-1]
+    assert exit_code == "0", done.stderr
+    assert int(frozen) > 100_000  # the imports' objects: TensorFlow's, Beam's, pyarrow's
+
+
 def test_run_with_overrides_prints_a_summary_and_refuses_to_overwrite(config_file, tmp_path):
     path, _ = config_file
     out_dir = tmp_path / "export"
