@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
-__all__ = ["floor_tables", "run_floor", "measure_floor", "main"]
+__all__ = ["floor_tables", "run_floor", "FloorLoop", "measure_floor", "main"]
 
 
 def floor_tables(config, pattern: str, columns: List[str]) -> Iterator:
@@ -85,43 +85,53 @@ def run_floor(tables: Iterator, batch_size: int, feeds_of: Callable, call: Calla
     return rows
 
 
+class FloorLoop:
+    """The floor of one run config, ready to run: the model loaded, the columns the job reads
+    resolved. ``run(pattern)`` runs the loop over one input and returns its rows.
+
+    Args:
+      config_path: the export's run config (YAML).
+    """
+
+    def __init__(self, config_path: str):
+        from pipeline.config import load_config
+        from pipeline.plan import preflight
+        from transforms.arrow_columns import table_to_feeds
+        from transforms.embed import MODEL_CALLS_QUEUED, SavedModelHandler
+
+        plan = preflight(load_config(config_path), overwrite=True)
+        self.config = config = plan.config
+        handler = SavedModelHandler(config.model.path, config.model.signature, plan.inputs, plan.outputs,
+                                    config.model.intra_op_threads, config.model.inter_op_threads)
+        model = handler.load_model()
+        self._feeds_of = lambda table: table_to_feeds(table, handler.inputs)[0]
+        self._call = lambda feeds: handler.run_batch(feeds, model)
+        self._columns = list(plan.read_schema.names)
+        self.settings = {"loops": handler.concurrent_calls, "batch_size": config.model.batch_size,
+                         "format": config.input.format, "queued": MODEL_CALLS_QUEUED}
+
+    def run(self, pattern: str) -> int:
+        return run_floor(floor_tables(self.config, pattern, self._columns), self.settings["batch_size"],
+                         self._feeds_of, self._call, self.settings["loops"], self.settings["queued"])
+
+
 def measure_floor(config_path: str, inputs: Dict[int, str], repeats: int = 3) -> Dict:
     """Time ``run_floor`` over each input ``repeats`` times; {"runs": {rows: [window, ...]}, ...}."""
     from benchmarks.window import TimedWindow
-    from pipeline.config import load_config
-    from pipeline.plan import preflight
-    from transforms.arrow_columns import table_to_feeds
-    from transforms.embed import MODEL_CALLS_QUEUED, SavedModelHandler
 
-    plan = preflight(load_config(config_path), overwrite=True)
-    config = plan.config
-    handler = SavedModelHandler(config.model.path, config.model.signature, plan.inputs, plan.outputs,
-                                config.model.intra_op_threads, config.model.inter_op_threads)
-    model = handler.load_model()
-    workers = handler.concurrent_calls
-
-    def feeds_of(table):
-        return table_to_feeds(table, handler.inputs)[0]
-
-    def call(feeds):
-        return handler.run_batch(feeds, model)
-
-    batch = config.model.batch_size
-    columns = list(plan.read_schema.names)
-    smallest = min(inputs)
+    floor = FloorLoop(config_path)
     # One untimed pass over the smallest input: the first pass of a fresh process ran 10-30% slower
     # than the next ones (allocator, page cache, the model's table), whichever size came first.
-    run_floor(floor_tables(config, inputs[smallest], columns), batch, feeds_of, call, workers, MODEL_CALLS_QUEUED)
+    floor.run(inputs[min(inputs)])
     runs: Dict[int, List[Dict]] = {rows: [] for rows in inputs}
     for _ in range(repeats):
         for rows, pattern in sorted(inputs.items()):
             with TimedWindow() as window:
-                done = run_floor(floor_tables(config, pattern, columns), batch, feeds_of, call, workers, MODEL_CALLS_QUEUED)
+                done = floor.run(pattern)
             if done != rows:
                 raise ValueError(f"{pattern} holds {done} rows, expected {rows}")
             runs[rows].append(window.result())
-    return {"runs": {str(rows): found for rows, found in runs.items()}, "loops": workers,
-            "batch_size": batch, "format": config.input.format, "queued": MODEL_CALLS_QUEUED}
+    return {"runs": {str(rows): found for rows, found in runs.items()}, **floor.settings}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

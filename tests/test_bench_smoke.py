@@ -274,6 +274,38 @@ def test_floor_child_reads_every_row_the_export_reads(small_setup, fmt):
     assert all(w["wall_s"] > 0 and w["cpu_s"] > 0 for ws in run.result["runs"].values() for w in ws)
 
 
+def test_cpu_accounting_splits_the_job_and_its_floor_by_thread_and_step(small_setup):
+    """The tool runs (numbers at this size are noise): every figure present for every round,
+    the job's steps all timed, and the DoFn methods it wrapped given back afterwards."""
+    import yaml
+
+    from benchmarks import cpu_accounting
+    from transforms.write import _WritePartsFn
+
+    work, patterns, model = small_setup
+    config = os.path.join(work, "accounting.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(data.export_config(patterns[3000], model, os.path.join(work, "out", "accounting"),
+                                          "small", 256, 2), f)
+    run = run_child("cpu_accounting", ["--config", config, f"--input=1500={patterns[1500]}",
+                                       f"--input=3000={patterns[3000]}", "--repeats", "2"],
+                    os.path.join(work, "accounting.log"))
+    result = run.result
+    assert (result["rows"], result["repeats"]) == (1500, 2)
+    for path in ("job", "floor", "job_minus_floor"):
+        assert list(result[path]["threads"]) == list(cpu_accounting.THREAD_KINDS)
+        for group in ("wall", "cpu", "threads"):
+            assert all(len(s["values"]) == 2 and s["low"] <= s["median"] <= s["high"]
+                       for s in result[path][group].values())
+    parquet_steps = {step for module, _, _, step in cpu_accounting.JOB_STEPS if "datarecord" not in module}
+    assert set(result["job"]["steps"]) == parquet_steps and result["floor"]["steps"] == {}
+    with open(os.path.join(work, "accounting.log")) as log:
+        assert "thread: main" in log.read()  # the table went to stdout
+    with cpu_accounting.StepClock():
+        assert _WritePartsFn.process.__name__ == "timed"
+    assert _WritePartsFn.process.__name__ == "process"
+
+
 FIELDS = ["valid", "invalid_reasons", "rows", "naive_rows", "floor_rows_per_s", "pipeline_vs_floor",
           "pipeline_vs_floor_spread", "pipeline_vs_floor_cpu", "limit_rows_per_s", "pipeline_rows_per_s",
           "naive_rows_per_s", "pipeline_vs_limit", "pipeline_vs_naive", "encode_rows_per_s", "encode_vs_thriftpy2",
