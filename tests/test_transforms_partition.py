@@ -6,7 +6,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline_fixtures import fmix64_reference
 from transforms.elements import EmbeddedBatch
-from transforms.partition import PartitionBatches, fmix64, shard_of_keys, split_by_shard
+from transforms.partition import PartitionBatches, fmix64, shard_of_keys, shard_ranges, split_by_shard
 from transforms.specs import PartitionSpec
 
 FN_API = "FnApiRunner"  # TestPipeline ignores --runner in argv
@@ -50,6 +50,26 @@ def test_split_by_shard_keeps_order_like_tf_dynamic_partition():
     for shard, rows in split:
         assert isinstance(shard, int)  # becomes a GroupByKey key: never a numpy int
         np.testing.assert_array_equal(rows, expected[shard])
+
+
+def test_shard_ranges_order_the_rows_by_shard_for_any_shard_count():
+    rng = np.random.default_rng(3)
+    for num_shards in (1, 16, 40_000):  # past 32,767 shards the ids are sorted as int64
+        shards = rng.integers(0, num_shards, size=5000)
+        order, ranges = shard_ranges(shards)
+        assert [s for s, _, _ in ranges] == sorted(set(shards.tolist()))
+        assert ranges[0][1] == 0 and ranges[-1][2] == 5000
+        for shard, start, end in ranges:
+            np.testing.assert_array_equal(order[start:end], np.flatnonzero(shards == shard))
+    order, ranges = shard_ranges(np.zeros(0, np.int64))
+    assert len(order) == 0 and ranges == []
+
+
+def test_batch_rows_are_views():
+    batch = _batch(range(10), range(10))
+    part = batch.rows(2, 5)
+    assert part.keys.tolist() == [2, 3, 4] and part.partition_ids.tolist() == [2, 3, 4]
+    assert np.shares_memory(part.embedding, batch.embedding) and part.embedding.flags.c_contiguous
 
 
 def _batch(keys, pids=None):

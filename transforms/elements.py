@@ -70,6 +70,14 @@ class EmbeddedBatch:
             partition_ids=None if self.partition_ids is None else np.take(self.partition_ids, rows),
             key_strings=None if self.key_strings is None else np.take(self.key_strings, rows))
 
+    def rows(self, start: int, end: int) -> "EmbeddedBatch":
+        """The users ``start`` to ``end`` (exclusive) as a batch of views, no copy."""
+        return EmbeddedBatch(
+            keys=self.keys[start:end],
+            outputs=[out[start:end] for out in self.outputs],
+            partition_ids=None if self.partition_ids is None else self.partition_ids[start:end],
+            key_strings=None if self.key_strings is None else self.key_strings[start:end])
+
     @staticmethod
     def concat(batches: Sequence["EmbeddedBatch"]) -> "EmbeddedBatch":
         """The batches' users one after the other (the batch itself when there is one)."""
