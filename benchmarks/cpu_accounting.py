@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
     sys.path[0] = str(REPO)
 
 from benchmarks.estimate import median_interval  # noqa: E402  (after the path fix above)
+from benchmarks.floor import FloorLoop, rows_and_pattern  # noqa: E402
 
 __all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "account", "main"]
 
@@ -232,7 +233,6 @@ def _summary(values: List[float]) -> Dict:
 def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
     """Time the floor and the job of ``config_path`` on the N and 2N ``inputs``, ``repeats``
     rounds; the per-thread and per-step marginal CPU a row of each, and of their difference."""
-    from benchmarks.floor import FloorLoop
     from pipeline.config import load_config
     from pipeline.job import freeze_heap, run_export
     from pipeline.plan import preflight
@@ -302,16 +302,12 @@ def table(result: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the export's run config (YAML), runner FnApiRunner")
-    parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN",
+    parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN", type=rows_and_pattern,
                         help="an input of ROWS rows: give N and 2N")
     parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--result", help="also write the JSON result here")
     args = parser.parse_args(argv)
-    inputs = {}
-    for item in args.input:
-        rows, _, pattern = item.partition("=")
-        inputs[int(rows)] = pattern
-    result = account(args.config, inputs, args.repeats)
+    result = account(args.config, dict(args.input), args.repeats)
     print(table(result))
     if args.result:
         Path(args.result).write_text(json.dumps(result, indent=1))

@@ -33,13 +33,13 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
-__all__ = ["floor_tables", "run_floor", "FloorLoop", "measure_floor", "main"]
+__all__ = ["floor_tables", "run_floor", "FloorLoop", "measure_floor", "rows_and_pattern", "main"]
 
 
 def floor_tables(config, pattern: str, columns: List[str]) -> Iterator:
@@ -134,19 +134,23 @@ def measure_floor(config_path: str, inputs: Dict[int, str], repeats: int = 3) ->
     return {"runs": {str(rows): found for rows, found in runs.items()}, **floor.settings}
 
 
+def rows_and_pattern(text: str) -> Tuple[int, str]:
+    """``--input ROWS=PATTERN`` as (rows, pattern) (an argparse ``type``)."""
+    rows, sep, pattern = text.partition("=")
+    if not sep or not rows.isdigit() or not pattern:
+        raise argparse.ArgumentTypeError(f"expected ROWS=PATTERN, got {text!r}")
+    return int(rows), pattern
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the export's run config (YAML)")
-    parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN",
+    parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN", type=rows_and_pattern,
                         help="an input of ROWS rows (repeatable)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--result", required=True, help="write the JSON result here")
     args = parser.parse_args(argv)
-    inputs = {}
-    for item in args.input:
-        rows, _, pattern = item.partition("=")
-        inputs[int(rows)] = pattern
-    result = measure_floor(args.config, inputs, args.repeats)
+    result = measure_floor(args.config, dict(args.input), args.repeats)
     Path(args.result).write_text(json.dumps(result))
     return 0
 

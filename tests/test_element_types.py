@@ -9,7 +9,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import parse_config
