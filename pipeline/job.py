@@ -77,9 +77,9 @@ def freeze_heap() -> None:
 
     For a process that exists to launch one export, once its imports and plan are made. Such a
     process holds about 480,000 objects (TensorFlow, Beam, pyarrow, the plan), alive to its end,
-    and a full collection walks every one of them: on the development VM one came in each
-    200,000-row export, at a random moment, and took 0.22-0.26 s (about 6% of the run); with
-    those objects frozen it took 0.01-0.02 s. Frozen objects are still freed when their last
+    and a full collection walks every one of them: on the development VM one came in each export
+    of 200,000 or 400,000 rows, at a random moment, and took 0.22-0.30 s (about 5% of a
+    200,000-row run); with those objects frozen it took 0.01-0.03 s. Frozen objects are still freed when their last
     reference goes; only reference cycles among them are never collected. So library code does
     not call this: a process that goes on with other work keeps its collector as it was. The
     command line calls it when it owns the process (``embedding-export run``).

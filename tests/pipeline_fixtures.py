@@ -331,12 +331,24 @@ def sorted_records(records):
     return {s: sorted(r) for s, r in records.items()}
 
 
+def pcollections(p) -> Dict[str, object]:
+    """{'label[tag]': PCollection} of every output of every step of pipeline ``p``."""
+    import apache_beam as beam
+
+    found = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            for tag, pcoll in node.outputs.items():
+                found[f"{node.full_label}[{tag}]"] = pcoll
+
+    p.visit(Visitor())
+    return found
 
 
 def untyped_pcollections(p, allowed: Sequence[str] = ()) -> List[str]:
     """'label[tag]: type' of every PCollection of ``p`` whose element type is, or holds, Any
     (Beam then falls back to its pickling coder), except those made by a step in ``allowed``."""
-    import apache_beam as beam
     from apache_beam.typehints import typehints
 
     def holds_any(t) -> bool:
@@ -346,15 +358,5 @@ def untyped_pcollections(p, allowed: Sequence[str] = ()) -> List[str]:
         inner += list(getattr(t, "tuple_types", ())) + list(getattr(t, "union_types", ()))
         return any(holds_any(i) for i in inner if i is not None)
 
-    found = []
-
-    class Visitor(beam.pipeline.PipelineVisitor):
-        def visit_transform(self, node):
-            if node.full_label.endswith(tuple(allowed)):
-                return
-            for tag, pcoll in node.outputs.items():
-                if holds_any(pcoll.element_type):
-                    found.append(f"{node.full_label}[{tag}]: {pcoll.element_type}")
-
-    p.visit(Visitor())
-    return found
+    return [f"{label}: {pcoll.element_type}" for label, pcoll in pcollections(p).items()
+            if not label.rsplit("[", 1)[0].endswith(tuple(allowed)) and holds_any(pcoll.element_type)]

@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.config import parse_config
 from pipeline.job import build_pipeline
 from pipeline.plan import preflight
-from pipeline_fixtures import IDS_LEN, tiny_config, tiny_model, untyped_pcollections, user_table, write_users
+from pipeline_fixtures import IDS_LEN, pcollections, tiny_config, tiny_model, untyped_pcollections, user_table, write_users
 from transforms import EmbedTables, SavedModelHandler, WriteDataRecordShards, model_specs
 from transforms.elements import ArrowTableCoder, EmbeddedBatchCoder
 
@@ -29,19 +29,6 @@ def _export_graph(config, progress_dir=None) -> beam.Pipeline:
     p = _pipeline()
     build_pipeline(p, preflight(config), progress_dir=progress_dir)
     return p
-
-
-def _pcollections(p) -> dict:
-    """{label[tag]: PCollection} of ``p``."""
-    found = {}
-
-    class Visitor(beam.pipeline.PipelineVisitor):
-        def visit_transform(self, node):
-            for tag, pcoll in node.outputs.items():
-                found[f"{node.full_label}[{tag}]"] = pcoll
-
-    p.visit(Visitor())
-    return found
 
 
 def _parquet_users(tmp_path, table=None) -> str:
@@ -60,7 +47,7 @@ def test_parquet_export_by_hash_declares_every_type(tmp_path):
     p = _export_graph(config, progress_dir=str(tmp_path / "progress"))
     assert untyped_pcollections(p, allowed=MANIFEST) == []
     coder = beam.coders.registry.get_coder
-    pcolls = _pcollections(p)
+    pcolls = pcollections(p)
     # the tagged outputs, rare but possibly large (rejected rows), keep the Arrow coder
     for label in ("ExportEmbeddings/Validate/ValidateRows/ParDo(_ValidateAndBatchFn)[rejected]",
                   "ExportEmbeddings/Embed/RunModel/ParDo(_EmbedFn)[rejected]",
@@ -82,7 +69,7 @@ def test_parquet_export_by_column_and_string_keys_declares_every_type(tmp_path):
     raw = tiny_config(_parquet_users(tmp_path, table), tiny_model(), str(tmp_path / "out")).model_dump(mode="json")
     raw["partition"] = {"num_shards": 3, "by": "column", "column": "bucket"}
     p = _export_graph(parse_config(raw))
-    labels = set(_pcollections(p))
+    labels = set(pcollections(p))
     assert any("CountDuplicateKeys" in label for label in labels)
     assert untyped_pcollections(p, allowed=MANIFEST) == []
 
