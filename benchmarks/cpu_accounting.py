@@ -65,6 +65,8 @@ JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     ("transforms.finalize", "_FinalizeFn", ("process",), "publish"),
 )
 THREAD_KINDS = ("main", "model calls", "tf", "other", "unattributed")
+# The order of the figures in the result and the table: wall, CPU, thread kinds, steps in pipeline order.
+_ORDER = {name: i for i, name in enumerate(("s", "process", *THREAD_KINDS, *dict.fromkeys(s for *_, s in JOB_STEPS)))}
 MODEL_CALL_THREADS = ("embed-model", "floor-model")  # thread_name_prefix of transforms.embed and benchmarks.floor
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -216,8 +218,7 @@ def _marginal_summaries(small: List[Dict], big: List[Dict], rows: int) -> Dict[s
     """{group: {name: summary}} of the per-round marginal core-us a row of each figure."""
     out: Dict[str, Dict[str, Dict]] = {group: {} for group in ("wall", "cpu", "threads", "steps")}
     for group in out:
-        names = sorted({n for run in small + big for n in run[group]},
-                       key=lambda n: THREAD_KINDS.index(n) if n in THREAD_KINDS else 0)
+        names = sorted({n for run in small + big for n in run[group]}, key=lambda n: (_ORDER.get(n, len(_ORDER)), n))
         for name in names:
             values = [1e6 * (b[group].get(name, 0.0) - a[group].get(name, 0.0)) / rows for a, b in zip(small, big)]
             out[group][name] = _summary(values)
@@ -248,21 +249,21 @@ def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
     import_tensorflow()
     floor = FloorLoop(config_path)
 
-    def export(pattern: str) -> None:
-        run = config.model_copy(update={"input": config.input.model_copy(update={"path": pattern})})
+    def export(size: int) -> None:
+        run = config.model_copy(update={"input": config.input.model_copy(update={"path": inputs[size]})})
         manifest = run_export(preflight(run, overwrite=True))
-        if manifest["rows_read"] not in inputs:
-            raise ValueError(f"{pattern}: the job read {manifest['rows_read']} rows, expected one of {sorted(inputs)}")
+        if manifest["rows_read"] != size:
+            raise ValueError(f"{inputs[size]}: the job read {manifest['rows_read']} rows, expected {size}")
 
     runs: Dict[str, Dict[int, List[Dict]]] = {"floor": {rows: [], 2 * rows: []}, "job": {rows: [], 2 * rows: []}}
     with StepClock() as clock:
         floor.run(inputs[rows])   # warm: the first run of each path in a process is the slowest
-        export(inputs[rows])
+        export(rows)
         freeze_heap()  # as `embedding-export run` does in its own process
         for _ in range(repeats):
             for size in (rows, 2 * rows):
                 runs["floor"][size].append(_measured(lambda: floor.run(inputs[size])))
-                runs["job"][size].append(_measured(lambda: export(inputs[size]), clock))
+                runs["job"][size].append(_measured(lambda: export(size), clock))
     result: Dict = {"rows": rows, "repeats": repeats, "config": config_path, "floor_settings": floor.settings}
     for path in ("floor", "job"):
         result[path] = _marginal_summaries(runs[path][rows], runs[path][2 * rows], rows)
