@@ -49,7 +49,8 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
     sys.path[0] = str(REPO)
 
 from benchmarks.estimate import median_interval  # noqa: E402  (after the path fix above)
-from benchmarks.floor import FloorLoop, rows_and_pattern  # noqa: E402
+from benchmarks.floor import FLOOR_MODEL_THREAD_NAME, FloorLoop, rows_and_pattern  # noqa: E402
+from transforms.embed import MODEL_THREAD_NAME  # noqa: E402
 
 __all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "account", "main"]
 
@@ -67,7 +68,7 @@ JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
 THREAD_KINDS = ("main", "model calls", "tf", "other", "unattributed")
 # The order of the figures in the result and the table: wall, CPU, thread kinds, steps in pipeline order.
 _ORDER = {name: i for i, name in enumerate(("s", "process", *THREAD_KINDS, *dict.fromkeys(s for *_, s in JOB_STEPS)))}
-MODEL_CALL_THREADS = ("embed-model", "floor-model")  # thread_name_prefix of transforms.embed and benchmarks.floor
+MODEL_CALL_THREADS = (MODEL_THREAD_NAME, FLOOR_MODEL_THREAD_NAME)
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
+FLOOR_MODEL_THREAD_NAME = "floor-model"  # the floor's model-call threads' name prefix
+
 __all__ = ["floor_tables", "run_floor", "FloorLoop", "measure_floor", "rows_and_pattern", "main"]
 
 
@@ -72,7 +74,7 @@ def run_floor(tables: Iterator, batch_size: int, feeds_of: Callable, call: Calla
     ``workers + queued`` calls in flight at most; returns the rows done."""
     pending: collections.deque = collections.deque()
     rows = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor-model") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=FLOOR_MODEL_THREAD_NAME) as pool:
         for table in tables:
             for start in range(0, table.num_rows, batch_size):
                 part = table.slice(start, batch_size)

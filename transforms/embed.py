@@ -51,6 +51,7 @@ NON_FINITE_EMBEDDING = "non_finite_embedding"
 # Batches queued for the model beyond those it is working on, while the bundle's thread
 # prepares the next one: enough to keep the model busy through reading the next row group.
 MODEL_CALLS_QUEUED = 2
+MODEL_THREAD_NAME = "embed-model"  # the model-call threads' name prefix (benchmarks.cpu_accounting counts them)
 
 
 class LoadedModel:
@@ -289,7 +290,7 @@ class _EmbedFn(beam.DoFn):
         self._model = self._shared_model.acquire(self._handler.load_model, tag=self._handler.model_tag)
         self._metrics.cache_load_model_metrics(self._model.load_millis, self._model.num_bytes)
         workers = self._handler.concurrent_calls
-        self._calls = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-model")
+        self._calls = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=MODEL_THREAD_NAME)
         self._ahead = workers + MODEL_CALLS_QUEUED
 
     def start_bundle(self):
