@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
 
 from benchmarks.estimate import median_interval  # noqa: E402  (after the path fix above)
 from benchmarks.floor import FLOOR_MODEL_THREAD_NAME, FloorLoop, rows_and_pattern  # noqa: E402
+from benchmarks.window import CLOCK_TICKS  # noqa: E402
 from transforms.embed import MODEL_THREAD_NAME  # noqa: E402
 
 __all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "account", "main"]
@@ -70,7 +71,6 @@ THREAD_KINDS = ("main", "model calls", "tf", "other", "unattributed")
 _ORDER = {name: i for i, name in enumerate(("s", "process", *THREAD_KINDS, *dict.fromkeys(s for *_, s in JOB_STEPS)))}
 MODEL_CALL_THREADS = (MODEL_THREAD_NAME, FLOOR_MODEL_THREAD_NAME)
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def thread_cpu_seconds() -> Dict[int, Tuple[str, float]]:
@@ -86,7 +86,7 @@ def thread_cpu_seconds() -> Dict[int, Tuple[str, float]]:
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        found[int(tid)] = (names.get(int(tid), comm), (int(fields[11]) + int(fields[12])) / _TICK)
+        found[int(tid)] = (names.get(int(tid), comm), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
     return found
 
 
@@ -187,7 +187,8 @@ class _ThreadSampler:
             self._latest.update(thread_cpu_seconds())
 
     def __enter__(self) -> "_ThreadSampler":
-        self._latest = thread_cpu_seconds()
+        self.first = thread_cpu_seconds()  # the run's starting point
+        self._latest = dict(self.first)
         self._thread.start()
         return self
 
@@ -206,12 +207,11 @@ def _measured(run: Callable[[], object], clock: Optional[StepClock] = None) -> D
     "steps": {step: s}}."""
     if clock is not None:
         clock.take()
-    before = thread_cpu_seconds()
     with _ThreadSampler() as sampler:
         wall, cpu = time.perf_counter(), time.process_time()
         run()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"wall": {"s": wall}, "cpu": {"process": cpu}, "threads": cpu_by_kind(before, sampler.latest, cpu),
+    return {"wall": {"s": wall}, "cpu": {"process": cpu}, "threads": cpu_by_kind(sampler.first, sampler.latest, cpu),
             "steps": clock.take() if clock is not None else {}}
 
 
@@ -270,13 +270,10 @@ def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
         result[path] = _marginal_summaries(runs[path][rows], runs[path][2 * rows], rows)
     # The difference per round: job run minus floor run at each size, then the marginal.
     difference = {size: [{group: {name: job[group].get(name, 0.0) - flo[group].get(name, 0.0)
-                                   for name in set(job[group]) | set(flo[group])}
-                          for group in ("wall", "cpu", "threads")}
+                                   for name in set(job[group]) | set(flo[group]) if group != "steps"}
+                          for group in job}
                          for flo, job in zip(runs["floor"][size], runs["job"][size])]
                   for size in (rows, 2 * rows)}
-    for size_runs in difference.values():
-        for run in size_runs:
-            run["steps"] = {}
     result["job_minus_floor"] = _marginal_summaries(difference[rows], difference[2 * rows], rows)
     return result
 

@@ -18,9 +18,9 @@ import resource
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["TimedWindow", "machine_busy_seconds", "usable_cores", "load_average", "own_peak_rss_mb"]
+__all__ = ["CLOCK_TICKS", "TimedWindow", "machine_busy_seconds", "usable_cores", "load_average", "own_peak_rss_mb"]
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc counts CPU time in these a second
 
 
 def usable_cores() -> int:
@@ -41,7 +41,7 @@ def machine_busy_seconds() -> Optional[float]:
         return None
     ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
     busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
-    return busy / _TICK
+    return busy / CLOCK_TICKS
 
 
 def _own_cpu_seconds() -> float:
