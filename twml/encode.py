@@ -8,8 +8,9 @@ fields in ascending field id, map entries in the order given, every non-string d
 The encoder sees a record as a row of *segments*: bytes that are the same for every record
 (field headers, feature ids, dtypes, shapes), fixed-width per-record bytes (keys, numeric
 tensor content) and, only for strings, variable-width per-record bytes. When no segment is
-variable every record has the same length and the whole batch is one ``[B, L]`` uint8 array
-filled column block by column block: a handful of strided memcpys per batch, whatever B is.
+variable every record has the same length and the whole batch is one ``[B, L]`` uint8 array:
+the constant bytes are a template row and the fixed-width segments are blocks written over it,
+row by row in one native call (``twml.row_fill``), whatever B is.
 
 The result is an ``EncodedRecords``: one contiguous buffer plus B+1 offsets, which the file
 writers frame without copying each record into its own ``bytes`` first. ``encode_fixed_rows``
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple,
 import numpy as np
 
 from twml.feature_ids import resolve_feature_id
+from twml.row_fill import Footer, fill_rows
 
 __all__ = ["EncodedRecords", "TensorColumn", "StringColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
            "encode_fixed_rows",
@@ -243,30 +245,22 @@ def _width(seg: Segment) -> int:
     return len(seg.data) if isinstance(seg, _Const) else seg.rows.shape[1]
 
 
-def _fill_fixed(batch: int, merged: List[Segment]) -> np.ndarray:
-    """[B, L] uint8, row i = record i, from segments none of which is variable.
-
-    All constant bytes go in with one broadcast of a template row, then each fixed-width column
-    block on top: numpy pays a per-row cost for every strided assignment (~60 instructions a
-    row each, more than copying a 20-byte constant), so three assignments for an exported
-    record (template, key, embedding) instead of five do the same work in fewer instructions.
-    """
+def _fill_fixed(batch: int, merged: List[Segment], footer: Optional[Footer] = None) -> np.ndarray:
+    """[B, L] uint8, row i = record i, from segments none of which is variable: the constant
+    bytes are one template row, the fixed-width segments blocks written over it, and the
+    footers (``row_fill.Footer``) hashed in the same pass (``twml.row_fill``)."""
     widths = [_width(seg) for seg in merged]
     template = np.zeros(sum(widths), dtype=np.uint8)
-    fixed = []
+    blocks = []
     col = 0
     for seg, width in zip(merged, widths):
         if width:
             if isinstance(seg, _Const):
                 template[col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
             else:
-                fixed.append((col, width, seg.rows))
+                blocks.append((col, seg.rows))
         col += width
-    out = np.empty((batch, len(template)), dtype=np.uint8)
-    out[:] = template
-    for col, width, rows in fixed:
-        out[:, col:col + width] = rows
-    return out
+    return fill_rows(template, blocks, batch, footer)
 
 
 # Above this many bytes of padded layout, variable-length records are placed one by one instead.
@@ -457,7 +451,8 @@ def encode_data_records(keys: Optional[np.ndarray], key_feature_id: Optional[int
 
 def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],
                       tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
-                      head: Union[int, Callable[[int], bytes]] = 0, tail: int = 0) -> Optional[np.ndarray]:
+                      head: Union[int, Callable[[int], bytes]] = 0, tail: int = 0,
+                      crc_footer: bool = False) -> Optional[np.ndarray]:
     """``encode_data_records``' records as rows of one array, with room around each record.
 
     For a container that wraps every record (e.g. TFRecord's length header and crc footer):
@@ -469,6 +464,8 @@ def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],
         record length L to the bytes to put there (the same for every row; written in the
         same pass as the records' own constant bytes).
       tail: zero bytes after each record, for the caller to fill.
+      crc_footer: the first 4 tail bytes (tail >= 4) := TFRecord's masked crc32c of the record,
+        little-endian, hashed as each row is written (``twml.row_fill``).
     Returns:
       a C-ordered [B, H + L + tail] uint8 array, H = the head's size, with record i (the
       bytes ``encode_data_records(...)[i]``) in row i [H:H + L]; or None when the records
@@ -476,12 +473,16 @@ def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],
     """
     if tail < 0 or (isinstance(head, int) and head < 0):
         raise ValueError(f"head and tail must be >= 0, got {head} and {tail}")
+    if crc_footer and tail < 4:
+        raise ValueError(f"a crc footer needs a tail of at least 4 bytes, got {tail}")
     keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors)
     if any(_is_string_array(array) for _, array in columns):
         return None
     merged = _merge_constants(_data_record_segments(keys, key_feature_id, columns))
-    head_bytes = bytes(head) if isinstance(head, int) else bytes(head(sum(map(_width, merged))))
-    return _fill_fixed(batch, _merge_constants([_Const(head_bytes)] + merged + [_Const(bytes(tail))]))
+    length = sum(map(_width, merged))
+    head_bytes = bytes(head) if isinstance(head, int) else bytes(head(length))
+    footer = (len(head_bytes), length) if crc_footer else None
+    return _fill_fixed(batch, _merge_constants([_Const(head_bytes)] + merged + [_Const(bytes(tail))]), footer)
 
 
 def encode_continuous_records(feature_ids: Sequence[int], values: np.ndarray) -> EncodedRecords:

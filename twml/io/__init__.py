@@ -1,9 +1,33 @@
-"""File containers for serialized records: TFRecord framing and elephant-bird blocks."""
-from twml.io.block import (BLOCK_MARKER, DATA_RECORD_CLASS_NAME, BlockWriter, iter_block_records,
-                           read_block_records)
-from twml.io.compression import infer_compression, open_for_read, open_for_write
-from twml.io.tfrecord import TFRecordWriter, encode_tfrecords, frame_tfrecords, iter_tfrecords, masked_crc32c, read_tfrecords
+"""File containers for serialized records: TFRecord framing and elephant-bird blocks.
 
-__all__ = ["BLOCK_MARKER", "DATA_RECORD_CLASS_NAME", "BlockWriter", "iter_block_records",
-           "read_block_records", "infer_compression", "open_for_read", "open_for_write",
-           "TFRecordWriter", "encode_tfrecords", "frame_tfrecords", "iter_tfrecords", "masked_crc32c", "read_tfrecords"]
+The names below load on first use (PEP 562), as in ``twml``: so that a submodule such as
+``twml.io.crc32c_batch``, which the encoder itself uses (``twml.row_fill``), imports without
+the containers, which import the encoder.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "twml.io.block": ("BLOCK_MARKER", "DATA_RECORD_CLASS_NAME", "BlockWriter", "iter_block_records",
+                      "read_block_records"),
+    "twml.io.compression": ("infer_compression", "open_for_read", "open_for_write"),
+    "twml.io.tfrecord": ("TFRecordWriter", "encode_tfrecords", "frame_tfrecords", "iter_tfrecords",
+                         "masked_crc32c", "read_tfrecords"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twml.io' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

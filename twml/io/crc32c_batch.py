@@ -29,7 +29,7 @@ import google_crc32c
 import numpy as np
 
 __all__ = ["crc32c_rows", "crc32c_rows_reference", "masked_crc32c_into_footer", "mask_crc32c",
-           "frame_records", "BACKEND", "MASK_DELTA"]
+           "frame_records", "BACKEND", "MASK_DELTA", "WRITE_MASKED_FOOTERS"]
 
 MASK_DELTA = 0xA282EAD8  # TFRecord's crc mask: rotate right by 15, add this
 
@@ -73,6 +73,11 @@ def _native_supported() -> bool:
 
 _KERNEL: Optional[Callable] = None
 _FOOTER_KERNEL: Optional[Callable] = None
+WRITE_MASKED_FOOTERS: Optional[Callable] = None
+"""A numba function for other kernels to inline (None without the native backend):
+``WRITE_MASKED_FOOTERS(buf, s0, stride, length, batch)`` writes, for each row r < batch, the
+masked crc32c of ``buf[s0 + r * stride:][:length]`` into the 4 bytes after it, little-endian.
+A kernel that calls it must also pass its own first-call check: this module's does not cover it."""
 _FRAME_KERNEL: Optional[Callable] = None
 
 if _native_supported():
@@ -181,23 +186,29 @@ if _native_supported():
             crcs[row] = _crc_of_row(src, row * stride, length)
             row += 1
 
-    @njit(cache=True, nogil=True)
-    def _masked_footer_kernel(buf, batch, stride, length):
-        """For each row r < batch: data = buf[r * stride:][:length]; the next 4 bytes := masked
-        crc32c(data), little-endian. ``buf`` is flat, writable uint8."""
+    @njit(inline="always")
+    def _write_masked_footers(buf, s0, stride, length, batch):
+        """For each row r < batch: data = buf[s0 + r * stride:][:length]; the next 4 bytes :=
+        masked crc32c(data), little-endian. ``buf`` is flat, writable uint8. A building block
+        for other kernels (``twml.row_fill`` frames rows as it fills them)."""
         row = 0
         while row + 4 <= batch:
-            s0 = row * stride
-            c0, c1, c2, c3 = _crc_of_four_rows(buf, s0, stride, length)
-            _store_u32_le(buf, s0 + length, _masked(c0))
-            _store_u32_le(buf, s0 + stride + length, _masked(c1))
-            _store_u32_le(buf, s0 + 2 * stride + length, _masked(c2))
-            _store_u32_le(buf, s0 + 3 * stride + length, _masked(c3))
+            s = s0 + row * stride
+            c0, c1, c2, c3 = _crc_of_four_rows(buf, s, stride, length)
+            _store_u32_le(buf, s + length, _masked(c0))
+            _store_u32_le(buf, s + stride + length, _masked(c1))
+            _store_u32_le(buf, s + 2 * stride + length, _masked(c2))
+            _store_u32_le(buf, s + 3 * stride + length, _masked(c3))
             row += 4
         while row < batch:
-            s0 = row * stride
-            _store_u32_le(buf, s0 + length, _masked(_crc_of_row(buf, s0, length)))
+            s = s0 + row * stride
+            _store_u32_le(buf, s + length, _masked(_crc_of_row(buf, s, length)))
             row += 1
+
+    @njit(cache=True, nogil=True)
+    def _masked_footer_kernel(buf, batch, stride, length):
+        """``_write_masked_footers`` from the first row of ``buf``."""
+        _write_masked_footers(buf, 0, stride, length, batch)
 
     @njit(cache=True, nogil=True)
     def _frame_records_kernel(src, offsets, out):
@@ -219,6 +230,7 @@ if _native_supported():
     _KERNEL = _crc32c_row_kernel
     _FOOTER_KERNEL = _masked_footer_kernel
     _FRAME_KERNEL = _frame_records_kernel
+    WRITE_MASKED_FOOTERS = _write_masked_footers
 
 BACKEND = "numba-sse4.2" if _KERNEL is not None else "google-crc32c"
 """Which implementation the functions use: "numba-sse4.2" or "google-crc32c"."""

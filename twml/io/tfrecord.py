@@ -6,9 +6,10 @@ crc32c(data)``, masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8 mod 2^32.
 Writing a batch avoids a Python object per record. When all records share a length (no string
 tensors), the length header and its crc are one constant and a batch is a ``[B, L + 16]``
 array: ``encode_tfrecords`` has the encoder fill it directly (header as a constant column,
-records in place), ``frame_tfrecords`` copies already-encoded records into it; either way the
-data crcs are then written into the footer column by one native call
-(``crc32c_batch.masked_crc32c_into_footer``), not one ``google_crc32c`` call (~0.2 us) per
+records in place, each record's crc hashed into its footer as its row is written:
+``twml.row_fill``), ``frame_tfrecords`` copies already-encoded records into it and writes the
+data crcs into the footer column with one native call
+(``crc32c_batch.masked_crc32c_into_footer``); never one ``google_crc32c`` call (~0.2 us) per
 record. Records of differing lengths are framed one by one. The reader checks the length's crc
 before trusting the length and reads through ``PieceReader``, so corrupt or hostile files cost
 memory in proportion to their real size and fail with RecordFormatError(path, offset).
@@ -71,10 +72,9 @@ def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
         tensors = list(tensors)   # read twice when the records turn out to be variable-length
     if strings:
         return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors, strings))
-    rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size)
+    rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size, crc_footer=True)
     if rows is None:
         return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))
-    masked_crc32c_into_footer(rows, _HEADER_SIZE, rows.shape[1] - FRAME_OVERHEAD)
     return rows.reshape(-1)
 
 
