@@ -121,7 +121,7 @@ def test_a_kernel_that_fails_its_first_call_check_is_dropped_with_a_warning(monk
     monkeypatch.setattr(crc32c_batch, "_KERNEL", wrong)
     monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", crc32c_batch._FOOTER_KERNEL)  # restored after
     monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", crc32c_batch._FRAME_KERNEL)
-    monkeypatch.setattr(crc32c_batch, "_checked", False)
+    monkeypatch.setattr(crc32c_batch, "_NATIVE", crc32c_batch._NATIVE.fresh())  # the check runs again
     monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
     rows = np.random.default_rng(5).integers(0, 256, (6, 40), dtype=np.uint8)
     with pytest.warns(RuntimeWarning, match="native kernel unusable"):
@@ -224,7 +224,7 @@ def test_a_footer_kernel_that_fails_its_first_call_check_is_dropped_with_a_warni
     monkeypatch.setattr(crc32c_batch, "_KERNEL", crc32c_batch._KERNEL)
     monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", wrong)
     monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", crc32c_batch._FRAME_KERNEL)
-    monkeypatch.setattr(crc32c_batch, "_checked", False)
+    monkeypatch.setattr(crc32c_batch, "_NATIVE", crc32c_batch._NATIVE.fresh())  # the check runs again
     monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
     framed = np.random.default_rng(8).integers(0, 256, (6, 60), dtype=np.uint8)
     want = _expected_framed(framed, 12, 44)
@@ -280,7 +280,7 @@ def test_a_frame_kernel_that_fails_its_first_call_check_is_dropped_with_a_warnin
     monkeypatch.setattr(crc32c_batch, "_KERNEL", crc32c_batch._KERNEL)
     monkeypatch.setattr(crc32c_batch, "_FOOTER_KERNEL", crc32c_batch._FOOTER_KERNEL)
     monkeypatch.setattr(crc32c_batch, "_FRAME_KERNEL", wrong)
-    monkeypatch.setattr(crc32c_batch, "_checked", False)
+    monkeypatch.setattr(crc32c_batch, "_NATIVE", crc32c_batch._NATIVE.fresh())  # the check runs again
     monkeypatch.setattr(crc32c_batch, "BACKEND", "numba-sse4.2")
     with pytest.warns(RuntimeWarning, match="framed records differ"):
         got = frame_records(np.frombuffer(b"abcdef", np.uint8), np.array([0, 2, 6]))

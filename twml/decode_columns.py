@@ -30,17 +30,15 @@ first-use check against ``decode_data_record``, with a warning), and callers use
 """
 from __future__ import annotations
 
-import threading
-import warnings
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from twml.decode import MAX_DEPTH
+from twml.native_check import FirstUseCheck
 
 __all__ = ["AVAILABLE", "ExtractedColumns", "pack_records", "extract_columns", "sparse_binary_column",
            "native_ready"]
-
 
 
 class ExtractedColumns(NamedTuple):
@@ -409,9 +407,6 @@ if njit is not None:
 AVAILABLE = _WALK is not None
 """Whether the native kernels can be used (numba imported; first-use check not failed yet)."""
 
-_ready = threading.Lock()
-_checked = False
-
 
 def extract_columns(buf: np.ndarray, offsets: np.ndarray, continuous_ids: np.ndarray, discrete_ids: np.ndarray,
                     sparse_ids: np.ndarray) -> ExtractedColumns:
@@ -530,15 +525,12 @@ def _java_hash(data: bytes) -> int:
 def native_ready() -> bool:
     """Compile (or load from numba's cache) and check the kernels once; False (with a warning
     the first time) when they are unusable."""
-    global AVAILABLE, _checked
-    if _checked or not AVAILABLE:
-        return AVAILABLE
-    with _ready:
-        if not _checked:
-            error = _first_call_check()
-            if error is not None:
-                warnings.warn(f"decode_columns: native DataRecord kernel unusable ({error}); "
-                              "decoding records one by one", RuntimeWarning, stacklevel=3)
-                AVAILABLE = False
-            _checked = True
-    return AVAILABLE
+    return AVAILABLE and _NATIVE.passed()
+
+
+def _drop_kernels() -> None:
+    global AVAILABLE
+    AVAILABLE = False
+
+
+_NATIVE = FirstUseCheck("decode_columns", _first_call_check, "decoding records one by one", _drop_kernels)

@@ -25,13 +25,12 @@ Without the native crc32c (no SSE4.2) the footers are a second pass
 """
 from __future__ import annotations
 
-import threading
-import warnings
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from twml.io.crc32c_batch import WRITE_MASKED_FOOTERS, masked_crc32c_into_footer
+from twml.native_check import FirstUseCheck
 
 __all__ = ["fill_rows", "fill_rows_reference", "Block", "Footer", "BACKEND"]
 
@@ -110,9 +109,6 @@ if njit is not None:
 BACKEND = "numba" if _KERNEL is not None else "numpy"
 """Which fill ``fill_rows`` uses: "numba" or "numpy"."""
 
-_ready = threading.Lock()
-_checked = False
-
 
 def _native(template: np.ndarray, blocks: Sequence[Block], batch: int, footer: Optional[Footer]) -> np.ndarray:
     out = np.empty((batch, len(template)), dtype=np.uint8)
@@ -149,20 +145,12 @@ def _first_call_check() -> Optional[str]:
     return None
 
 
-def _native_ready() -> bool:
-    """Compile (or load) the kernels once and compare them with the numpy fill; else fall back."""
-    global _KERNEL, _FRAMED_KERNEL, BACKEND, _checked
-    if _checked:
-        return _KERNEL is not None
-    with _ready:
-        if not _checked:
-            error = _first_call_check()
-            if error is not None:
-                warnings.warn(f"row_fill: native kernel unusable ({error}); using numpy",
-                              RuntimeWarning, stacklevel=3)
-                _KERNEL, _FRAMED_KERNEL, BACKEND = None, None, "numpy"
-            _checked = True
-    return _KERNEL is not None
+def _drop_kernels() -> None:
+    global _KERNEL, _FRAMED_KERNEL, BACKEND
+    _KERNEL, _FRAMED_KERNEL, BACKEND = None, None, "numpy"
+
+
+_NATIVE = FirstUseCheck("row_fill", _first_call_check, "using numpy", _drop_kernels)
 
 
 def fill_rows(template: np.ndarray, blocks: Sequence[Block], batch: int,
@@ -197,6 +185,6 @@ def fill_rows(template: np.ndarray, blocks: Sequence[Block], batch: int,
                              f"{len(template)} bytes")
         if any(col < start + length + 4 and col + rows.shape[1] > start + length for col, rows in blocks):
             raise ValueError(f"a block covers the footer at [{start + length}, {start + length + 4})")
-    if _KERNEL is not None and batch and _native_ready():
+    if _KERNEL is not None and batch and _NATIVE.passed():
         return _native(template, blocks, batch, footer)
     return fill_rows_reference(template, blocks, batch, footer)

@@ -6,28 +6,12 @@ the containers, which import the encoder.
 """
 from __future__ import annotations
 
-import importlib
+from twml._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "twml.io.block": ("BLOCK_MARKER", "DATA_RECORD_CLASS_NAME", "BlockWriter", "iter_block_records",
                       "read_block_records"),
     "twml.io.compression": ("infer_compression", "open_for_read", "open_for_write"),
     "twml.io.tfrecord": ("TFRecordWriter", "encode_tfrecords", "frame_tfrecords", "iter_tfrecords",
                          "masked_crc32c", "read_tfrecords"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'twml.io' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+})

@@ -21,12 +21,12 @@ Both functions use the same backend.
 from __future__ import annotations
 
 import platform
-import threading
-import warnings
 from typing import Callable, Optional
 
 import google_crc32c
 import numpy as np
+
+from twml.native_check import FirstUseCheck
 
 __all__ = ["crc32c_rows", "crc32c_rows_reference", "masked_crc32c_into_footer", "mask_crc32c",
            "frame_records", "BACKEND", "MASK_DELTA", "WRITE_MASKED_FOOTERS"]
@@ -235,8 +235,6 @@ if _native_supported():
 BACKEND = "numba-sse4.2" if _KERNEL is not None else "google-crc32c"
 """Which implementation the functions use: "numba-sse4.2" or "google-crc32c"."""
 
-_ready = threading.Lock()
-_checked = False
 
 
 def _native(rows: np.ndarray) -> np.ndarray:
@@ -321,25 +319,17 @@ def frame_records(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if len(offsets) < 1 or (np.diff(offsets) < 0).any() or offsets[0] < 0 or offsets[-1] > len(data):
         raise ValueError("frame_records expects non-decreasing offsets within the data")
-    if _FRAME_KERNEL is not None and _native_ready():
+    if _FRAME_KERNEL is not None and _NATIVE.passed():
         return _native_frames(data, offsets)
     return _reference_frames(data, offsets)
 
 
-def _native_ready() -> bool:
-    """Compile (or load) the kernels once and compare them with google_crc32c; else fall back."""
-    global _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND, _checked
-    if _checked:
-        return _KERNEL is not None
-    with _ready:
-        if not _checked:
-            error = _first_call_check()
-            if error is not None:
-                warnings.warn(f"crc32c_batch: native kernel unusable ({error}); "
-                              "using google_crc32c", RuntimeWarning, stacklevel=3)
-                _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND = None, None, None, "google-crc32c"
-            _checked = True
-    return _KERNEL is not None
+def _drop_kernels() -> None:
+    global _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND
+    _KERNEL, _FOOTER_KERNEL, _FRAME_KERNEL, BACKEND = None, None, None, "google-crc32c"
+
+
+_NATIVE = FirstUseCheck("crc32c_batch", _first_call_check, "using google_crc32c", _drop_kernels)
 
 
 def crc32c_rows(rows: np.ndarray) -> np.ndarray:
@@ -354,7 +344,7 @@ def crc32c_rows(rows: np.ndarray) -> np.ndarray:
       ValueError if ``rows`` is not a 2-D uint8 array.
     """
     rows = _as_rows(rows, "crc32c_rows")
-    if _KERNEL is not None and _native_ready():
+    if _KERNEL is not None and _NATIVE.passed():
         return _native(rows)
     return crc32c_rows_reference(rows)
 
@@ -385,7 +375,7 @@ def masked_crc32c_into_footer(framed: np.ndarray, start: int, length: int) -> No
     if batch and ((width > 1 and framed.strides[1] != 1) or rows_overlap):
         raise ValueError("masked_crc32c_into_footer needs rows that are each contiguous and in "
                          f"order (strides {framed.strides}); pass a C-ordered array")
-    if _FOOTER_KERNEL is not None and _native_ready():
+    if _FOOTER_KERNEL is not None and _NATIVE.passed():
         _native_footers(framed, start, length)
     else:
         _reference_footers(framed, start, length)
