@@ -120,7 +120,35 @@ except ValueError:
     return done.stdout.split()[-1]
 
 
+def _allocator_of_plain_tensorflow():
+    """'bfc' or 'default': TF's own choice in a fresh process (where TF turns oneDNN on, as on
+    AVX-512 VNNI CPUs, oneDNN's allocator, which is a BFC one)."""
+    code = """
+import tensorflow as tf
+tf.constant([1.0]) + 1
+try:
+    tf.config.experimental.get_memory_info("CPU:0")
+    print("bfc")
+except ValueError:
+    print("default")
+"""
+    env = {k: v for k, v in os.environ.items() if k != CPU_ALLOCATOR_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()[-1]
+
+
+def test_tensorflows_import_notices_are_dropped_from_stderr_and_nothing_else(capfd):
+    # TF writes them natively at import where oneDNN is on, whatever TF_CPP_MIN_LOG_LEVEL says.
+    from transforms.tf_runtime import _IMPORT_NOTICES, _stderr_without
+    with _stderr_without(_IMPORT_NOTICES):
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+        os.write(2, b"a real problem\n")
+    assert capfd.readouterr().err == "a real problem\n"
+
+
 def test_a_worker_runs_the_model_on_tfs_bfc_allocator_unless_its_environment_says_otherwise():
     # The default allocator cost two page faults a row on the reference model (transforms.tf_runtime).
     assert _allocator_of_a_fresh_worker(tiny_model(), None) == "bfc"
-    assert _allocator_of_a_fresh_worker(tiny_model(), "false") == "default"
+    assert _allocator_of_a_fresh_worker(tiny_model(), "false") == _allocator_of_plain_tensorflow()

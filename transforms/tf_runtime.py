@@ -29,8 +29,12 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
+from typing import Iterator, Tuple
 
 __all__ = ["import_tensorflow", "set_thread_pools", "CPU_ALLOCATOR_ENV"]
 
@@ -40,12 +44,45 @@ _LOG = logging.getLogger(__name__)
 CPU_ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 
 
+# What TensorFlow writes to stderr at import on CPUs where it turns oneDNN on (AVX-512 VNNI and
+# newer), before its logging reads TF_CPP_MIN_LOG_LEVEL: so that setting cannot hide them.
+_IMPORT_NOTICES = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                   b"oneDNN custom operations are on.")
+
+
 def import_tensorflow():
     """The ``tensorflow`` module, imported with the job's allocator setting (unless the
-    environment chose one)."""
+    environment chose one). Where ``TF_CPP_MIN_LOG_LEVEL`` asks for no INFO lines (the quiet
+    command line sets it), TensorFlow's import-time notices (``_IMPORT_NOTICES``) are dropped
+    too; anything else it writes to stderr while importing is passed on."""
     os.environ.setdefault(CPU_ALLOCATOR_ENV, "true")
-    import tensorflow as tf
+    if "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0"):
+        with _stderr_without(_IMPORT_NOTICES):
+            import tensorflow as tf
+    else:
+        import tensorflow as tf
     return tf
+
+
+@contextlib.contextmanager
+def _stderr_without(notices: Tuple[bytes, ...]) -> Iterator[None]:
+    """Collect what this process writes to file descriptor 2 meanwhile (native code included),
+    then write it back less the lines containing one of ``notices`` (a crash meanwhile loses
+    what was collected)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as collected:
+        os.dup2(collected.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            collected.seek(0)
+            kept = [line for line in collected if not any(notice in line for notice in notices)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def set_thread_pools(tf, intra: int, inter: int) -> None:
