@@ -93,10 +93,32 @@ def test_embed_batches_in_a_pipeline_with_metrics():
     assert dists["model_byte_size"].max == (DENSE_DIM * 6 + 50 * 6) * 4
 
 
+# Prints the CPU allocator TF runs on: only TF's BFC allocator reports memory stats.
+_PRINT_ALLOCATOR = """
+import tensorflow as tf
+try:
+    tf.config.experimental.get_memory_info("CPU:0")
+    print("bfc")
+except ValueError:
+    print("default")
+"""
+
+
+def _allocator_in_a_fresh_process(code, env_value=None):
+    """'bfc' or 'default': the allocator after ``code`` ran in a fresh process, with
+    TF_CPU_ALLOCATOR_USE_BFC set to ``env_value`` (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != CPU_ALLOCATOR_ENV}
+    if env_value is not None:
+        env[CPU_ALLOCATOR_ENV] = env_value
+    done = subprocess.run([sys.executable, "-c", code + _PRINT_ALLOCATOR], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()[-1]
+
+
 def _allocator_of_a_fresh_worker(model_path, env_value):
-    """'bfc' or 'default': the CPU allocator TF runs the model on in a fresh process that loads it
-    through the handler, as a worker does (only TF's BFC allocator reports memory stats)."""
-    code = f"""
+    """The allocator of a fresh process that loads the model through the handler, as a worker does."""
+    return _allocator_in_a_fresh_process(f"""
 import sys
 sys.path[:0] = {sys.path!r}
 import numpy as np
@@ -105,37 +127,13 @@ from transforms.embed import SavedModelHandler
 h = SavedModelHandler({model_path!r}, "serving_default", INPUTS, OUTPUTS)
 h.run_batch({{"dense": np.zeros((8, {DENSE_DIM}), np.float32), "sparse_ids": np.zeros((8, {IDS_LEN}), np.int64)}},
             h.load_model())
-import tensorflow as tf
-try:
-    tf.config.experimental.get_memory_info("CPU:0")
-    print("bfc")
-except ValueError:
-    print("default")
-"""
-    env = {k: v for k, v in os.environ.items() if k != CPU_ALLOCATOR_ENV}
-    if env_value is not None:
-        env[CPU_ALLOCATOR_ENV] = env_value
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.split()[-1]
+""", env_value)
 
 
 def _allocator_of_plain_tensorflow():
-    """'bfc' or 'default': TF's own choice in a fresh process (where TF turns oneDNN on, as on
-    AVX-512 VNNI CPUs, oneDNN's allocator, which is a BFC one)."""
-    code = """
-import tensorflow as tf
-tf.constant([1.0]) + 1
-try:
-    tf.config.experimental.get_memory_info("CPU:0")
-    print("bfc")
-except ValueError:
-    print("default")
-"""
-    env = {k: v for k, v in os.environ.items() if k != CPU_ALLOCATOR_ENV}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.split()[-1]
+    """TF's own choice in a fresh process (where TF turns oneDNN on, as on AVX-512 VNNI CPUs,
+    oneDNN's allocator, which is a BFC one)."""
+    return _allocator_in_a_fresh_process("import tensorflow as tf\ntf.constant([1.0]) + 1\n")
 
 
 def test_tensorflows_import_notices_are_dropped_from_stderr_and_nothing_else(capfd):
