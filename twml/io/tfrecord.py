@@ -6,11 +6,9 @@ crc32c(data)``, masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8 mod 2^32.
 Writing a batch avoids a Python object per record. When all records share a length (no string
 tensors), the length header and its crc are one constant and a batch is a ``[B, L + 16]``
 array: ``encode_tfrecords`` has the encoder fill it directly (header as a constant column,
-records in place, each record's crc hashed into its footer as its row is written:
-``twml.row_fill``), ``frame_tfrecords`` copies already-encoded records into it and writes the
-data crcs into the footer column with one native call
-(``crc32c_batch.masked_crc32c_into_footer``); never one ``google_crc32c`` call (~0.2 us) per
-record. Records of differing lengths are framed one by one. The reader checks the length's crc
+records in place), ``frame_tfrecords`` copies already-encoded records into it; either way
+each record's crc is hashed into its footer as its row is written (``twml.row_fill``), never
+one ``google_crc32c`` call (~0.2 us) per record. Records of differing lengths are framed one by one. The reader checks the length's crc
 before trusting the length and reads through ``PieceReader``, so corrupt or hostile files cost
 memory in proportion to their real size and fail with RecordFormatError(path, offset).
 """
@@ -26,7 +24,8 @@ import numpy as np
 from twml.encode import EncodedRecords, StringColumn, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
-from twml.io.crc32c_batch import MASK_DELTA, frame_records, masked_crc32c_into_footer
+from twml.io.crc32c_batch import MASK_DELTA, frame_records
+from twml.row_fill import fill_rows
 
 __all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
            "read_tfrecords"]
@@ -79,12 +78,12 @@ def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
 
 
 def _frame_fixed(rows: np.ndarray) -> np.ndarray:
+    """Each row framed: the header a template column, the row a block, the crc hashed as it is
+    written (``twml.row_fill``)."""
     batch, length = rows.shape
-    out = np.empty((batch, length + FRAME_OVERHEAD), dtype=np.uint8)
-    out[:, :_HEADER_SIZE] = np.frombuffer(_header(length), dtype=np.uint8)
-    out[:, _HEADER_SIZE:_HEADER_SIZE + length] = rows
-    masked_crc32c_into_footer(out, _HEADER_SIZE, length)
-    return out.reshape(-1)
+    template = np.zeros(length + FRAME_OVERHEAD, dtype=np.uint8)
+    template[:_HEADER_SIZE] = np.frombuffer(_header(length), dtype=np.uint8)
+    return fill_rows(template, [(_HEADER_SIZE, rows)], batch, (_HEADER_SIZE, length)).reshape(-1)
 
 
 def _frame_variable(records: EncodedRecords) -> np.ndarray:
