@@ -8,9 +8,10 @@ tensors), the length header and its crc are one constant and a batch is a ``[B, 
 array: ``encode_tfrecords`` has the encoder fill it directly (header as a constant column,
 records in place), ``frame_tfrecords`` copies already-encoded records into it; either way
 each record's crc is hashed into its footer as its row is written (``twml.row_fill``), never
-one ``google_crc32c`` call (~0.2 us) per record. Records of differing lengths are framed one by one. The reader checks the length's crc
-before trusting the length and reads through ``PieceReader``, so corrupt or hostile files cost
-memory in proportion to their real size and fail with RecordFormatError(path, offset).
+one ``google_crc32c`` call (~0.2 us) per record. Records of differing lengths are framed one
+by one. The reader checks the length's crc before trusting the length and reads through
+``PieceReader``, so corrupt or hostile files cost memory in proportion to their real size and
+fail with RecordFormatError(path, offset).
 """
 from __future__ import annotations
 
