@@ -1,11 +1,12 @@
 """Write the shard files and the rejected rows, invisible until finalize publishes them.
 
 ``WriteShards``: each bundle writes one temporary part file per shard it gets records for
-(``_temporary/<run_id>/parts/``). A shard's slices are collected and encoded a few thousand
-rows at a time into memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when
-this bundle's bytes in memory pass ``buffer_bytes`` the largest shard's are appended to its
-part file, opened on first use and kept open until the bundle ends, so writes are megabytes
-each and a bundle makes one part per shard, not one per spill. At most
+(``_temporary/<run_id>/parts/``). A shard's slices are encoded into memory (the format's
+``PartWriter`` and a ``PartSink`` per shard): TFRecords of fixed length as each slice comes, other
+formats a few thousand rows at a time; when this bundle's bytes in memory pass ``buffer_bytes``
+the largest shard's are appended to its part file, opened on first use and kept open until the
+bundle ends, so writes are megabytes each and a bundle makes one part per shard, not one per
+spill. At most
 ``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
 each): past that, the least recently written one is closed as a complete part, and that shard
 starts a new part if more of its records come. With ``count_duplicates`` each part's keys go to a
