@@ -533,14 +533,17 @@ class FixedRowEncoder:
         differing lengths (a string tensor). Checks the batch as ``encode_data_records`` does."""
         columns = _column_list(tensors)
         shape = _batch_shape(keys, columns)
-        if shape != self._shape:
+        if shape != self._shape:   # a new layout, and the batch checked in full on the way
             self._layout = self._layout_for(keys, columns)
             self._shape = shape
+        elif self._layout is not None:   # the shape is checked: what remains are the rows
+            _check_columns(columns, None if keys is None else len(keys))
+            keys = None if keys is None else _checked_keys(keys)
         if self._layout is None:
             return None
         template, cols, footer = self._layout
-        batch = _check_columns(columns, None if keys is None else len(keys))
-        sources = [] if keys is None else [_as_be_rows(_checked_keys(keys), ">i8")]
+        batch = len(keys) if keys is not None else len(columns[0][1])
+        sources = [] if keys is None else [_as_be_rows(np.asarray(keys), ">i8")]
         sources += [_content_rows(array, _numeric_dtype(fid, array)) for fid, array in columns]
         return fill_rows(template, [(col, rows) for col, rows in zip(cols, sources) if rows.shape[1]], batch, footer)
 
