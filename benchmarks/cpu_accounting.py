@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
@@ -53,7 +53,8 @@ from benchmarks.floor import FLOOR_MODEL_THREAD_NAME, FloorLoop, rows_and_patter
 from benchmarks.window import CLOCK_TICKS  # noqa: E402
 from transforms.embed import MODEL_THREAD_NAME  # noqa: E402
 
-__all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "account", "main"]
+__all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "Paths", "floor_and_job", "run_rounds",
+           "account", "main"]
 
 JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     # (module, DoFn class, methods timed, step)
@@ -232,11 +233,19 @@ def _summary(values: List[float]) -> Dict:
             "coverage": round(coverage, 3), "values": [round(v, 3) for v in values]}
 
 
-def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
-    """Time the floor and the job of ``config_path`` on the N and 2N ``inputs``, ``repeats``
-    rounds; the per-thread and per-step marginal CPU a row of each, and of their difference."""
+class Paths(NamedTuple):
+    """The floor and the job of one run config, to run in this process at N and 2N rows."""
+    rows: int                          # N
+    floor: Callable[[int], None]       # run the floor at a size
+    job: Callable[[int], None]         # run the job at a size
+    floor_settings: Dict
+
+
+def floor_and_job(config_path: str, inputs: Dict[int, str]) -> Paths:
+    """The floor and the job of ``config_path`` on the N and 2N ``inputs``, in this process (the
+    in-process runner, so that the job's steps run here)."""
     from pipeline.config import load_config
-    from pipeline.job import freeze_heap, run_export
+    from pipeline.job import run_export
     from pipeline.plan import preflight
     from transforms.tf_runtime import import_tensorflow
 
@@ -256,16 +265,37 @@ def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
         if manifest["rows_read"] != size:
             raise ValueError(f"{inputs[size]}: the job read {manifest['rows_read']} rows, expected {size}")
 
+    return Paths(rows, lambda size: floor.run(inputs[size]), export, floor.settings)
+
+
+def run_rounds(paths: Paths, repeats: int, measure: Callable[[str, int, Callable[[], None]], Dict]
+               ) -> Dict[str, Dict[int, List[Dict]]]:
+    """Each path once untimed at N (the first run of a path in a process is the slowest), the heap
+    frozen as ``embedding-export run`` freezes it, then ``repeats`` rounds of the floor at N, the
+    job at N, the floor at 2N, the job at 2N (the order of ``benchmarks.run``); each run is
+    ``measure(path, size, run)``. Returns {path: {size: [measurement per round]}}."""
+    from pipeline.job import freeze_heap
+
+    rows, floor, job = paths.rows, paths.floor, paths.job
+    floor(rows)
+    job(rows)
+    freeze_heap()  # as `embedding-export run` does in its own process
     runs: Dict[str, Dict[int, List[Dict]]] = {"floor": {rows: [], 2 * rows: []}, "job": {rows: [], 2 * rows: []}}
+    for _ in range(repeats):
+        for size in (rows, 2 * rows):
+            runs["floor"][size].append(measure("floor", size, lambda: floor(size)))
+            runs["job"][size].append(measure("job", size, lambda: job(size)))
+    return runs
+
+
+def account(config_path: str, inputs: Dict[int, str], repeats: int = 5) -> Dict:
+    """Time the floor and the job of ``config_path`` on the N and 2N ``inputs``, ``repeats``
+    rounds; the per-thread and per-step marginal CPU a row of each, and of their difference."""
+    paths = floor_and_job(config_path, inputs)
+    rows = paths.rows
     with StepClock() as clock:
-        floor.run(inputs[rows])   # warm: the first run of each path in a process is the slowest
-        export(rows)
-        freeze_heap()  # as `embedding-export run` does in its own process
-        for _ in range(repeats):
-            for size in (rows, 2 * rows):
-                runs["floor"][size].append(_measured(lambda: floor.run(inputs[size])))
-                runs["job"][size].append(_measured(lambda: export(size), clock))
-    result: Dict = {"rows": rows, "repeats": repeats, "config": config_path, "floor_settings": floor.settings}
+        runs = run_rounds(paths, repeats, lambda path, size, run: _measured(run, clock if path == "job" else None))
+    result: Dict = {"rows": rows, "repeats": repeats, "config": config_path, "floor_settings": paths.floor_settings}
     for path in ("floor", "job"):
         result[path] = _marginal_summaries(runs[path][rows], runs[path][2 * rows], rows)
     # The difference per round: job run minus floor run at each size, then the marginal.
