@@ -54,7 +54,7 @@ from benchmarks.window import CLOCK_TICKS  # noqa: E402
 from transforms.embed import MODEL_THREAD_NAME  # noqa: E402
 
 __all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "Paths", "floor_and_job", "run_rounds",
-           "account", "main"]
+           "rounds_arguments", "summary", "account", "main"]
 
 JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     # (module, DoFn class, methods timed, step)
@@ -223,11 +223,12 @@ def _marginal_summaries(small: List[Dict], big: List[Dict], rows: int) -> Dict[s
         names = sorted({n for run in small + big for n in run[group]}, key=lambda n: (_ORDER.get(n, len(_ORDER)), n))
         for name in names:
             values = [1e6 * (b[group].get(name, 0.0) - a[group].get(name, 0.0)) / rows for a, b in zip(small, big)]
-            out[group][name] = _summary(values)
+            out[group][name] = summary(values)
     return out
 
 
-def _summary(values: List[float]) -> Dict:
+def summary(values: List[float]) -> Dict:
+    """The median of per-round figures with its interval (``benchmarks.estimate.median_interval``)."""
     low, high, coverage = median_interval(values)
     return {"median": round(statistics.median(values), 3), "low": round(low, 3), "high": round(high, 3),
             "coverage": round(coverage, 3), "values": [round(v, 3) for v in values]}
@@ -328,12 +329,18 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def rounds_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the arguments of ``floor_and_job`` and ``run_rounds``: --config, --input (N
+    and 2N), --repeats."""
     parser.add_argument("--config", required=True, help="the export's run config (YAML), runner FnApiRunner")
     parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN", type=rows_and_pattern,
                         help="an input of ROWS rows: give N and 2N")
     parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = rounds_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--result", help="also write the JSON result here")
     args = parser.parse_args(argv)
     result = account(args.config, dict(args.input), args.repeats)

@@ -33,7 +33,6 @@ import collections
 import json
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
-from benchmarks.estimate import median_interval  # noqa: E402  (after the path fix above)
-from benchmarks.floor import rows_and_pattern  # noqa: E402
+from benchmarks.cpu_accounting import floor_and_job, rounds_arguments, run_rounds, summary  # noqa: E402
 
 __all__ = ["Sample", "Span", "BY", "parse_samples", "count_samples", "marginal", "table", "main"]
 
@@ -107,12 +105,6 @@ def count_samples(samples: Iterable[Sample], spans: Sequence[Span], by: str = "s
     return counts
 
 
-def _summary(values: List[float]) -> Dict:
-    low, high, coverage = median_interval(values)
-    return {"median": round(statistics.median(values), 4), "low": round(low, 4), "high": round(high, 4),
-            "coverage": round(coverage, 3)}
-
-
 def marginal(counts: Dict[Span, collections.Counter], frequency: float) -> Dict:
     """{"rows": N, "rounds": R, "job" / "floor" / "job_minus_floor": {figure key: summary}}: per
     round (2N run - N run) / N in core-us a row, summarised as the median with its interval."""
@@ -133,7 +125,7 @@ def marginal(counts: Dict[Span, collections.Counter], frequency: float) -> Dict:
             per_round["job_minus_floor"][k].append(value["job"] - value["floor"])
     result: Dict = {"rows": rows, "rounds": len(rounds)}
     for path, figures in per_round.items():
-        result[path] = {k: _summary(v) for k, v in figures.items()}
+        result[path] = {k: summary(v) for k, v in figures.items()}
     return result
 
 
@@ -158,8 +150,6 @@ def table(result: Dict, top: int = 40, thread: Optional[str] = None) -> str:
 
 def _run_child(args: argparse.Namespace) -> int:
     """Under perf: the rounds of ``cpu_accounting.run_rounds``, each run's span written to ``--spans``."""
-    from benchmarks.cpu_accounting import floor_and_job, run_rounds
-
     spans: List[Span] = []
 
     def measure(path: str, size: int, run) -> Dict:
@@ -196,11 +186,7 @@ def profile(config: str, inputs: Sequence[Tuple[int, str]], repeats: int, freque
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the export's run config (YAML), runner FnApiRunner")
-    parser.add_argument("--input", action="append", required=True, metavar="ROWS=PATTERN", type=rows_and_pattern,
-                        help="an input of ROWS rows: give N and 2N")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
+    parser = rounds_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--frequency", type=int, default=2000, help="samples a second of CPU (default 2000)")
     parser.add_argument("--by", choices=sorted(BY), default="symbol", help="what a figure is for (default symbol)")
     parser.add_argument("--thread", choices=("main", "tf", "other"), help="show one thread kind only")
