@@ -305,6 +305,8 @@ def test_fixed_row_encoder_checks_every_batch():
         encoder.encode(np.arange(3, dtype=np.uint64), [(1, values)])
     with pytest.raises(ValueError, match=r"key 18446744073709551615 \(row 1\) does not fit"):
         encoder.encode(np.array([1, 2**64 - 1], np.uint64), [(1, values)])
+    with pytest.raises(TypeError, match="keys must be a 1-D integer array"):
+        encoder.encode(np.uint64(3), [(1, values)])
     with pytest.raises(TypeError, match="unsupported dtype complex128"):   # a new shape is checked in full
         encoder.encode(np.arange(2, dtype=np.uint64), [(1, values.astype(complex))])
     with pytest.raises(ValueError, match="key_feature_id is required"):

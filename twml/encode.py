@@ -537,8 +537,8 @@ class FixedRowEncoder:
             self._layout = self._layout_for(keys, columns)
             self._shape = shape
         elif self._layout is not None:   # the shape is checked: what remains are the rows
-            _check_columns(columns, None if keys is None else len(keys))
             keys = None if keys is None else _checked_keys(keys)
+            _check_columns(columns, None if keys is None else len(keys))
         if self._layout is None:
             return None
         template, cols, footer = self._layout
