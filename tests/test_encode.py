@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from twml.encode import (EncodedRecords, FixedRowEncoder, encode_batch_prediction_response, encode_continuous_records,
+from twml.encode import (EncodedRecords, encode_batch_prediction_response, encode_continuous_records,
                          encode_data_records, encode_fixed_rows, encode_tensor_record)
 from twml.feature_ids import feature_id
 from twml.schema import data_thrift, prediction_service_thrift, serialize, tensor_thrift
@@ -279,35 +279,3 @@ def test_fixed_rows_check_inputs_like_encode_data_records():
     with pytest.raises(ValueError, match="head and tail must be >= 0"):
         encode_fixed_rows(np.arange(2), KEY_ID, [], tail=-1)
     assert encode_fixed_rows(np.arange(2), KEY_ID, [(1, np.array(["a", "b"]))]) is None
-
-
-# -- FixedRowEncoder: encode_fixed_rows for a stream of batches, each layout made once ---------------
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(batch_strategy(), min_size=1, max_size=4), st.integers(0, 3))
-def test_fixed_row_encoder_gives_each_batch_the_rows_of_encode_fixed_rows(cases, repeats):
-    """Batches of one shape in a row, then of another (the strategy varies keys, ids, dtypes,
-    row shapes and sizes): the layout follows the shape, and the bytes are those of a fresh call."""
-    encoder = FixedRowEncoder(KEY_ID, head=3, tail=4, crc_footer=True)
-    for keys, columns, batch in [case for case in cases for _ in range(repeats + 1)]:
-        rows = encoder.encode(keys, columns)
-        want = encode_fixed_rows(keys, KEY_ID, columns, head=3, tail=4, crc_footer=True)
-        assert (rows is None) == (want is None) == _has_strings(columns)
-        if want is not None:
-            assert rows.shape == want.shape and np.array_equal(rows, want)
-
-
-def test_fixed_row_encoder_checks_every_batch():
-    encoder = FixedRowEncoder(KEY_ID)
-    values = np.ones((2, 3), np.float32)
-    encoder.encode(np.arange(2, dtype=np.uint64), [(1, values)])
-    with pytest.raises(ValueError, match="dim 0 is 2, expected 3"):   # the same shape, rows that differ
-        encoder.encode(np.arange(3, dtype=np.uint64), [(1, values)])
-    with pytest.raises(ValueError, match=r"key 18446744073709551615 \(row 1\) does not fit"):
-        encoder.encode(np.array([1, 2**64 - 1], np.uint64), [(1, values)])
-    with pytest.raises(TypeError, match="keys must be a 1-D integer array"):
-        encoder.encode(np.uint64(3), [(1, values)])
-    with pytest.raises(TypeError, match="unsupported dtype complex128"):   # a new shape is checked in full
-        encoder.encode(np.arange(2, dtype=np.uint64), [(1, values.astype(complex))])
-    with pytest.raises(ValueError, match="key_feature_id is required"):
-        FixedRowEncoder(None).encode(np.arange(2), [(1, values)])

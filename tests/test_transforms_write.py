@@ -127,28 +127,13 @@ def test_spills_append_to_one_part_per_shard_per_bundle(tmp_path, fmt):
         assert read_records(r, fmt, "none") == want  # in arrival order within the part
 
 
-def _part_records(tmp_path, sink, fmt, records):
-    """The records of the part that ``sink`` holds, written to a file and read back."""
-    part = tmp_path / "part"
-    out = ChecksummedWriter(open_write(str(part)))
-    sink.drain_to(out)
-    out.close()
-    if fmt == "parquet":
-        import pyarrow.ipc as ipc
-        return ipc.open_stream(part.read_bytes()).read_all().column("data_record").to_pylist()
-    return read_records(ShardResult(0, str(part), "x", records, part.stat().st_size, 0), fmt, "none")
-
-
-SLICE_SIZES = ((0, 3), (3, 4), (7, 5), (12, 1), (13, 12))
-
-
-@pytest.mark.parametrize("fmt", ["block", "parquet"])
+@pytest.mark.parametrize("fmt", ["tfrecord", "block", "parquet"])
 def test_part_writer_coalesces_slices_without_changing_the_bytes(tmp_path, monkeypatch, fmt):
     import transforms.formats as formats
 
     monkeypatch.setattr(formats, "COALESCE_ROWS", 10)
     lay = layout(tmp_path, fmt, shards=1)
-    slices = [batch(range(start, start + size)) for start, size in SLICE_SIZES]
+    slices = [batch(range(start, start + size)) for start, size in ((0, 3), (3, 4), (7, 5), (12, 1), (13, 12))]
     sink = formats.PartSink()
     writer = make_format(lay, OUTPUTS).open_part(sink)
     held = []
@@ -159,27 +144,17 @@ def test_part_writer_coalesces_slices_without_changing_the_bytes(tmp_path, monke
     assert held[1][1] == 0 and held[1][0] > 0 and held[2] == (0, held[2][1]) and held[2][1] > 0
     writer.close()
     assert writer.records == 25 and writer.pending_bytes == 0
-    assert _part_records(tmp_path, sink, fmt, 25) == [expected_record(k) for k in range(25)]
-
-
-def test_tfrecord_part_frames_each_slice_as_it_comes(tmp_path):
-    """Fixed-length records are framed on arrival (nothing collected, no concatenation), by one
-    encoder for the part; the part holds the same records, in order, as when they were collected."""
-    import transforms.formats as formats
-
-    slices = [batch(range(start, start + size)) for start, size in SLICE_SIZES]
-    sink = formats.PartSink()
-    writer = make_format(layout(tmp_path, "tfrecord", shards=1), OUTPUTS).open_part(sink)
-    sizes = []
-    for piece in slices:
-        writer.write(piece)
-        assert writer.pending_bytes == 0
-        sizes.append(sink.size)
-    record_bytes = len(expected_record(0)) + 16   # every record has the same length here
-    assert sizes == [record_bytes * (start + size) for start, size in SLICE_SIZES]
-    writer.close()
-    assert writer.records == 25
-    assert _part_records(tmp_path, sink, "tfrecord", 25) == [expected_record(k) for k in range(25)]
+    part = tmp_path / "part"
+    out = ChecksummedWriter(open_write(str(part)))
+    sink.drain_to(out)
+    out.close()
+    result = ShardResult(0, str(part), "x", 25, part.stat().st_size, 0)
+    want = [expected_record(k) for k in range(25)]
+    if fmt == "parquet":
+        import pyarrow.ipc as ipc
+        assert ipc.open_stream(part.read_bytes()).read_all().column("data_record").to_pylist() == want
+    else:
+        assert read_records(result, fmt, "none") == want
 
 
 def test_decoded_record_holds_key_then_outputs_in_config_order(tmp_path):

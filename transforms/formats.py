@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from twml.encode import EncodedRecords, StringColumn, encode_data_records
 from twml.io.compression import DEFAULT_GZIP_LEVEL
-from twml.io.tfrecord import encode_tfrecords, tfrecord_row_encoder
+from twml.io.tfrecord import encode_tfrecords
 from transforms.elements import EmbeddedBatch
 from transforms.outputdir import PARQUET_COLUMNS, PARQUET_KEY_ID_COLUMN, shard_file_name, shard_suffix
 from transforms.specs import OutputLayout, OutputSpec
@@ -247,29 +247,10 @@ class ShardFormat:
 
 
 class _TFRecordPart(PartWriter):
-    """Fixed-length records (integer keys, numeric outputs) are framed as each slice arrives, by
-    one ``FixedRowEncoder`` for the part: collecting the slices would copy them once more (the
-    concatenation) for the one saving, the encoder's layout, that the part's encoder makes once.
-    Records of differing lengths (string keys or outputs) are collected and framed as
-    ``PartWriter`` does."""
-
     def __init__(self, fmt: "TFRecordFormat", sink: PartSink):
         super().__init__()
         self._fmt = fmt
         self._sink = sink
-        self._encoder = tfrecord_row_encoder(fmt.layout.key_feature_id)
-
-    def write(self, batch: EmbeddedBatch) -> None:
-        if not len(batch):
-            return
-        rows = (None if batch.key_strings is not None
-                else self._encoder.encode(batch.keys, list(zip(self._fmt.feature_ids, batch.outputs))))
-        if rows is None:
-            super().write(batch)
-            return
-        self.flush()   # slices collected before this one go first
-        self._sink.append(rows.reshape(-1))
-        self.records += len(batch)
 
     def _write(self, batch: EmbeddedBatch) -> None:
         self._sink.append(self._fmt.frame(batch))

@@ -1,24 +1,24 @@
 """Write the shard files and the rejected rows, invisible until finalize publishes them.
 
 ``WriteShards``: each bundle writes one temporary part file per shard it gets records for
-(``_temporary/<run_id>/parts/``). A shard's slices are encoded into memory (the format's
-``PartWriter`` and a ``PartSink`` per shard): TFRecords of fixed length as each slice comes, other
-formats a few thousand rows at a time; when this bundle's bytes in memory pass ``buffer_bytes`` the
-largest shard's are appended to its part file, opened on first use and kept open until the bundle
-ends, so writes are megabytes each and a bundle makes one part per shard, not one per spill. At
-most ``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
+(``_temporary/<run_id>/parts/``). A shard's slices are collected and encoded a few thousand
+rows at a time into memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when
+this bundle's bytes in memory pass ``buffer_bytes`` the largest shard's are appended to its
+part file, opened on first use and kept open until the bundle ends, so writes are megabytes
+each and a bundle makes one part per shard, not one per spill. At most
+``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
 each): past that, the least recently written one is closed as a complete part, and that shard
 starts a new part if more of its records come. With ``count_duplicates`` each part's keys go to a
-key log beside it (``transforms.duplicates.KeyLog``), and the step that assembles a shard counts
-its duplicate keys from its parts' logs. Each completed part emits small ``(shard, PartInfo)``
-metadata. Only that metadata goes through a GroupByKey on the shard id (a Python int), together
-with one marker per shard so that every shard appears, even an empty one. One step per shard then
-assembles its parts, in crc32c order, into a complete shard file under
-``_temporary/<run_id>/shards/`` (a single part of a concatenating format already is the shard file,
-and is not copied) and emits a ``ShardResult``. A bundle that fails and is retried leaves orphan
-parts that no metadata names; finalize removes them with the temporary directory. A worker's memory
-is bounded by one batch plus ``buffer_bytes`` plus the open files' buffers, whatever the number of
-rows or shards.
+key log beside it (``transforms.duplicates.KeyLog``), and the step that
+assembles a shard counts its duplicate keys from its parts' logs. Each completed part emits small
+``(shard, PartInfo)`` metadata. Only that metadata goes through a GroupByKey on the shard id (a
+Python int), together with one marker per shard so that every shard appears, even an empty one.
+One step per shard then assembles its parts, in crc32c order, into a complete shard file under
+``_temporary/<run_id>/shards/`` (a single part of a concatenating format already is the shard
+file, and is not copied) and emits a ``ShardResult``. A bundle that fails and is retried
+leaves orphan parts that no metadata names; finalize removes them with the temporary directory.
+A worker's memory is bounded by one batch plus ``buffer_bytes`` plus the open files' buffers,
+whatever the number of rows or shards.
 
 ``WriteRejected``: one Parquet file of rejected rows per bundle, under ``_temporary/<run_id>/rejected/``
 (the rows arrive complete: ``transforms.rejected_columns`` restores the input columns not read).

@@ -11,8 +11,8 @@ from twml._lazy import lazy_exports
 from twml._version import __version__
 
 __getattr__, __dir__, _NAMES = lazy_exports(__name__, globals(), {
-    "twml.encode": ("EncodedRecords", "FixedRowEncoder", "encode_batch_prediction_response",
-                    "encode_continuous_records", "encode_data_records", "encode_fixed_rows", "encode_tensor_record"),
+    "twml.encode": ("EncodedRecords", "encode_batch_prediction_response", "encode_continuous_records",
+                    "encode_data_records", "encode_fixed_rows", "encode_tensor_record"),
     "twml.decode": ("decode_batch_prediction_response", "decode_data_record", "decode_embeddings",
                     "tensor_to_numpy"),
     "twml.errors": ("RecordFormatError",),

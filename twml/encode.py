@@ -16,12 +16,10 @@ The result is an ``EncodedRecords``: one contiguous buffer plus B+1 offsets, whi
 writers frame without copying each record into its own ``bytes`` first. ``encode_fixed_rows``
 goes one step further for fixed-length records: it fills a ``[B, head + L + tail]`` array, so a
 container's per-record header and footer (TFRecord's) are columns of the same pass and the
-records are never copied into the framed layout; ``FixedRowEncoder`` does the same for a stream
-of batches, keeping the layout from one batch to the next while their shape stays the same.
+records are never copied into the framed layout.
 """
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,7 +30,7 @@ from twml.feature_ids import resolve_feature_id
 from twml.row_fill import Footer, fill_rows
 
 __all__ = ["EncodedRecords", "TensorColumn", "StringColumn", "DTYPE_TO_DATA_TYPE", "encode_data_records",
-           "encode_fixed_rows", "FixedRowEncoder",
+           "encode_fixed_rows",
            "encode_continuous_records", "encode_tensor_record",
            "encode_batch_prediction_response"]
 
@@ -213,33 +211,22 @@ def _tensor_segments(feature_id: int, array: np.ndarray) -> List[Segment]:
             items.append(b"".join(parts))
         return [_Const(head + _field(T_STRUCT, 2)), _Variable(items),
                 _Const(_shape_field(2, row_shape) + b"\x00\x00")]
-    dtype = _numeric_dtype(feature_id, array)
-    content = _content_rows(array, dtype)
-    prefix = (head + _field(T_STRUCT, 1)
-              + _field(T_I32, 1) + _i32(DTYPE_TO_DATA_TYPE[dtype])
-              + _field(T_STRING, 2) + _i32(content.shape[1]))
-    suffix = _shape_field(3, row_shape) + b"\x00\x00"
-    return [_Const(prefix), _Fixed(content), _Const(suffix)]
-
-
-def _numeric_dtype(feature_id: int, array: np.ndarray) -> np.dtype:
-    """The native-order dtype of a numeric tensor column; TypeError for an unsupported one."""
     dtype = array.dtype
     if dtype.kind in "fiu" and not dtype.isnative:   # e.g. '>f4' from a big-endian source
         dtype = dtype.newbyteorder("=")
     if dtype not in DTYPE_TO_DATA_TYPE:
         raise TypeError(f"feature {feature_id}: unsupported dtype {dtype}; supported are "
                         f"{sorted(str(d) for d in DTYPE_TO_DATA_TYPE)} and strings")
-    return dtype
-
-
-def _content_rows(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """uint8 [B, row bytes]: each row's values little-endian, back to back (rawTypedTensor content)."""
     if dtype == np.bool_:
         content = np.ascontiguousarray(array).view(np.uint8)
     else:
         content = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).view(np.uint8)
-    return content.reshape(array.shape[0], math.prod(array.shape[1:]) * dtype.itemsize)
+    nbytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    prefix = (head + _field(T_STRUCT, 1)
+              + _field(T_I32, 1) + _i32(DTYPE_TO_DATA_TYPE[dtype])
+              + _field(T_STRING, 2) + _i32(nbytes))
+    suffix = _shape_field(3, row_shape) + b"\x00\x00"
+    return [_Const(prefix), _Fixed(content.reshape(batch, nbytes)), _Const(suffix)]
 
 
 def _merge_constants(segments: List[Segment]) -> List[Segment]:
@@ -262,25 +249,18 @@ def _fill_fixed(batch: int, merged: List[Segment], footer: Optional[Footer] = No
     """[B, L] uint8, row i = record i, from segments none of which is variable: the constant
     bytes are one template row, the fixed-width segments blocks written over it, and the
     footers (``row_fill.Footer``) hashed in the same pass (``twml.row_fill``)."""
-    template, cols = _template_and_columns(merged)
-    fixed = [seg.rows for seg in merged if not isinstance(seg, _Const)]
-    return fill_rows(template, [(col, rows) for col, rows in zip(cols, fixed) if rows.shape[1]], batch, footer)
-
-
-def _template_and_columns(merged: List[Segment]) -> Tuple[np.ndarray, List[int]]:
-    """The template row of fixed-length records (their constant bytes, zeros elsewhere) and the
-    column where each fixed-width segment starts, in order."""
     widths = [_width(seg) for seg in merged]
     template = np.zeros(sum(widths), dtype=np.uint8)
-    cols = []
+    blocks = []
     col = 0
     for seg, width in zip(merged, widths):
-        if isinstance(seg, _Const):
-            template[col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
-        else:
-            cols.append(col)
+        if width:
+            if isinstance(seg, _Const):
+                template[col:col + width] = np.frombuffer(seg.data, dtype=np.uint8)
+            else:
+                blocks.append((col, seg.rows))
         col += width
-    return template, cols
+    return fill_rows(template, blocks, batch, footer)
 
 
 # Above this many bytes of padded layout, variable-length records are placed one by one instead.
@@ -389,19 +369,6 @@ StringColumn = Tuple[int, Sequence[Union[str, bytes]]]
 """A (feature id, one string per record) pair: a stringFeatures (field 4) entry in every record."""
 
 
-def _checked_keys(keys) -> np.ndarray:
-    """``keys`` as a 1-D integer array whose values fit the DataRecord key (an i64)."""
-    keys = np.asarray(keys)
-    if keys.ndim != 1 or keys.dtype.kind not in "iu":
-        raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
-    if keys.dtype.kind == "u" and keys.dtype.itemsize >= 8 and len(keys):
-        too_big = keys > np.uint64(np.iinfo(np.int64).max)
-        if too_big.any():  # the key field is i64: such a key would be written as a negative one
-            row = int(np.argmax(too_big))
-            raise ValueError(f"key {int(keys[row])} (row {row}) does not fit the DataRecord key, an int64")
-    return keys
-
-
 def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[int],
                          tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
                          strings: Sequence[StringColumn] = ()
@@ -416,7 +383,14 @@ def _data_record_columns(keys: Optional[np.ndarray], key_feature_id: Optional[in
             raise ValueError(f"string feature {fid}: {len(values)} values, expected {batch} "
                              "(one per record)")
     if keys is not None:
-        keys = _checked_keys(keys)
+        keys = np.asarray(keys)
+        if keys.ndim != 1 or keys.dtype.kind not in "iu":
+            raise TypeError(f"keys must be a 1-D integer array, got {keys.dtype} with shape {keys.shape}")
+        if keys.dtype.kind == "u" and keys.dtype.itemsize >= 8 and len(keys):
+            too_big = keys > np.uint64(np.iinfo(np.int64).max)
+            if too_big.any():  # the key field is i64: such a key would be written as a negative one
+                row = int(np.argmax(too_big))
+                raise ValueError(f"key {int(keys[row])} (row {row}) does not fit the DataRecord key, an int64")
         if key_feature_id is None:
             raise ValueError("key_feature_id is required when keys are given")
         key_feature_id = resolve_feature_id(key_feature_id)
@@ -497,80 +471,18 @@ def encode_fixed_rows(keys: Optional[np.ndarray], key_feature_id: Optional[int],
       bytes ``encode_data_records(...)[i]``) in row i [H:H + L]; or None when the records
       have differing lengths (any string tensor), which this layout cannot hold.
     """
-    return FixedRowEncoder(key_feature_id, head, tail, crc_footer).encode(keys, tensors)
-
-
-class FixedRowEncoder:
-    """``encode_fixed_rows`` for a stream of batches, each row layout worked out once.
-
-    The layout (the template row of constant bytes, where the key and each tensor's content go,
-    the footer) depends only on a batch's shape: keys or none, and each tensor's feature id,
-    dtype and row shape. The encoder keeps the layout of the last shape it saw, so a writer that
-    encodes many small batches of one shape (a shard's slices) pays for it once: a call then
-    costs about a quarter of the fixed cost of ``encode_fixed_rows``, which makes a new encoder
-    each time.
-
-    Args:
-      key_feature_id, head, tail, crc_footer: as for ``encode_fixed_rows``.
-    """
-
-    def __init__(self, key_feature_id: Optional[int], head: Union[int, Callable[[int], bytes]] = 0,
-                 tail: int = 0, crc_footer: bool = False):
-        if tail < 0 or (isinstance(head, int) and head < 0):
-            raise ValueError(f"head and tail must be >= 0, got {head} and {tail}")
-        if crc_footer and tail < 4:
-            raise ValueError(f"a crc footer needs a tail of at least 4 bytes, got {tail}")
-        self._key_feature_id = key_feature_id
-        self._head = head
-        self._tail = tail
-        self._crc_footer = crc_footer
-        self._shape: Optional[Tuple] = None
-        self._layout: Optional[Tuple[np.ndarray, Tuple[int, ...], Optional[Footer]]] = None
-
-    def encode(self, keys: Optional[np.ndarray], tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]
-               ) -> Optional[np.ndarray]:
-        """The batch's rows as ``encode_fixed_rows`` makes them, or None when its records have
-        differing lengths (a string tensor). Checks the batch as ``encode_data_records`` does."""
-        columns = _column_list(tensors)
-        shape = _batch_shape(keys, columns)
-        if shape != self._shape:   # a new layout, and the batch checked in full on the way
-            self._layout = self._layout_for(keys, columns)
-            self._shape = shape
-        elif self._layout is not None:   # the shape is checked: what remains are the rows
-            keys = None if keys is None else _checked_keys(keys)
-            _check_columns(columns, None if keys is None else len(keys))
-        if self._layout is None:
-            return None
-        template, cols, footer = self._layout
-        batch = len(keys) if keys is not None else len(columns[0][1])
-        sources = [] if keys is None else [_as_be_rows(np.asarray(keys), ">i8")]
-        sources += [_content_rows(array, _numeric_dtype(fid, array)) for fid, array in columns]
-        return fill_rows(template, [(col, rows) for col, rows in zip(cols, sources) if rows.shape[1]], batch, footer)
-
-    def _layout_for(self, keys: Optional[np.ndarray], columns: List[TensorColumn]
-                    ) -> Optional[Tuple[np.ndarray, Tuple[int, ...], Optional[Footer]]]:
-        """(template row, column of each fixed-width segment, footer) for batches shaped like this
-        one (checked in full), or None for records of differing lengths."""
-        keys, key_feature_id, columns, _ = _data_record_columns(keys, self._key_feature_id, columns)
-        if any(_is_string_array(array) for _, array in columns):
-            return None
-        merged = _merge_constants(_data_record_segments(None if keys is None else keys[:0], key_feature_id,
-                                                        [(fid, array[:0]) for fid, array in columns]))
-        length = sum(map(_width, merged))
-        head = bytes(self._head) if isinstance(self._head, int) else bytes(self._head(length))
-        template, cols = _template_and_columns(_merge_constants([_Const(head)] + merged + [_Const(bytes(self._tail))]))
-        return template, tuple(cols), (len(head), length) if self._crc_footer else None
-
-
-def _column_list(tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]]) -> List[TensorColumn]:
-    return list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
-
-
-def _batch_shape(keys: Optional[np.ndarray], columns: Sequence[TensorColumn]) -> Tuple:
-    """What a batch's fixed-row layout depends on: its keys' dtype (None: no keys), and each
-    tensor's feature id (as given), dtype and row shape."""
-    return (None if keys is None else np.asarray(keys).dtype,
-            tuple((fid, np.asarray(array).dtype, np.shape(array)[1:]) for fid, array in columns))
+    if tail < 0 or (isinstance(head, int) and head < 0):
+        raise ValueError(f"head and tail must be >= 0, got {head} and {tail}")
+    if crc_footer and tail < 4:
+        raise ValueError(f"a crc footer needs a tail of at least 4 bytes, got {tail}")
+    keys, key_feature_id, columns, batch = _data_record_columns(keys, key_feature_id, tensors)
+    if any(_is_string_array(array) for _, array in columns):
+        return None
+    merged = _merge_constants(_data_record_segments(keys, key_feature_id, columns))
+    length = sum(map(_width, merged))
+    head_bytes = bytes(head) if isinstance(head, int) else bytes(head(length))
+    footer = (len(head_bytes), length) if crc_footer else None
+    return _fill_fixed(batch, _merge_constants([_Const(head_bytes)] + merged + [_Const(bytes(tail))]), footer)
 
 
 def encode_continuous_records(feature_ids: Sequence[int], values: np.ndarray) -> EncodedRecords:

@@ -13,5 +13,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
                       "read_block_records"),
     "twml.io.compression": ("infer_compression", "open_for_read", "open_for_write"),
     "twml.io.tfrecord": ("TFRecordWriter", "encode_tfrecords", "frame_tfrecords", "iter_tfrecords",
-                         "masked_crc32c", "read_tfrecords", "tfrecord_row_encoder"),
+                         "masked_crc32c", "read_tfrecords"),
 })

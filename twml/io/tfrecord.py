@@ -22,14 +22,14 @@ from typing import BinaryIO, Iterator, Mapping, Optional, Sequence, Union
 import google_crc32c
 import numpy as np
 
-from twml.encode import EncodedRecords, FixedRowEncoder, StringColumn, TensorColumn, encode_data_records
+from twml.encode import EncodedRecords, StringColumn, TensorColumn, encode_data_records, encode_fixed_rows
 from twml.errors import RecordFormatError
 from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_for_read
 from twml.io.crc32c_batch import MASK_DELTA, frame_records
 from twml.row_fill import fill_rows
 
-__all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "tfrecord_row_encoder", "TFRecordWriter",
-           "iter_tfrecords", "read_tfrecords"]
+__all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
+           "read_tfrecords"]
 
 _HEADER = struct.Struct("<QI")   # length, masked crc of the 8 length bytes
 _FOOTER = struct.Struct("<I")    # masked crc of the data
@@ -72,18 +72,10 @@ def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
         tensors = list(tensors)   # read twice when the records turn out to be variable-length
     if strings:
         return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors, strings))
-    rows = tfrecord_row_encoder(key_feature_id).encode(keys, tensors)
+    rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size, crc_footer=True)
     if rows is None:
         return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))
     return rows.reshape(-1)
-
-
-def tfrecord_row_encoder(key_feature_id: Optional[int]) -> FixedRowEncoder:
-    """``encode_tfrecords`` for a stream of batches: ``encoder.encode(keys, tensors).reshape(-1)``
-    is ``encode_tfrecords(keys, key_feature_id, tensors)`` for fixed-length records (None for
-    records of differing lengths), each framed layout worked out once
-    (``twml.encode.FixedRowEncoder``)."""
-    return FixedRowEncoder(key_feature_id, head=_header, tail=_FOOTER.size, crc_footer=True)
 
 
 def _frame_fixed(rows: np.ndarray) -> np.ndarray:
