@@ -53,8 +53,8 @@ from benchmarks.floor import FLOOR_MODEL_THREAD_NAME, FloorLoop, rows_and_patter
 from benchmarks.window import CLOCK_TICKS  # noqa: E402
 from transforms.embed import MODEL_THREAD_NAME  # noqa: E402
 
-__all__ = ["JOB_STEPS", "THREAD_KINDS", "thread_cpu_seconds", "StepClock", "Paths", "floor_and_job", "run_rounds",
-           "rounds_arguments", "summary", "account", "main"]
+__all__ = ["JOB_STEPS", "THREAD_KINDS", "TF_THREAD_PREFIX", "thread_cpu_seconds", "StepClock", "Paths",
+           "floor_and_job", "run_rounds", "rounds_arguments", "summary", "account", "main"]
 
 JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     # (module, DoFn class, methods timed, step)
@@ -68,6 +68,8 @@ JOB_STEPS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     ("transforms.finalize", "_FinalizeFn", ("process",), "publish"),
 )
 THREAD_KINDS = ("main", "model calls", "tf", "other", "unattributed")
+TF_THREAD_PREFIX = "tf_"
+"""TensorFlow names its own threads (where the model's kernels run) with this prefix: ``tf_Compute``."""
 # The order of the figures in the result and the table: wall, CPU, thread kinds, steps in pipeline order.
 _ORDER = {name: i for i, name in enumerate(("s", "process", *THREAD_KINDS, *dict.fromkeys(s for *_, s in JOB_STEPS)))}
 MODEL_CALL_THREADS = (MODEL_THREAD_NAME, FLOOR_MODEL_THREAD_NAME)
@@ -96,7 +98,7 @@ def thread_kind(tid: int, name: str) -> str:
         return "main"
     if name.startswith(MODEL_CALL_THREADS):
         return "model calls"
-    if name.startswith("tf_"):
+    if name.startswith(TF_THREAD_PREFIX):
         return "tf"
     return "other"
 

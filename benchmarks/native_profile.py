@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: import from the repository, not from benchmarks/
     sys.path[0] = str(REPO)
 
-from benchmarks.cpu_accounting import floor_and_job, rounds_arguments, run_rounds, summary  # noqa: E402
+from benchmarks.cpu_accounting import (TF_THREAD_PREFIX, floor_and_job, rounds_arguments, run_rounds,  # noqa: E402
+                                       summary)
 
 __all__ = ["Sample", "Span", "BY", "parse_samples", "count_samples", "marginal", "table", "main"]
 
@@ -78,7 +79,7 @@ BY = {"kind": lambda s: (s.kind,), "dso": lambda s: (s.kind, s.dso), "symbol": l
 def _thread_kind(comm: str, pid: str, tid: str) -> str:
     if pid == tid:
         return "main"
-    return "tf" if comm.startswith("tf_") else "other"
+    return "tf" if comm.startswith(TF_THREAD_PREFIX) else "other"
 
 
 def parse_samples(lines: Iterable[str]) -> Iterator[Sample]:
