@@ -14,8 +14,8 @@ from twml.encode import EncodedRecords, encode_data_records
 from twml.errors import RecordFormatError
 from twml.feature_ids import feature_id
 from twml.io import crc32c_batch
-from twml.io.tfrecord import (TFRecordWriter, encode_tfrecords, frame_tfrecords, iter_tfrecords,
-                              masked_crc32c, read_tfrecords)
+from twml.io.tfrecord import (TFRecordWriter, encode_tfrecord_frames, encode_tfrecords, frame_tfrecords,
+                              iter_tfrecords, masked_crc32c, read_tfrecords)
 
 KEY_ID = feature_id("meta.user_id")
 EMB_ID = feature_id("output")
@@ -189,6 +189,10 @@ def test_encode_tfrecords_equals_encode_then_frame(case):
     framed = encode_tfrecords(keys, key_id, columns)
     assert framed.dtype == np.uint8 and framed.ndim == 1
     assert framed.tobytes() == frame_tfrecords(records).tobytes() == b"".join(map(pure_frame, records))
+    # The same frames with their bounds: frame i is record i framed, whichever path encoded them.
+    frames = encode_tfrecord_frames(keys, key_id, columns)
+    assert frames.buffer.tobytes() == framed.tobytes() and len(frames) == len(records)
+    assert list(frames) == [pure_frame(r) for r in records]
 
 
 def test_encode_tfrecords_exported_layout_and_mapping_input():

@@ -12,6 +12,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "twml.io.block": ("BLOCK_MARKER", "DATA_RECORD_CLASS_NAME", "BlockWriter", "iter_block_records",
                       "read_block_records"),
     "twml.io.compression": ("infer_compression", "open_for_read", "open_for_write"),
-    "twml.io.tfrecord": ("TFRecordWriter", "encode_tfrecords", "frame_tfrecords", "iter_tfrecords",
-                         "masked_crc32c", "read_tfrecords"),
+    "twml.io.tfrecord": ("TFRecordWriter", "encode_tfrecord_frames", "encode_tfrecords", "frame_tfrecords",
+                         "iter_tfrecords", "masked_crc32c", "read_tfrecords"),
 })

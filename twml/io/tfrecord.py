@@ -28,8 +28,8 @@ from twml.io.compression import PathLike, PieceReader, RecordFileWriter, open_fo
 from twml.io.crc32c_batch import MASK_DELTA, frame_records
 from twml.row_fill import fill_rows
 
-__all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "TFRecordWriter", "iter_tfrecords",
-           "read_tfrecords"]
+__all__ = ["masked_crc32c", "frame_tfrecords", "encode_tfrecords", "encode_tfrecord_frames", "TFRecordWriter",
+           "iter_tfrecords", "read_tfrecords"]
 
 _HEADER = struct.Struct("<QI")   # length, masked crc of the 8 length bytes
 _FOOTER = struct.Struct("<I")    # masked crc of the data
@@ -68,14 +68,24 @@ def encode_tfrecords(keys: Optional[np.ndarray], key_feature_id: Optional[int],
     (arguments as there), but for fixed-length records (no string tensor or string feature) the
     encoder writes each record straight into its frame and one native call fills the crc footers.
     """
+    return encode_tfrecord_frames(keys, key_feature_id, tensors, strings).buffer
+
+
+def encode_tfrecord_frames(keys: Optional[np.ndarray], key_feature_id: Optional[int],
+                           tensors: Union[Sequence[TensorColumn], Mapping[int, np.ndarray]],
+                           strings: Sequence[StringColumn] = ()) -> EncodedRecords:
+    """``encode_tfrecords``' bytes and where each frame starts: an ``EncodedRecords`` whose
+    records are the B frames (so frames i to j are ``buffer[offsets[i]:offsets[j]]``)."""
     if not isinstance(tensors, Mapping):
         tensors = list(tensors)   # read twice when the records turn out to be variable-length
-    if strings:
-        return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors, strings))
-    rows = encode_fixed_rows(keys, key_feature_id, tensors, head=_header, tail=_FOOTER.size, crc_footer=True)
-    if rows is None:
-        return frame_tfrecords(encode_data_records(keys, key_feature_id, tensors))
-    return rows.reshape(-1)
+    rows = None if strings else encode_fixed_rows(keys, key_feature_id, tensors, head=_header,
+                                                  tail=_FOOTER.size, crc_footer=True)
+    if rows is not None:
+        batch, width = rows.shape
+        return EncodedRecords(rows.reshape(-1), np.arange(batch + 1, dtype=np.int64) * width)
+    records = encode_data_records(keys, key_feature_id, tensors, strings)
+    offsets = records.offsets + FRAME_OVERHEAD * np.arange(len(records) + 1, dtype=np.int64)
+    return EncodedRecords(frame_tfrecords(records), offsets)
 
 
 def _frame_fixed(rows: np.ndarray) -> np.ndarray:
