@@ -4,7 +4,7 @@
                   ReadParquetRowGroups | ReadDataRecords   (+ rows rejected, counted or unreadable while reading)
       --ValidateAndBatch--> tables of model.batch_size good rows   (+ rejected rows, rows read)
       --EmbedBatches------> EmbeddedBatch                          (+ rows with non-finite outputs)
-      --PartitionBatches--> (shard, slice of the batch)
+      --PartitionBatches--> ShardedBatch (the batch in shard order)
       --WriteShards-------> one complete temporary file per shard
     rejected rows --RestoreInputColumns (Parquet: the columns not read, for these rows only)--> WriteRejected
       --FinalizeExport----> shard files, _rejected/, _MANIFEST.json, then _SUCCESS

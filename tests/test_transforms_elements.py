@@ -3,7 +3,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.elements import ArrowTableCoder, EmbeddedBatch, EmbeddedBatchCoder
+from transforms.elements import ArrowTableCoder, EmbeddedBatch, EmbeddedBatchCoder, ShardedBatch, ShardedBatchCoder
 
 
 def _batch(rows, ids=True):
@@ -29,6 +29,7 @@ def test_registry_gives_the_batch_coders_to_typed_pcollections():
     assert isinstance(beam.coders.registry.get_coder(EmbeddedBatch), EmbeddedBatchCoder)
     pair = beam.coders.registry.get_coder(beam.typehints.Tuple[int, EmbeddedBatch])
     assert isinstance(pair, beam.coders.TupleCoder) and isinstance(pair.coders()[1], EmbeddedBatchCoder)
+    assert isinstance(beam.coders.registry.get_coder(ShardedBatch), ShardedBatchCoder)
 
 
 def test_arrow_table_coder_round_trips_a_slice_with_a_dictionary_column():
@@ -51,6 +52,16 @@ def test_embedded_batch_coder_round_trips_and_estimates_from_the_arrays():
         _assert_same(batch, coder.decode(coder.encode(batch)))
         assert coder.estimate_size(batch) == batch.nbytes
     assert _batch(5).nbytes == 5 * 8 + 5 * 12 + 5 * 8 + 5 * 8
+
+
+def test_sharded_batch_coder_round_trips_and_slices_by_shard():
+    coder = ShardedBatchCoder()
+    sharded = ShardedBatch(_batch(5), [(0, 0, 2), (3, 2, 5)])
+    back = coder.decode(coder.encode(sharded))
+    _assert_same(back.batch, sharded.batch)
+    assert back.ranges == sharded.ranges and len(back) == 5
+    assert coder.estimate_size(sharded) == sharded.batch.nbytes
+    assert [(shard, rows.keys.tolist()) for shard, rows in back.slices()] == [(0, [0, 7]), (3, [14, 21, 28])]
 
 
 def test_take_and_concat():

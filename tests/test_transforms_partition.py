@@ -5,7 +5,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline_fixtures import fmix64_reference
-from transforms.elements import EmbeddedBatch
+from transforms.elements import EmbeddedBatch, ShardedBatch
 from transforms.partition import PartitionBatches, fmix64, shard_of_keys, shard_ranges, split_by_shard
 from transforms.specs import PartitionSpec
 
@@ -78,12 +78,20 @@ def _batch(keys, pids=None):
     return EmbeddedBatch(keys, [emb], None if pids is None else np.asarray(pids, np.int64))
 
 
+def _shard_rows(sharded):
+    """(shard, key, embedding[0]) for every user of a ShardedBatch, checking its layout."""
+    assert isinstance(sharded, ShardedBatch) and len(sharded) == sum(end - start for _, start, end in sharded.ranges)
+    assert [start for _, start, _ in sharded.ranges] == [0] + [end for _, _, end in sharded.ranges[:-1]]
+    return [(shard, int(k), float(e)) for shard, rows in sharded.slices()
+            for k, e in zip(rows.keys, rows.embedding[:, 0])]
+
+
 def test_partition_batches_by_hash_in_a_pipeline():
     keys = list(range(-50, 50))
     with BeamTestPipeline(runner=FN_API) as p:
         out = (p | beam.Create([_batch(keys[:60]), _batch(keys[60:])])
                | PartitionBatches(PartitionSpec(4))
-               | beam.FlatMap(lambda kv: [(kv[0], int(k), float(e)) for k, e in zip(kv[1].keys, kv[1].embedding[:, 0])]))
+               | beam.FlatMap(_shard_rows))
         assert_that(out, equal_to([(fmix64_reference(k) % 4, k, float(k)) for k in keys]))
 
 
@@ -93,5 +101,7 @@ def test_partition_batches_by_column_in_a_pipeline():
     with BeamTestPipeline(runner=FN_API) as p:
         out = (p | beam.Create([_batch(keys, pids)])
                | PartitionBatches(PartitionSpec(3, column="pid"))
-               | beam.Map(lambda kv: (type(kv[0]).__name__, kv[0], kv[1].keys.tolist())))
+               | beam.FlatMap(lambda sharded: [(type(s).__name__, s, rows.keys.tolist())
+                                               for s, rows in sharded.slices()]))
+        # Each shard's users keep their batch order (tf.dynamic_partition's).
         assert_that(out, equal_to([("int", s, [k for k in keys if k % 3 == s]) for s in range(3)]))

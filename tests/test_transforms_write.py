@@ -12,7 +12,7 @@ import pytest
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-from transforms.elements import EmbeddedBatch, RejectedPart, ShardResult
+from transforms.elements import EmbeddedBatch, RejectedPart, ShardedBatch, ShardResult
 from transforms.errors import ExportError
 from transforms.finalize import publish
 from transforms.formats import ChecksummedWriter, make_format, open_write
@@ -61,11 +61,24 @@ def load(path):
         return pickle.load(f)
 
 
-def run_write_shards(lay, slices, buffer_bytes, **kwargs):
+def sharded(slices):
+    """A ShardedBatch of (shard, batch) slices given in ascending shard order."""
+    ranges, start = [], 0
+    for shard, piece in slices:
+        ranges.append((shard, start, start + len(piece)))
+        start += len(piece)
+    return ShardedBatch(EmbeddedBatch.concat([piece for _, piece in slices]), ranges)
+
+
+def run_write_shards(lay, slices, buffer_bytes, per_batch=None, **kwargs):
+    """WriteShards on the slices, one ShardedBatch of ``per_batch`` consecutive slices each (all
+    in one by default)."""
+    per_batch = per_batch or len(slices)
+    batches = [sharded(slices[i:i + per_batch]) for i in range(0, len(slices), per_batch)]
     fmt = make_format(lay, OUTPUTS)
     dump = os.path.join(os.path.dirname(lay.path), "results.pkl")
     with BeamTestPipeline(runner=FN_API) as p:
-        collect(p | beam.Create(slices) | WriteShards(fmt, buffer_bytes, **kwargs), dump)
+        collect(p | beam.Create(batches) | WriteShards(fmt, buffer_bytes, **kwargs), dump)
     return sorted(load(dump), key=lambda r: r.shard)
 
 
@@ -89,7 +102,7 @@ def test_write_shards_every_shard_complete_including_empty(tmp_path, fmt, compre
     lay = layout(tmp_path, fmt, compression, shards=5)
     # Shard 4 gets nothing; a 1-byte buffer and one open part file make every slice its own part.
     slices = [(s, batch(range(100 * s + i * 10, 100 * s + i * 10 + 7))) for i in range(3) for s in range(4)]
-    results = run_write_shards(lay, slices, buffer_bytes=1, max_open_parts=1)
+    results = run_write_shards(lay, slices, buffer_bytes=1, per_batch=4, max_open_parts=1)
     assert [r.shard for r in results] == list(range(5))
     for r in results:
         want = [expected_record(k) for s, b in slices if s == r.shard for k in b.keys]
@@ -120,7 +133,7 @@ def test_spills_append_to_one_part_per_shard_per_bundle(tmp_path, fmt):
     lay = layout(tmp_path, fmt, shards=3)
     # A 1-byte budget writes every slice out at once, but into the shard's one open part file.
     slices = [(s, batch(range(100 * s + i * 10, 100 * s + i * 10 + 7))) for i in range(4) for s in range(3)]
-    results = run_write_shards(lay, slices, buffer_bytes=1)
+    results = run_write_shards(lay, slices, buffer_bytes=1, per_batch=3)
     for r in results:
         want = [expected_record(k) for s, b in slices if s == r.shard for k in b.keys]
         assert r.parts == 1 and r.records == len(want)
@@ -155,6 +168,54 @@ def test_part_writer_coalesces_slices_without_changing_the_bytes(tmp_path, monke
         assert ipc.open_stream(part.read_bytes()).read_all().column("data_record").to_pylist() == want
     else:
         assert read_records(result, fmt, "none") == want
+
+
+def test_framed_pieces_go_straight_to_open_part_files_and_the_rest_is_held(tmp_path, monkeypatch):
+    """A TFRecord batch is framed once; a shard's frames of WRITE_THROUGH_BYTES or more are written
+    to its part file at once when that file is open or can be opened (here the first two shards
+    of four, max_open_parts=2), the others are held until the bundle ends; either way every
+    part holds its shard's records in arrival order, in one part per shard."""
+    import transforms.write as write
+
+    monkeypatch.setattr(write, "WRITE_THROUGH_BYTES", 1)
+    lay = layout(tmp_path, shards=4)
+    fn = write._WritePartsFn(make_format(lay, OUTPUTS), 1 << 20, 2)
+    fn.start_bundle()
+    batches = [[(s, batch(range(100 * s + 10 * i, 100 * s + 10 * i + 5))) for s in range(4)] for i in range(3)]
+    for i, slices in enumerate(batches):
+        assert list(fn.process(sharded(slices))) == []
+        parts = fn._parts
+        assert [(parts[s].file_open, parts[s].held) for s in (0, 1)] == [(True, 0), (True, 0)]
+        frames = len(expected_record(0)) + 16
+        assert [(parts[s].file_open, parts[s].held) for s in (2, 3)] == [(False, 5 * frames * (i + 1))] * 2
+    infos = [value.value for value in fn.finish_bundle()]
+    assert [shard for shard, _ in infos] == [0, 1, 2, 3]
+    for shard, info in infos:
+        want = [expected_record(k) for slices in batches for s, b in slices if s == shard for k in b.keys]
+        with open(info.path, "rb") as f:
+            assert list(iter_tfrecords(f)) == want
+        assert info.records == len(want)
+
+
+def test_part_writer_keeps_framed_bytes_only_when_asked(tmp_path):
+    """keep=True puts the caller's frames in the sink without a copy (the caller writes them out
+    at once); otherwise they are copied, so that held bytes never pin the whole batch's buffer."""
+    import transforms.formats as formats
+
+    fmt = make_format(layout(tmp_path, shards=1), OUTPUTS)
+    users = batch(range(6))
+    frames = fmt.frames(users).buffer
+    for keep in (True, False):
+        sink = formats.PartSink()
+        writer = fmt.open_part(sink)
+        writer.write(users.rows(0, 2), frames[:frames.size // 3], keep=keep)
+        writer.write(users.rows(2, 6), frames[frames.size // 3:], keep=keep)
+        assert writer.records == 6 and writer.pending_bytes == 0 and sink.size == frames.size
+        assert [np.shares_memory(chunk, frames) if isinstance(chunk, np.ndarray) else False
+                for chunk in sink._chunks] == [keep, keep]
+        out = io.BytesIO()
+        sink.drain_to(out)
+        assert out.getvalue() == frames.tobytes()
 
 
 def test_decoded_record_holds_key_then_outputs_in_config_order(tmp_path):

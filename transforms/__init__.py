@@ -10,8 +10,9 @@ In pipeline order:
                                + rejected rows with reasons, + rows read
     embed.EmbedBatches         tables -> EmbeddedBatch (one SavedModel call per batch; a batch
                                the model fails on is bisected by isolate.isolate_failures)
-    partition.PartitionBatches EmbeddedBatch -> (shard, slice), docs/FORMAT.md section 6
-    write.WriteShards          slices -> one complete temporary file per shard (formats.*)
+    partition.PartitionBatches EmbeddedBatch -> ShardedBatch (users in shard order, each shard's
+                               range), docs/FORMAT.md section 6
+    write.WriteShards          ShardedBatch -> one complete temporary file per shard (formats.*)
     rejected_columns           rejected rows + the input columns the job did not read, read back
     write.WriteRejected        rejected rows -> temporary Parquet files
     duplicates                 written keys -> the duplicate-key counts for the manifest

@@ -3,12 +3,13 @@
 Data moves as batches (numpy arrays, Arrow tables), never one element per user; what crosses a
 GroupByKey is only small metadata about files already written (PartInfo, ShardResult).
 
-Batches get coders of their own (registered for ``pa.Table`` and ``EmbeddedBatch`` on import),
-not Beam's pickling fallback: Beam samples the encoded size of elements passed between fused
-steps (always the first 10, then about 10 ln 2 per doubling), and with few, megabyte-sized
-elements the fallback pickled a large share of all batches just to measure them (1.5 s of a
-17 s run). The coders here estimate sizes from buffer lengths, and where a runner does move a
-batch between processes they write Arrow IPC (tables) or pickle protocol 5 (numpy arrays).
+Batches get coders of their own (registered for ``pa.Table``, ``EmbeddedBatch`` and
+``ShardedBatch`` on import), not Beam's pickling fallback: Beam samples the encoded size of
+elements passed between fused steps (always the first 10, then about 10 ln 2 per doubling), and
+with few, megabyte-sized elements the fallback pickled a large share of all batches just to
+measure them (1.5 s of a 17 s run). The coders here estimate sizes from buffer lengths, and where
+a runner does move a batch between processes they write Arrow IPC (tables) or pickle protocol 5
+(numpy arrays).
 
 Every step declares the types of all its outputs, tagged ones (rejected rows, row counts,
 unreadable row groups) included: a PCollection typed Any would get the pickling fallback on
@@ -20,14 +21,14 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["EmbeddedBatch", "PartInfo", "ShardResult", "RejectedPart", "UnreadableRowGroup", "ArrowTableCoder",
-           "EmbeddedBatchCoder"]
+__all__ = ["EmbeddedBatch", "ShardedBatch", "PartInfo", "ShardResult", "RejectedPart", "UnreadableRowGroup",
+           "ArrowTableCoder", "EmbeddedBatchCoder", "ShardedBatchCoder"]
 
 
 @dataclass
@@ -90,6 +91,31 @@ class EmbeddedBatch:
             outputs=[np.concatenate(outs) for outs in zip(*(b.outputs for b in batches))],
             partition_ids=None if any(i is None for i in ids) else np.concatenate(ids),
             key_strings=None if any(s is None for s in strings) else np.concatenate(strings))
+
+
+@dataclass
+class ShardedBatch:
+    """A batch with its users in shard order, and where each shard's users are.
+
+    Args:
+      batch: the users shard by shard, each shard's in the order they had in the model's batch.
+      ranges: (shard, start, end) for every shard present, ascending: that shard's users are
+        ``batch.rows(start, end)``.
+    """
+    batch: EmbeddedBatch
+    ranges: List[Tuple[int, int, int]]
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def nbytes(self) -> int:
+        return self.batch.nbytes
+
+    def slices(self) -> Iterator[Tuple[int, EmbeddedBatch]]:
+        """(shard, that shard's users as a batch of views) for every shard present, ascending."""
+        for shard, start, end in self.ranges:
+            yield shard, self.batch.rows(start, end)
 
 
 @dataclass(frozen=True)
@@ -194,23 +220,26 @@ class ArrowTableCoder(beam.coders.Coder):
         return hash(type(self))
 
 
-class EmbeddedBatchCoder(beam.coders.Coder):
-    """``EmbeddedBatch`` pickled with protocol 5; the size estimate is the arrays' bytes."""
+class _PickledBatchCoder(beam.coders.Coder):
+    """A batch pickled with protocol 5 (numpy arrays as raw buffers); the size estimate is its
+    ``nbytes``. Subclasses name the type."""
 
-    def encode(self, batch: EmbeddedBatch) -> bytes:
+    batch_type: type = object
+
+    def encode(self, batch) -> bytes:
         return pickle.dumps(batch, protocol=5)
 
-    def decode(self, encoded: bytes) -> EmbeddedBatch:
+    def decode(self, encoded: bytes):
         return pickle.loads(encoded)
 
-    def estimate_size(self, batch: EmbeddedBatch) -> int:
+    def estimate_size(self, batch) -> int:
         return batch.nbytes
 
     def is_deterministic(self) -> bool:
         return False
 
     def to_type_hint(self):
-        return EmbeddedBatch
+        return self.batch_type
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other)
@@ -219,5 +248,16 @@ class EmbeddedBatchCoder(beam.coders.Coder):
         return hash(type(self))
 
 
+class EmbeddedBatchCoder(_PickledBatchCoder):
+    """``EmbeddedBatch`` pickled with protocol 5; the size estimate is the arrays' bytes."""
+    batch_type = EmbeddedBatch
+
+
+class ShardedBatchCoder(_PickledBatchCoder):
+    """``ShardedBatch`` pickled with protocol 5; the size estimate is the arrays' bytes."""
+    batch_type = ShardedBatch
+
+
 beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
 beam.coders.registry.register_coder(EmbeddedBatch, EmbeddedBatchCoder)
+beam.coders.registry.register_coder(ShardedBatch, ShardedBatchCoder)

@@ -72,11 +72,11 @@ class ExportEmbeddings(beam.PTransform):
                                     plan.model.intra_op_threads, plan.model.inter_op_threads)
         embedded = validated.batches | "Embed" >> EmbedBatches(handler, plan.key_column, plan.partition.column,
                                                                max_failed_rows=plan.failure_budget)
-        slices = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
+        sharded = embedded.embedded | "Partition" >> PartitionBatches(plan.partition)
         # Hash placement puts every copy of a key in one shard: duplicates are counted per shard,
         # from the writer's key logs, and no key crosses a shuffle (transforms.duplicates).
         per_shard = plan.partition.column is None
-        shards = slices | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), self._buffer_bytes,
+        shards = sharded | "WriteShards" >> WriteShards(make_format(plan.layout, plan.outputs), self._buffer_bytes,
                                                        count_duplicates=per_shard)
         rows_read = (validated.rows_read, read.rows_read) | "AllRowsRead" >> beam.Flatten()
         if self._rows_read_to is not None:
@@ -304,8 +304,8 @@ class WriteDataRecordShards(beam.PTransform):
                                key_feature=self._key_feature, key_feature_id=layout.key_feature_id,
                                outputs=self._outputs, embedding_dim=int(self._outputs[0].shape[0]))
         batches = elements | "ToBatches" >> beam.ParDo(_ToBatchesFn(self._outputs, self._batch_size))
-        slices = batches | "Partition" >> PartitionBatches(PartitionSpec(self._num_shards))
-        shards = slices | "WriteShards" >> WriteShards(make_format(layout, self._outputs), self._buffer_bytes,
+        sharded = batches | "Partition" >> PartitionBatches(PartitionSpec(self._num_shards))
+        shards = sharded | "WriteShards" >> WriteShards(make_format(layout, self._outputs), self._buffer_bytes,
                                                        count_duplicates=True)
         rows_read = batches | "CountRows" >> beam.Map(len).with_output_types(int)
         rejected = elements.pipeline | "NoRejected" >> beam.Create([]).with_output_types(RejectedPart)

@@ -2,7 +2,9 @@
 
 A format has a small override surface, in the spirit of Beam's ``FileBasedSink``:
 ``open_part(sink)`` returns a writer that appends batches to a temporary part (held in a
-``PartSink`` until the writer's caller writes it to the part file), and
+``PartSink`` until the writer's caller writes it to the part file), ``pieces(sharded)`` says what
+each shard of a batch in shard order hands its part writer (the users, or, for a format that
+frames records itself, their bytes encoded in one call for the whole batch), and
 ``assemble(parts, fileobj)`` writes the final shard file from the parts, streaming (memory does
 not grow with the shard). TFRecord frames and elephant-bird blocks are self-delimiting, so their
 parts concatenate byte for byte (gzip is applied while concatenating, giving one gzip member per
@@ -14,7 +16,7 @@ then the outputs in config order (the embedding first) as rawTypedTensors in fie
 from __future__ import annotations
 
 import zlib
-from typing import BinaryIO, List, Optional, Sequence
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
 import google_crc32c
 import numpy as np
@@ -25,8 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from twml.encode import EncodedRecords, StringColumn, encode_data_records
 from twml.io.compression import DEFAULT_GZIP_LEVEL
-from twml.io.tfrecord import encode_tfrecords
-from transforms.elements import EmbeddedBatch
+from twml.io.tfrecord import encode_tfrecord_frames
+from transforms.elements import EmbeddedBatch, ShardedBatch
 from transforms.outputdir import PARQUET_COLUMNS, PARQUET_KEY_ID_COLUMN, shard_file_name, shard_suffix
 from transforms.specs import OutputLayout, OutputSpec
 
@@ -37,6 +39,9 @@ __all__ = ["ChecksummedWriter", "PartSink", "PartWriter", "ShardFormat", "TFReco
 COPY_CHUNK_BYTES = 4 << 20
 PARQUET_ROW_GROUP_ROWS = 65536
 COALESCE_ROWS = 4096  # rows of one shard a part writer collects before encoding them in one call
+
+# (shard, the shard's users in a batch, their framed bytes or None): ``ShardFormat.pieces``.
+Piece = Tuple[int, EmbeddedBatch, Optional[np.ndarray]]
 
 
 def open_write(path: str) -> BinaryIO:
@@ -159,21 +164,44 @@ class PartSink:
 class PartWriter:
     """Appends batches to one part (a PartSink); ``close`` finishes the framing (not the file).
 
-    Slices of a shard are small (a batch split over the shards), and encoding has a fixed cost
-    per call (about 35 us), so ``write`` collects them and encodes ``COALESCE_ROWS`` rows at a
-    time; ``flush`` encodes what is collected into the sink now. ``pending_bytes`` counts the
-    collected arrays, so that callers bound memory by what is held in both forms. Formats
-    implement ``_write`` (one batch into the sink) and ``_finish`` (end of the framing).
+    A batch comes either with its records already framed (``ShardFormat.pieces``), which go to
+    the sink as they are, or as users to encode. Slices of a shard are small (a batch split over
+    the shards), and encoding has a fixed cost per call (about 35 us), so ``write`` collects users
+    and encodes ``COALESCE_ROWS`` rows at a time; ``flush`` encodes what is collected into the
+    sink now. ``pending_bytes`` counts the collected arrays, so that callers bound memory by what
+    is held in both forms. Formats implement ``_write`` (one batch into the sink) and ``_finish``
+    (end of the framing).
+
+    Args:
+      sink: where the part's bytes go.
     """
 
-    def __init__(self):
+    def __init__(self, sink: PartSink):
         self.records = 0
         self.pending_bytes = 0
+        self._sink = sink
         self._pending: List[EmbeddedBatch] = []
         self._pending_rows = 0
 
-    def write(self, batch: EmbeddedBatch) -> None:
+    def write(self, batch: EmbeddedBatch, framed: Optional[np.ndarray] = None, keep: bool = False) -> None:
+        """Append ``batch``'s records.
+
+        Args:
+          batch: the users.
+          framed: their records already framed, or None to encode them here.
+          keep: put ``framed`` in the sink without a copy; for a caller that writes the sink out
+            before the call returns, since a view held any longer would keep the buffer of the
+            whole batch it came from alive. Otherwise the bytes are copied.
+        """
         if not len(batch):
+            return
+        if framed is not None:
+            self.flush()  # what was collected goes first
+            self.records += len(batch)
+            if keep:
+                self._sink.append(framed)
+            else:
+                self._sink.write(framed)
             return
         self._pending.append(batch)
         self._pending_rows += len(batch)
@@ -227,6 +255,12 @@ class ShardFormat:
     def open_part(self, sink: PartSink) -> PartWriter:
         raise NotImplementedError
 
+    def pieces(self, sharded: ShardedBatch) -> Iterator[Piece]:
+        """(shard, its users, their framed bytes) for every shard of ``sharded``. By default the
+        bytes are None: the shard's part writer encodes the users itself, collecting slices."""
+        for shard, rows in sharded.slices():
+            yield shard, rows, None
+
     def parts_concatenate(self) -> bool:
         """True when the shard file is the parts' bytes back to back (then one part is the shard)."""
         return self.layout.compression == "none"
@@ -248,12 +282,11 @@ class ShardFormat:
 
 class _TFRecordPart(PartWriter):
     def __init__(self, fmt: "TFRecordFormat", sink: PartSink):
-        super().__init__()
+        super().__init__(sink)
         self._fmt = fmt
-        self._sink = sink
 
     def _write(self, batch: EmbeddedBatch) -> None:
-        self._sink.append(self._fmt.frame(batch))
+        self._sink.append(self._fmt.frames(batch).buffer)
 
 
 class TFRecordFormat(ShardFormat):
@@ -261,15 +294,23 @@ class TFRecordFormat(ShardFormat):
 
     name = "tfrecord"
 
-    def frame(self, batch: EmbeddedBatch) -> np.ndarray:
-        """The batch's records framed as TFRecords, back to back (1-D uint8).
+    def frames(self, batch: EmbeddedBatch) -> EncodedRecords:
+        """The batch's records framed as TFRecords, back to back, with each frame's bounds.
 
-        ``encode_tfrecords`` writes each record straight into its frame; the bytes are those of
-        framing ``encode`` 's records.
+        ``encode_tfrecord_frames`` writes each record straight into its frame; the bytes are
+        those of framing ``encode`` 's records.
         """
-        return encode_tfrecords(batch.keys, self.layout.key_feature_id,
-                                list(zip(self.feature_ids, batch.outputs)),
-                                key_strings_column(batch, self.layout.key_string_feature_id))
+        return encode_tfrecord_frames(batch.keys, self.layout.key_feature_id,
+                                      list(zip(self.feature_ids, batch.outputs)),
+                                      key_strings_column(batch, self.layout.key_string_feature_id))
+
+    def pieces(self, sharded: ShardedBatch) -> Iterator[Piece]:
+        """Every shard's users with their frames: the whole batch framed in one encoder call,
+        each shard's frames a view of it."""
+        frames = self.frames(sharded.batch)
+        bounds = frames.offsets
+        for shard, start, end in sharded.ranges:
+            yield shard, sharded.batch.rows(start, end), frames.buffer[bounds[start]:bounds[end]]
 
     def open_part(self, sink: PartSink) -> PartWriter:
         return _TFRecordPart(self, sink)
@@ -278,7 +319,7 @@ class TFRecordFormat(ShardFormat):
 class _BlockPart(PartWriter):
     def __init__(self, fmt: "BlockFormat", sink: PartSink):
         from twml.io.block import BlockWriter
-        super().__init__()
+        super().__init__(sink)
         self._fmt = fmt
         self._writer = BlockWriter(sink, records_per_block=fmt.layout.records_per_block)
 
@@ -304,7 +345,7 @@ class BlockFormat(ShardFormat):
 
 class _ParquetPart(PartWriter):
     def __init__(self, fmt: "ParquetFormat", sink: PartSink):
-        super().__init__()
+        super().__init__(sink)
         self._fmt = fmt
         self._writer = pa.ipc.new_stream(sink, fmt.schema)
 

@@ -1,10 +1,13 @@
-"""Shard placement (docs/FORMAT.md section 6) and the per-batch split into shard slices.
+"""Shard placement (docs/FORMAT.md section 6) and the per-batch ordering of users by shard.
 
 A user's shard is ``twml.sharding.shard_of_keys`` (fmix64 of the key), or the value of a
 partition-id column.
 A batch is split the way the ``Partition`` layer splits (``tf.dynamic_partition``): every
-shard's slice keeps the rows in their batch order. Shard ids leave this module as Python ints
-because they become GroupByKey keys downstream (numpy ints have been mis-encoded as keys).
+shard's slice keeps the rows in their batch order. The step hands the writer the whole batch in
+shard order with each shard's range (a ``ShardedBatch``), not an element per shard, so that the
+writer can encode a batch in one call and write each shard's bytes straight from that buffer.
+Shard ids leave this module as Python ints because they become GroupByKey keys downstream (numpy
+ints have been mis-encoded as keys).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Iterable, List, Tuple
 import apache_beam as beam
 import numpy as np
 
-from transforms.elements import EmbeddedBatch
+from transforms.elements import EmbeddedBatch, ShardedBatch
 from twml.sharding import fmix64, shard_of_keys
 from transforms.specs import PartitionSpec
 
@@ -47,28 +50,26 @@ def split_by_shard(shards: np.ndarray) -> List[Tuple[int, np.ndarray]]:
 
 
 @beam.typehints.with_input_types(EmbeddedBatch)
-@beam.typehints.with_output_types(Tuple[int, EmbeddedBatch])
+@beam.typehints.with_output_types(ShardedBatch)
 class _PartitionFn(beam.DoFn):
     def __init__(self, spec: PartitionSpec):
         self._spec = spec
 
-    def process(self, batch: EmbeddedBatch) -> Iterable[Tuple[int, EmbeddedBatch]]:
+    def process(self, batch: EmbeddedBatch) -> Iterable[ShardedBatch]:
         if self._spec.column is None:
             shards = shard_of_keys(batch.keys, self._spec.num_shards)
         else:
             shards = batch.partition_ids
             if shards is None:
                 raise ValueError(f"partition column {self._spec.column!r} did not reach the partition step")
-        # One gather of the batch into shard order, then a view per shard: a take per shard cost
-        # a call per array per shard for the same bytes.
+        # One gather of the batch into shard order: a take per shard cost a call per array per
+        # shard for the same bytes.
         order, ranges = shard_ranges(shards)
-        ordered = batch.take(order)
-        for shard, start, end in ranges:
-            yield shard, ordered.rows(start, end)
+        yield ShardedBatch(batch.take(order), ranges)
 
 
 class PartitionBatches(beam.PTransform):
-    """EmbeddedBatch -> (shard, the batch's rows of that shard), one pair per shard present.
+    """EmbeddedBatch -> ShardedBatch: the batch's users in shard order, and each shard's range.
 
     Args:
       spec: the shard count and, optionally, the partition-id column.

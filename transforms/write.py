@@ -1,11 +1,16 @@
 """Write the shard files and the rejected rows, invisible until finalize publishes them.
 
 ``WriteShards``: each bundle writes one temporary part file per shard it gets records for
-(``_temporary/<run_id>/parts/``). A shard's slices are collected and encoded a few thousand
-rows at a time into memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when
-this bundle's bytes in memory pass ``buffer_bytes`` the largest shard's are appended to its
-part file, opened on first use and kept open until the bundle ends, so writes are megabytes
-each and a bundle makes one part per shard, not one per spill. At most
+(``_temporary/<run_id>/parts/``). Batches arrive in shard order (``ShardedBatch``); the format
+says what each shard's part gets (``ShardFormat.pieces``). A TFRecord batch is framed in one
+encoder call, and a shard's frames of at least ``WRITE_THROUGH_BYTES`` go straight from that
+buffer to the shard's part file, without a copy, when that file is open or can be opened
+within ``max_open_parts``. Smaller pieces, and the users of formats that encode in their part
+writers (collecting a shard's slices and encoding a few thousand rows at a time), are held in
+memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when this bundle's bytes in
+memory pass ``buffer_bytes`` the largest shard's are appended to its part file. A part file is
+opened on first use and kept open until the bundle ends, so a bundle makes one part per shard,
+not one per spill. At most
 ``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
 each): past that, the least recently written one is closed as a complete part, and that shard
 starts a new part if more of its records come. With ``count_duplicates`` each part's keys go to a
@@ -30,6 +35,7 @@ from collections import OrderedDict
 from typing import BinaryIO, Dict, Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -37,17 +43,21 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.duplicates import KEY_LOG_SUFFIX, KeyLog, count_logged_keys
-from transforms.elements import EmbeddedBatch, PartInfo, RejectedPart, ShardResult
+from transforms.elements import EmbeddedBatch, PartInfo, RejectedPart, ShardedBatch, ShardResult
 from transforms.formats import ChecksummedWriter, PartSink, ShardFormat, open_write
 from transforms.outputdir import TEMP_DIR
 from transforms.rejected import reason_counts
 from transforms.specs import OutputLayout
 from transforms.validate import METRICS_NAMESPACE, conform
 
-__all__ = ["WriteShards", "WriteRejected", "temp_dir", "DEFAULT_BUFFER_BYTES", "DEFAULT_MAX_OPEN_PARTS"]
+__all__ = ["WriteShards", "WriteRejected", "temp_dir", "DEFAULT_BUFFER_BYTES", "DEFAULT_MAX_OPEN_PARTS",
+           "WRITE_THROUGH_BYTES"]
 
 DEFAULT_BUFFER_BYTES = 32 << 20
 DEFAULT_MAX_OPEN_PARTS = 64
+# A shard's framed piece of a batch this big is already a good write: it goes to the part file
+# at once, from the encoder's buffer, rather than being copied and held for a larger one.
+WRITE_THROUGH_BYTES = 64 << 10
 
 
 def temp_dir(layout: OutputLayout, *sub: str) -> str:
@@ -71,8 +81,9 @@ class _OpenPart:
         self._file: Optional[BinaryIO] = None
         self._keys = KeyLog(path + KEY_LOG_SUFFIX) if log_keys else None
 
-    def write(self, batch: EmbeddedBatch) -> None:
-        self.writer.write(batch)
+    def write(self, batch: EmbeddedBatch, framed: Optional[np.ndarray] = None, keep: bool = False) -> None:
+        """Append ``batch``'s records (``PartWriter.write``) and log their keys."""
+        self.writer.write(batch, framed, keep)
         if self._keys is not None:
             self._keys.add(batch)
 
@@ -106,7 +117,7 @@ class _OpenPart:
         return PartInfo(self.path, int(self.writer.records), self._sink.tell(), self._sink.crc32c, keys_path)
 
 
-@beam.typehints.with_input_types(Tuple[int, EmbeddedBatch])
+@beam.typehints.with_input_types(ShardedBatch)
 @beam.typehints.with_output_types(Tuple[int, PartInfo])
 class _WritePartsFn(beam.DoFn):
     def __init__(self, fmt: ShardFormat, buffer_bytes: int, max_open_parts: int, log_keys: bool = False):
@@ -140,26 +151,33 @@ class _WritePartsFn(beam.DoFn):
         self._part_files.inc()
         return shard, part.close()
 
-    def process(self, element: Tuple[int, EmbeddedBatch]) -> Iterator[Tuple[int, PartInfo]]:
-        shard, batch = element
-        shard = int(shard)
+    def _part(self, shard: int) -> _OpenPart:
         part = self._parts.get(shard)
         if part is None:
             path = FileSystems.join(self._parts_dir, f"s{shard:05d}-{uuid.uuid4().hex}.part")
             part = self._parts[shard] = _OpenPart(self._fmt, path, self._log_keys)
         else:
             self._parts.move_to_end(shard)
-        before = part.held
-        part.write(batch)
-        self._held += part.held - before
-        self._rows.inc(len(batch))
-        # Bounded memory whatever the shard count: past the budget, the shard holding the most
-        # bytes appends them to its part file.
-        while self._held > self._budget:
-            self._flush(max(self._parts.values(), key=lambda p: p.held))
-        # Bounded open files: the least recently written part with an open file is completed.
-        while self._open_files > self._max_open:
-            yield self._close(next(s for s, p in self._parts.items() if p.file_open))
+        return part
+
+    def process(self, sharded: ShardedBatch) -> Iterator[Tuple[int, PartInfo]]:
+        for shard, batch, framed in self._fmt.pieces(sharded):
+            part = self._part(int(shard))
+            through = (framed is not None and framed.nbytes >= WRITE_THROUGH_BYTES
+                       and (part.file_open or self._open_files < self._max_open))
+            before = part.held
+            part.write(batch, framed, keep=through)
+            self._held += part.held - before
+            if through:
+                self._flush(part)
+            # Bounded memory whatever the shard count: past the budget, the shard holding the
+            # most bytes appends them to its part file.
+            while self._held > self._budget:
+                self._flush(max(self._parts.values(), key=lambda p: p.held))
+            # Bounded open files: the least recently written part with an open file is completed.
+            while self._open_files > self._max_open:
+                yield self._close(next(s for s, p in self._parts.items() if p.file_open))
+        self._rows.inc(len(sharded))
 
     def finish_bundle(self):
         for shard in sorted(self._parts):
@@ -200,7 +218,7 @@ class _AssembleShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """(shard, EmbeddedBatch) -> one ShardResult per shard 0..N-1: complete temporary shard files.
+    """ShardedBatch -> one ShardResult per shard 0..N-1: complete temporary shard files.
 
     Args:
       fmt: the output format (it holds the layout: directory, run id, shard count).
@@ -223,11 +241,11 @@ class WriteShards(beam.PTransform):
         self._max_open_parts = max_open_parts
         self._count_duplicates = count_duplicates
 
-    def expand(self, slices):
+    def expand(self, batches):
         num_shards = self._fmt.layout.num_shards
-        parts = slices | "WriteParts" >> beam.ParDo(
+        parts = batches | "WriteParts" >> beam.ParDo(
             _WritePartsFn(self._fmt, self._buffer_bytes, self._max_open_parts, self._count_duplicates))
-        every_shard = (slices.pipeline
+        every_shard = (batches.pipeline
                        | "EveryShard" >> beam.Create([(s, None) for s in range(num_shards)])
                        .with_output_types(Tuple[int, Optional[PartInfo]]))
         return ((parts, every_shard)
