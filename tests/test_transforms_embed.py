@@ -54,6 +54,9 @@ def test_handler_runs_one_signature_call_like_tf_directly():
 def test_finite_rows():
     assert finite_rows(np.array([[1.0, 2.0], [np.nan, 0.0], [np.inf, 1.0]], np.float32)).tolist() == [True, False, False]
     assert finite_rows(np.array([1, 2], np.int64)).tolist() == [True, True]
+    assert finite_rows(np.ones((3, 2, 2), np.float64)).tolist() == [True, True, True]
+    assert finite_rows(np.array([[-np.inf], [0.0]], np.float16)).tolist() == [False, True]
+    assert finite_rows(np.zeros((0, 4), np.float32)).tolist() == []
 
 
 def test_embed_batches_in_a_pipeline_with_metrics():
