@@ -143,6 +143,17 @@ def test_encode_benchmark_small():
     assert result["encode_rows_per_s"] > 0 and result["encode_vs_thriftpy2"] > 0
 
 
+@pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
+def test_write_step_times_partition_and_write_alone(fmt):
+    """The tool runs (numbers at this size are noise): one marginal figure a round, summarized."""
+    from benchmarks.write_step import measure
+
+    result = measure(shards=4, batch_size=256, dim=8, fmt_name=fmt, batches=3, rounds=2)
+    figure = result["core_us_per_row"]
+    assert (result["format"], len(figure["values"])) == (fmt, 2)
+    assert figure["low"] <= figure["median"] <= figure["high"]
+
+
 def test_child_failure_shows_the_log(tmp_path):
     from benchmarks.scaling import ChildFailed
 
