@@ -10,11 +10,10 @@ writers (collecting a shard's slices and encoding a few thousand rows at a time)
 memory (the format's ``PartWriter`` and a ``PartSink`` per shard); when this bundle's bytes in
 memory pass ``buffer_bytes`` the largest shard's are appended to its part file. A part file is
 opened on first use and kept open until the bundle ends, so a bundle makes one part per shard,
-not one per spill. At most
-``max_open_parts`` part files are open at once (object-store writers hold an upload buffer
-each): past that, the least recently written one is closed as a complete part, and that shard
-starts a new part if more of its records come. With ``count_duplicates`` each part's keys go to a
-key log beside it (``transforms.duplicates.KeyLog``), and the step that
+not one per spill. At most ``max_open_parts`` part files are open at once (object-store writers
+hold an upload buffer each): past that, the least recently written one is closed as a complete
+part, and that shard starts a new part if more of its records come. With ``count_duplicates``
+each part's keys go to a key log beside it (``transforms.duplicates.KeyLog``), and the step that
 assembles a shard counts its duplicate keys from its parts' logs. Each completed part emits small
 ``(shard, PartInfo)`` metadata. Only that metadata goes through a GroupByKey on the shard id (a
 Python int), together with one marker per shard so that every shard appears, even an empty one.
